@@ -1,0 +1,268 @@
+//! `amalgam merge CONFIG.yml OUT_DIR`: a drop-in for `mergekit-yaml`, with its flags
+//! where they mean something here and a one-line note where they do not.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use amalgam_merge::{MergeOptions, Summary};
+use anyhow::Context;
+use clap::Args;
+
+use crate::progress::Bar;
+
+/// Merge models as a mergekit YAML config describes (same YAML, same result as
+/// `mergekit-yaml`), streaming with bounded memory.
+///
+/// Models are local folders or hub ids (`org/name[@revision]`). Hub ids are read from the
+/// local hub cache ($HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub) with
+/// no network access; models not in the cache are downloaded into it (set HF_TOKEN for
+/// gated models, HF_HUB_OFFLINE=1 to forbid downloads). The output is written beside
+/// OUT_DIR and renamed into place only when complete.
+#[derive(Args)]
+#[command(after_help = "mergekit-yaml flags with no meaning here (--cuda, --lazy-unpickle, \
+    --low-cpu-memory, --read-to-gpu, --multi-gpu, --gpu-rich, --async-write, --clone-tensors, \
+    --safe-serialization, --trust-remote-code, ...) are accepted with a note, so mergekit and \
+    LazyMergekit command lines run unchanged.")]
+pub struct MergeArgs {
+    /// The mergekit YAML config.
+    config: PathBuf,
+    /// The output folder (created; must be empty unless --force).
+    out_dir: PathBuf,
+
+    /// Bytes per output shard: a number with an optional K, M or B suffix (x1000,
+    /// x1000000, x1000000000), as mergekit parses it. 0 writes a single file.
+    #[arg(long, value_name = "SIZE", default_value = "5B", value_parser = parse_kmb)]
+    out_shard_size: u64,
+    /// Copy the base (or first) model's tokenizer files to the output [default].
+    #[arg(long, overrides_with = "no_copy_tokenizer")]
+    copy_tokenizer: bool,
+    /// Do not copy tokenizer files.
+    #[arg(long)]
+    no_copy_tokenizer: bool,
+    /// Write README.md (a model card) and mergekit_config.yml [default].
+    #[arg(long, overrides_with = "no_write_model_card")]
+    write_model_card: bool,
+    /// Do not write the model card and config copy.
+    #[arg(long)]
+    no_write_model_card: bool,
+    /// Allow inputs of different architectures.
+    #[arg(long)]
+    allow_crimes: bool,
+    /// Seed for methods that draw random numbers; recorded in the model card.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    random_seed: u64,
+    /// No progress bar (warnings and errors still print).
+    #[arg(long)]
+    quiet: bool,
+    /// Worker threads [default: all cores].
+    #[arg(long, short = 'j', visible_alias = "num-threads", value_name = "N")]
+    threads: Option<usize>,
+    /// Print the plan (layers, tensors, bytes read and written, shards) and write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Replace OUT_DIR if it exists and is not empty (only once the merge is complete).
+    #[arg(long)]
+    force: bool,
+    /// Treat unknown config keys and parameter names as errors, not warnings.
+    #[arg(long)]
+    strict: bool,
+    /// Hub cache folder to use instead of the environment's.
+    #[arg(long, value_name = "PATH")]
+    transformers_cache: Option<PathBuf>,
+
+    #[command(flatten)]
+    ignored: IgnoredFlags,
+}
+
+/// mergekit-yaml flags that have no meaning for amalgam.
+#[derive(Args)]
+struct IgnoredFlags {
+    #[arg(long, hide = true)]
+    lazy_unpickle: bool,
+    #[arg(long, hide = true)]
+    cuda: bool,
+    #[arg(long, hide = true)]
+    low_cpu_memory: bool,
+    #[arg(long, hide = true)]
+    read_to_gpu: bool,
+    #[arg(long, hide = true)]
+    multi_gpu: bool,
+    #[arg(long, hide = true)]
+    gpu_rich: bool,
+    #[arg(long, hide = true)]
+    async_write: bool,
+    #[arg(long, hide = true)]
+    clone_tensors: bool,
+    #[arg(long, hide = true)]
+    no_clone_tensors: bool,
+    #[arg(long, hide = true)]
+    safe_serialization: bool,
+    #[arg(long, hide = true)]
+    no_safe_serialization: bool,
+    #[arg(long, hide = true)]
+    trust_remote_code: bool,
+    #[arg(long, hide = true)]
+    no_trust_remote_code: bool,
+    #[arg(long, hide = true)]
+    unsafe_truncate_embeddings: bool,
+    #[arg(long, hide = true, value_name = "DEVICE")]
+    device: Option<String>,
+    #[arg(long, hide = true, value_name = "N")]
+    write_threads: Option<usize>,
+    #[arg(long, hide = true, value_name = "PATH")]
+    lora_merge_cache: Option<PathBuf>,
+    #[arg(long, hide = true, value_name = "DTYPE")]
+    lora_merge_dtype: Option<String>,
+    #[arg(short = 'v', long = "verbose", hide = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+impl IgnoredFlags {
+    /// One note per mergekit flag that was given but means nothing here.
+    fn notes(&self) -> Vec<&'static str> {
+        let cpu_only = "amalgam computes on the CPU and streams with bounded memory";
+        let flags = [
+            (
+                self.lazy_unpickle,
+                "--lazy-unpickle: amalgam never unpickles; it reads safetensors only",
+            ),
+            (self.cuda || self.gpu_rich || self.device.is_some(), cpu_only),
+            (self.low_cpu_memory || self.read_to_gpu || self.multi_gpu, cpu_only),
+            (
+                self.async_write || self.write_threads.is_some(),
+                "--async-write: amalgam always writes in parallel",
+            ),
+            (
+                self.clone_tensors || self.no_clone_tensors,
+                "--clone-tensors: not needed; repeated layers are written as copies",
+            ),
+            (self.safe_serialization, "--safe-serialization: output is always safetensors"),
+            (
+                self.no_safe_serialization,
+                "--no-safe-serialization: amalgam writes safetensors only, never pickles",
+            ),
+            (
+                self.trust_remote_code || self.no_trust_remote_code,
+                "--trust-remote-code: amalgam runs no model code",
+            ),
+            (
+                self.unsafe_truncate_embeddings,
+                "--unsafe-truncate-embeddings: not supported; differing vocabularies are an error",
+            ),
+            (
+                self.lora_merge_cache.is_some() || self.lora_merge_dtype.is_some(),
+                "--lora-merge-*: LoRA inputs are not supported yet",
+            ),
+            (self.verbose > 0, "-v: amalgam prints warnings always and has no debug log"),
+        ];
+        let mut notes: Vec<&'static str> =
+            flags.iter().filter(|(on, _)| *on).map(|(_, n)| *n).collect();
+        notes.dedup();
+        notes
+    }
+}
+
+/// Parses a size the way mergekit does: digits, or a number with a K/M/B suffix
+/// (decimal: x1e3, x1e6, x1e9). Fractions such as `1.5B` are accepted too.
+fn parse_kmb(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, scale) = match text.char_indices().last() {
+        Some((i, c)) if c.eq_ignore_ascii_case(&'k') => (&text[..i], 1e3),
+        Some((i, c)) if c.eq_ignore_ascii_case(&'m') => (&text[..i], 1e6),
+        Some((i, c)) if c.eq_ignore_ascii_case(&'b') => (&text[..i], 1e9),
+        _ => (text, 1.0),
+    };
+    let value: f64 = number
+        .parse()
+        .ok()
+        .filter(|v: &f64| v.is_finite() && *v >= 0.0)
+        .ok_or_else(|| format!("{text:?} is not a size; write e.g. 5B, 500M or 1000000"))?;
+    Ok((value * scale).round() as u64)
+}
+
+/// Runs `amalgam merge`.
+pub fn run(args: MergeArgs) -> anyhow::Result<()> {
+    let bar = Bar::new(args.quiet || args.dry_run);
+    for note in args.ignored.notes() {
+        eprintln!("note: {note}");
+    }
+    if let Some(threads) = args.threads.filter(|n| *n > 0) {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+            .context("starting worker threads")?;
+    }
+    let options = MergeOptions {
+        out_shard_size: args.out_shard_size,
+        copy_tokenizer: !args.no_copy_tokenizer,
+        write_model_card: !args.no_write_model_card,
+        allow_crimes: args.allow_crimes,
+        random_seed: args.random_seed,
+        strict: args.strict,
+        force: args.force,
+        dry_run: args.dry_run,
+        cache_dir: args.transformers_cache.clone(),
+    };
+    let started = Instant::now();
+    let result = amalgam_merge::run(&args.config, &args.out_dir, &options, &bar);
+    bar.finish();
+    let summary = result?;
+    if args.dry_run {
+        print_plan(&args, &summary);
+    } else if !args.quiet {
+        let seconds = started.elapsed().as_secs_f64();
+        eprintln!(
+            "merged {} tensors ({}) into {} in {seconds:.1} s ({}/s)",
+            summary.tensors,
+            human_bytes(summary.bytes_written),
+            args.out_dir.display(),
+            human_bytes((summary.bytes_written as f64 / seconds.max(1e-9)) as u64)
+        );
+    }
+    Ok(())
+}
+
+fn print_plan(args: &MergeArgs, summary: &Summary) {
+    println!("plan for {} -> {}", args.config.display(), args.out_dir.display());
+    for (model, folder) in &summary.models {
+        println!("  model    {model}  ({})", folder.display());
+    }
+    if let Some(layers) = summary.out_layers {
+        println!("  layers   {layers}");
+    }
+    println!("  tensors  {}", summary.tensors);
+    println!("  read     {}", human_bytes(summary.bytes_read));
+    println!("  write    {}", human_bytes(summary.bytes_written));
+    for (name, bytes, count) in &summary.shards {
+        println!("  shard    {name}  {count} tensors, {}", human_bytes(*bytes));
+    }
+}
+
+/// Bytes in decimal units, as disk sizes are quoted.
+fn human_bytes(bytes: u64) -> String {
+    let b = bytes as f64;
+    match bytes {
+        0..1_000 => format!("{bytes} B"),
+        1_000..1_000_000 => format!("{:.1} kB", b / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.1} MB", b / 1e6),
+        _ => format!("{:.2} GB", b / 1e9),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_like_mergekit() {
+        assert_eq!(parse_kmb("5B"), Ok(5_000_000_000));
+        assert_eq!(parse_kmb("1b"), Ok(1_000_000_000));
+        assert_eq!(parse_kmb("500M"), Ok(500_000_000));
+        assert_eq!(parse_kmb("2k"), Ok(2_000));
+        assert_eq!(parse_kmb("12345"), Ok(12_345));
+        assert_eq!(parse_kmb("1.5B"), Ok(1_500_000_000));
+        assert!(parse_kmb("lots").is_err());
+        assert!(parse_kmb("-1").is_err());
+        assert!(parse_kmb("").is_err());
+    }
+}

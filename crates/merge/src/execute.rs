@@ -1,0 +1,262 @@
+//! The streaming executor: binds each planned tensor to its input bytes, lays out the
+//! output shards, and merges chunk by chunk across threads, writing every chunk straight
+//! to its final offset. Memory stays at a few chunk buffers per thread whatever the
+//! model's size, and input pages are released as soon as they are consumed.
+
+use std::path::Path;
+
+use amalgam_tensors::dtype::{decode_f32, encode_f32, round_to};
+use amalgam_tensors::{DType, Layout, ModelFolder, ShardWriter, TensorRef, TensorSpec};
+use rayon::prelude::*;
+
+use crate::error::{MergeError, Result};
+use crate::methods::{Kernel, Stats};
+use crate::plan::{Plan, TensorPlan};
+
+/// Elements merged per work item: small enough that a few buffers per thread stay in
+/// cache, large enough that per-chunk overhead vanishes.
+const CHUNK: usize = 1 << 18;
+
+/// A planned tensor bound to its inputs: the output spec, dtypes and kernel.
+pub struct Bound<'a> {
+    pub plan: &'a TensorPlan,
+    pub inputs: Vec<TensorRef<'a>>,
+    pub spec: TensorSpec,
+    /// The dtype inputs are cast to before merging.
+    pub working: DType,
+    pub kernel: Kernel,
+}
+
+/// Receives progress as chunks are written.
+pub trait Progress: Sync {
+    /// `bytes` more of output were written.
+    fn advance(&self, _bytes: u64) {}
+    /// A whole tensor is done.
+    fn tensor_done(&self) {}
+}
+
+/// Binds every planned tensor, checking that its inputs agree in shape.
+pub fn bind<'a>(
+    plan: &'a Plan,
+    folders: &'a [ModelFolder],
+    dtype: Option<DType>,
+    out_dtype: Option<DType>,
+) -> Result<Vec<Bound<'a>>> {
+    plan.tensors.iter().map(|t| bind_one(plan, t, folders, dtype, out_dtype)).collect()
+}
+
+fn bind_one<'a>(
+    plan: &Plan,
+    tensor: &'a TensorPlan,
+    folders: &'a [ModelFolder],
+    dtype: Option<DType>,
+    out_dtype: Option<DType>,
+) -> Result<Bound<'a>> {
+    let mut inputs = Vec::with_capacity(tensor.inputs.len());
+    for input in &tensor.inputs {
+        let found = folders[input.model].tensor(&input.tensor)?.ok_or_else(|| {
+            MergeError::Tensor(format!(
+                "Tensor {} required but not present in model {}",
+                input.tensor, plan.models[input.model]
+            ))
+        })?;
+        inputs.push(found);
+    }
+    let shape = inputs[0].info.shape.clone();
+    if inputs.iter().any(|i| i.info.shape != shape) {
+        return Err(size_mismatch(plan, tensor, &inputs));
+    }
+    let working = dtype.unwrap_or_else(|| {
+        inputs.iter().map(|i| i.info.dtype).reduce(DType::promote).unwrap_or(DType::F32)
+    });
+    let kernel = Kernel::for_tensor(plan.method.name, tensor, working)?;
+    let spec = TensorSpec { name: tensor.name.clone(), dtype: out_dtype.unwrap_or(working), shape };
+    Ok(Bound { plan: tensor, inputs, spec, working, kernel })
+}
+
+fn size_mismatch(plan: &Plan, tensor: &TensorPlan, inputs: &[TensorRef]) -> MergeError {
+    let shapes: Vec<String> = tensor
+        .inputs
+        .iter()
+        .zip(inputs)
+        .map(|(i, r)| format!("{} {:?}", plan.models[i.model], r.info.shape))
+        .collect();
+    let hint = if tensor.name.contains("embed_tokens") || tensor.name.contains("lm_head") {
+        " The models have different vocabulary sizes; their embeddings can only be merged \
+         after aligning the vocabularies, which amalgam does not do yet (mergekit's \
+         `tokenizer:` section)."
+    } else {
+        " The models are not the same size; only models of one shape can be merged."
+    };
+    MergeError::Tensor(format!(
+        "Tensor size mismatch for {}: {}.{hint}",
+        tensor.name,
+        shapes.join(", ")
+    ))
+}
+
+/// Assigns tensors to shards in order, as mergekit does: a shard is closed before a
+/// tensor that would take it over `max_bytes` (0 = no limit); a lone oversized tensor
+/// gets a shard of its own.
+pub fn assign_shards(sizes: &[u64], max_bytes: u64) -> Vec<usize> {
+    let mut shard = 0;
+    let mut current = 0u64;
+    let mut out = Vec::with_capacity(sizes.len());
+    for &size in sizes {
+        if current > 0 && max_bytes > 0 && current + size > max_bytes {
+            shard += 1;
+            current = 0;
+        }
+        current += size;
+        out.push(shard);
+    }
+    out
+}
+
+/// File names of `count` shards: `model.safetensors`, or `model-0000i-of-0000N.safetensors`.
+pub fn shard_names(count: usize) -> Vec<String> {
+    if count == 1 {
+        return vec!["model.safetensors".to_owned()];
+    }
+    (1..=count).map(|i| format!("model-{i:05}-of-{count:05}.safetensors")).collect()
+}
+
+/// Writes every bound tensor into the shards named by `shard_of` under `dir`.
+pub fn write(
+    dir: &Path,
+    bound: &[Bound],
+    shard_of: &[usize],
+    names: &[String],
+    progress: &dyn Progress,
+) -> Result<()> {
+    let mut writers = Vec::with_capacity(names.len());
+    let mut slot = vec![0usize; bound.len()];
+    for (s, name) in names.iter().enumerate() {
+        let members: Vec<usize> = (0..bound.len()).filter(|&i| shard_of[i] == s).collect();
+        let specs: Vec<TensorSpec> = members.iter().map(|&i| bound[i].spec.clone()).collect();
+        for (k, &i) in members.iter().enumerate() {
+            slot[i] = k;
+        }
+        writers
+            .push(ShardWriter::create(&dir.join(name), Layout::new(&specs, &[("format", "pt")]))?);
+    }
+    bound.par_iter().enumerate().try_for_each(|(i, tensor)| {
+        merge_tensor(tensor, &writers[shard_of[i]], slot[i], progress)?;
+        progress.tensor_done();
+        Ok::<_, MergeError>(())
+    })?;
+    for writer in writers {
+        writer.finish()?;
+    }
+    Ok(())
+}
+
+/// Merges one tensor in chunks, in parallel, writing each chunk in place.
+fn merge_tensor(
+    tensor: &Bound,
+    writer: &ShardWriter,
+    slot: usize,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let numel = tensor.spec.shape.iter().product::<usize>();
+    let stats = if tensor.kernel.needs_stats() {
+        tensor.kernel.stats(numel, &mut |input, start, out| {
+            load(tensor, input, start, out);
+            Ok(())
+        })?
+    } else {
+        Stats { coef_a: 0.0, coef_b: 0.0 }
+    };
+    let chunks = numel.div_ceil(CHUNK);
+    let out_size = tensor.spec.dtype.size();
+    (0..chunks).into_par_iter().try_for_each_init(
+        || Buffers::new(tensor.inputs.len(), out_size),
+        |buffers, c| {
+            let start = c * CHUNK;
+            let n = CHUNK.min(numel - start);
+            if let Some(bytes) = direct_copy(tensor, start, n) {
+                writer.write_at(slot, start * out_size, bytes)?;
+            } else {
+                merge_chunk(tensor, &stats, start, n, buffers);
+                writer.write_at(slot, start * out_size, &buffers.bytes[..n * out_size])?;
+            }
+            release(tensor, start, n);
+            progress.advance((n * out_size) as u64);
+            Ok::<_, MergeError>(())
+        },
+    )
+}
+
+/// Scratch space of one worker.
+struct Buffers {
+    inputs: Vec<Vec<f32>>,
+    out: Vec<f32>,
+    bytes: Vec<u8>,
+}
+
+impl Buffers {
+    fn new(inputs: usize, out_size: usize) -> Buffers {
+        Buffers {
+            inputs: vec![vec![0f32; CHUNK]; inputs],
+            out: vec![0f32; CHUNK],
+            bytes: vec![0u8; CHUNK * out_size],
+        }
+    }
+}
+
+/// The input bytes themselves, when the output is an unchanged copy of them.
+fn direct_copy<'a>(tensor: &'a Bound, start: usize, n: usize) -> Option<&'a [u8]> {
+    let input = &tensor.inputs[0];
+    let unchanged = tensor.kernel == Kernel::Passthrough { scale: None }
+        && input.info.dtype == tensor.working
+        && tensor.working == tensor.spec.dtype;
+    let size = input.info.dtype.size();
+    unchanged.then(|| &input.bytes()[start * size..(start + n) * size])
+}
+
+fn merge_chunk(tensor: &Bound, stats: &Stats, start: usize, n: usize, buffers: &mut Buffers) {
+    for (i, buffer) in buffers.inputs.iter_mut().enumerate() {
+        load(tensor, i, start, &mut buffer[..n]);
+    }
+    let views: Vec<&[f32]> = buffers.inputs.iter().map(|b| &b[..n]).collect();
+    tensor.kernel.apply(tensor.working, stats, &views, &mut buffers.out[..n]);
+    let size = tensor.spec.dtype.size();
+    encode_f32(tensor.spec.dtype, &buffers.out[..n], &mut buffers.bytes[..n * size]);
+}
+
+/// Fills `out` with elements `start..` of input `i`, cast to the working dtype.
+fn load(tensor: &Bound, i: usize, start: usize, out: &mut [f32]) {
+    let input = &tensor.inputs[i];
+    let size = input.info.dtype.size();
+    let bytes = &input.bytes()[start * size..(start + out.len()) * size];
+    decode_f32(input.info.dtype, bytes, out);
+    if input.info.dtype != tensor.working {
+        for v in out.iter_mut() {
+            *v = round_to(tensor.working, *v);
+        }
+    }
+}
+
+/// Drops the consumed input pages from the resident set.
+fn release(tensor: &Bound, start: usize, n: usize) {
+    for input in &tensor.inputs {
+        let size = input.info.dtype.size();
+        let begin = input.info.start + start * size;
+        input.file.release(begin, begin + n * size);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_split_like_mergekit() {
+        assert_eq!(assign_shards(&[4, 4, 4], 8), vec![0, 0, 1]);
+        assert_eq!(assign_shards(&[10, 1, 1], 8), vec![0, 1, 1]);
+        assert_eq!(assign_shards(&[1, 10, 1], 8), vec![0, 1, 2]);
+        assert_eq!(assign_shards(&[5, 5], 0), vec![0, 0]);
+        assert_eq!(shard_names(1), vec!["model.safetensors"]);
+        assert_eq!(shard_names(2)[1], "model-00002-of-00002.safetensors");
+    }
+}

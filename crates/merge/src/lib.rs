@@ -1,0 +1,21 @@
+//! mergekit-compatible merging: the YAML config, architectures as data, a planner that
+//! turns both into per-tensor work, the merge methods, and a streaming executor that
+//! writes Hugging Face safetensors shards with bounded memory.
+
+pub mod arch;
+pub mod card;
+pub mod config;
+pub mod error;
+pub mod execute;
+pub mod methods;
+pub mod model_ref;
+pub mod output;
+pub mod params;
+pub mod plan;
+pub mod resolve;
+pub mod run;
+
+pub use config::{Diagnostics, MergeConfig};
+pub use error::{MergeError, Result};
+pub use model_ref::ModelRef;
+pub use run::{MergeOptions, Reporter, Summary, run};

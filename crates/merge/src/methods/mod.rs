@@ -1,0 +1,194 @@
+//! The merge-method registry: each method's parameters, defaults and input contract as
+//! data, and the per-tensor kernels built from resolved parameters.
+
+mod kernel;
+mod reduce;
+
+pub use kernel::{Kernel, Stats};
+
+use crate::params::{Kind, Value};
+
+/// Which inputs a parameter is asked of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// One value for the whole tensor (looked up without per-model settings).
+    Shared,
+    /// One value per input, the base included.
+    Input,
+    /// One value per input other than the base.
+    NonBase,
+}
+
+/// A parameter's default.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Default {
+    /// The parameter must be set.
+    Required,
+    /// Unset means "not given" (passthrough's `scale`).
+    Unset,
+    Value(Value),
+}
+
+/// One parameter of a method.
+#[derive(Clone, Debug)]
+pub struct ParamSpec {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub scope: Scope,
+    pub default: Default,
+}
+
+/// How a method treats `base_model`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BasePolicy {
+    /// The base is just another input (or not one at all).
+    Ignored,
+    Required,
+}
+
+/// What happens when an optional weight (a tied `lm_head`) is missing from some inputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OptionalPolicy {
+    Error,
+    /// A single remaining input is passed through.
+    PassthroughSingleton,
+}
+
+/// A merge method: its name, parameters and input contract.
+#[derive(Debug)]
+pub struct MethodSpec {
+    pub name: &'static str,
+    pub pretty_name: &'static str,
+    pub reference_url: Option<&'static str>,
+    pub params: &'static [ParamSpec],
+    pub base: BasePolicy,
+    pub min_inputs: usize,
+    pub max_inputs: Option<usize>,
+    pub optional_policy: OptionalPolicy,
+}
+
+impl MethodSpec {
+    /// The parameter of this name, if the method has one.
+    pub fn param(&self, name: &str) -> Option<&ParamSpec> {
+        self.params.iter().find(|p| p.name == name)
+    }
+}
+
+const fn param(name: &'static str, kind: Kind, scope: Scope, default: Default) -> ParamSpec {
+    ParamSpec { name, kind, scope, default }
+}
+
+const REQUIRED: Default = Default::Required;
+
+/// The methods amalgam implements.
+pub static METHODS: &[MethodSpec] = &[
+    MethodSpec {
+        name: "passthrough",
+        pretty_name: "Passthrough",
+        reference_url: None,
+        params: &[param("scale", Kind::Float, Scope::Input, Default::Unset)],
+        base: BasePolicy::Ignored,
+        min_inputs: 1,
+        max_inputs: Some(1),
+        optional_policy: OptionalPolicy::Error,
+    },
+    MethodSpec {
+        name: "linear",
+        pretty_name: "Linear",
+        reference_url: Some("https://arxiv.org/abs/2203.05482"),
+        params: &[
+            param("weight", Kind::Float, Scope::Input, REQUIRED),
+            param("normalize", Kind::Bool, Scope::Shared, Default::Value(Value::Bool(true))),
+        ],
+        base: BasePolicy::Ignored,
+        min_inputs: 1,
+        max_inputs: None,
+        optional_policy: OptionalPolicy::Error,
+    },
+    MethodSpec {
+        name: "slerp",
+        pretty_name: "SLERP",
+        reference_url: Some("https://en.wikipedia.org/wiki/Slerp"),
+        params: &[param("t", Kind::Float, Scope::Shared, REQUIRED)],
+        base: BasePolicy::Required,
+        min_inputs: 2,
+        max_inputs: Some(2),
+        optional_policy: OptionalPolicy::PassthroughSingleton,
+    },
+    MethodSpec {
+        name: "task_arithmetic",
+        pretty_name: "Task Arithmetic",
+        reference_url: Some("https://arxiv.org/abs/2212.04089"),
+        params: &[
+            param("int8_mask", Kind::Bool, Scope::Shared, Default::Value(Value::Bool(false))),
+            param("normalize", Kind::Bool, Scope::Shared, Default::Value(Value::Bool(false))),
+            param("rescale", Kind::Bool, Scope::Shared, Default::Value(Value::Bool(false))),
+            param("lambda", Kind::Float, Scope::Shared, Default::Value(Value::Float(1.0))),
+            param("weight", Kind::Float, Scope::NonBase, REQUIRED),
+            param("density", Kind::Float, Scope::NonBase, Default::Value(Value::Float(1.0))),
+        ],
+        base: BasePolicy::Required,
+        min_inputs: 1,
+        max_inputs: None,
+        optional_policy: OptionalPolicy::Error,
+    },
+];
+
+/// Every method mergekit 0.1.5 registers.
+pub const MERGEKIT_METHODS: &[&str] = &[
+    "linear",
+    "slerp",
+    "nuslerp",
+    "multislerp",
+    "karcher",
+    "passthrough",
+    "task_arithmetic",
+    "ties",
+    "dare_ties",
+    "dare_linear",
+    "breadcrumbs",
+    "breadcrumbs_ties",
+    "della",
+    "della_linear",
+    "sce",
+    "model_stock",
+    "nearswap",
+    "arcee_fusion",
+    "ram",
+    "ramplus_tl",
+];
+
+/// Every parameter name some mergekit method reads, so a name valid elsewhere is told
+/// apart from a typo.
+pub const MERGEKIT_PARAMETERS: &[&str] = &[
+    "weight",
+    "normalize",
+    "t",
+    "scale",
+    "density",
+    "rescale",
+    "lambda",
+    "int8_mask",
+    "gamma",
+    "epsilon",
+    "select_topk",
+    "filter_wise",
+    "nuslerp_flatten",
+    "nuslerp_row_wise",
+    "normalize_weights",
+    "eps",
+    "max_iter",
+    "tol",
+    "r",
+    "alpha",
+];
+
+/// Looks up an implemented method.
+pub fn method(name: &str) -> Option<&'static MethodSpec> {
+    METHODS.iter().find(|m| m.name == name)
+}
+
+/// Names of the implemented methods, for messages.
+pub fn method_names() -> Vec<&'static str> {
+    METHODS.iter().map(|m| m.name).collect()
+}

@@ -1,0 +1,331 @@
+//! One merge from config file to finished folder: parse, locate the models, plan, write
+//! everything into a staging folder beside the output, and rename it into place only
+//! when complete, so an interrupted or failed merge never leaves a folder that looks done.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use amalgam_tensors::{ModelFolder, hub};
+use serde_json::{Map, Value};
+
+use crate::card::{self, CardInput, CardModel};
+use crate::config::{Diagnostics, MergeConfig};
+use crate::error::{MergeError, Result};
+use crate::execute::{self, Progress};
+use crate::output;
+use crate::plan::{self, Catalog, Plan};
+use crate::resolve::Resolver;
+
+/// mergekit-yaml's options, where they mean something here.
+#[derive(Clone, Debug)]
+pub struct MergeOptions {
+    /// Bytes per output shard (0: one file).
+    pub out_shard_size: u64,
+    pub copy_tokenizer: bool,
+    pub write_model_card: bool,
+    pub allow_crimes: bool,
+    /// Recorded in the card; the methods here draw no random numbers.
+    pub random_seed: u64,
+    /// Unknown config keys and parameters are errors, not warnings.
+    pub strict: bool,
+    /// Replace a non-empty output folder.
+    pub force: bool,
+    /// Plan only; write nothing.
+    pub dry_run: bool,
+    /// The hub cache to use instead of the environment's.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// Receives what a merge reports besides errors.
+pub trait Reporter: Progress {
+    /// Something the user should know (an ignored key, a mergekit quirk).
+    fn warn(&self, message: &str);
+    /// Writing starts: this many tensors and output bytes.
+    fn begin(&self, _tensors: usize, _bytes: u64) {}
+    /// Download progress of one file.
+    fn download(&self, _file: &str, _done: u64, _total: Option<u64>) {}
+}
+
+/// What a merge did (or, with `dry_run`, would do).
+#[derive(Debug)]
+pub struct Summary {
+    pub out_layers: Option<usize>,
+    pub tensors: usize,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    /// (file name, bytes, tensor count) per shard.
+    pub shards: Vec<(String, u64, usize)>,
+    /// Each input model and the folder it was read from.
+    pub models: Vec<(String, PathBuf)>,
+}
+
+/// Runs the merge described by the config file at `config_path` into `out_dir`.
+pub fn run(
+    config_path: &Path,
+    out_dir: &Path,
+    options: &MergeOptions,
+    reporter: &dyn Reporter,
+) -> Result<Summary> {
+    let text =
+        fs::read_to_string(config_path).map_err(|e| MergeError::io("read", config_path, e))?;
+    let mut diagnostics = Diagnostics::new(options.strict);
+    let config = MergeConfig::parse(&text, &mut diagnostics)?;
+    for w in &diagnostics.warnings {
+        reporter.warn(&format!("{}: {w}", config_path.display()));
+    }
+    warn_tokenizer_settings(&config, reporter);
+    if !options.dry_run {
+        check_output(out_dir, options.force)?;
+    }
+    let models = config.referenced_models();
+    let resolver = Resolver {
+        cache: options.cache_dir.clone().unwrap_or_else(hub::cache_dir),
+        offline: hub::offline(),
+        progress: &|file, done, total| reporter.download(file, done, total),
+    };
+    let mut located = Vec::with_capacity(models.len());
+    let mut folders = Vec::with_capacity(models.len());
+    for model in &models {
+        let found = resolver.locate(model)?;
+        folders.push(ModelFolder::open(&found.folder)?);
+        located.push(found);
+    }
+    let plan = plan::plan(&config, &Folders(&folders), options.allow_crimes)?;
+    for note in &plan.notes {
+        reporter.warn(note);
+    }
+    let bound = execute::bind(&plan, &folders, config.dtype, config.out_dtype)?;
+    let sizes: Vec<u64> = bound.iter().map(|b| b.spec.byte_len() as u64).collect();
+    let shard_of = execute::assign_shards(&sizes, options.out_shard_size);
+    let names = execute::shard_names(shard_of.last().map_or(1, |s| s + 1));
+    let summary = Summary {
+        out_layers: plan.out_layers,
+        tensors: bound.len(),
+        bytes_read: bound
+            .iter()
+            .flat_map(|b| &b.inputs)
+            .map(|i| (i.info.end - i.info.start) as u64)
+            .sum(),
+        bytes_written: sizes.iter().sum(),
+        shards: names
+            .iter()
+            .enumerate()
+            .map(|(s, n)| {
+                let members = shard_of.iter().enumerate().filter(|(_, x)| **x == s);
+                let (bytes, count) = members.fold((0, 0), |(b, c), (i, _)| (b + sizes[i], c + 1));
+                (n.clone(), bytes, count)
+            })
+            .collect(),
+        models: models
+            .iter()
+            .zip(&located)
+            .map(|(m, l)| (m.to_string(), l.folder.clone()))
+            .collect(),
+    };
+    if options.dry_run {
+        return Ok(summary);
+    }
+
+    let staging = Staging::create(out_dir)?;
+    reporter.begin(bound.len(), summary.bytes_written);
+    execute::write(&staging.path, &bound, &shard_of, &names, reporter)?;
+    if names.len() > 1 {
+        let weight_map: Vec<(String, String)> = bound
+            .iter()
+            .zip(&shard_of)
+            .map(|(b, s)| (b.spec.name.clone(), names[*s].clone()))
+            .collect();
+        output::write_index(&staging.path, &weight_map, summary.bytes_written)?;
+    }
+    let donor = &folders[plan.donor];
+    let out_config = output::output_config(
+        donor.config(),
+        plan.arch,
+        plan.out_layers,
+        config.out_dtype.or(config.dtype),
+    );
+    output::write_json(&staging.path.join("config.json"), &Value::Object(out_config))?;
+    if options.copy_tokenizer && output::copy_tokenizer(donor, &staging.path)?.is_empty() {
+        reporter.warn(&format!(
+            "{} has no tokenizer (tokenizer_config.json with tokenizer.json or tokenizer.model); \
+             the output has none either: copy one in before using the model",
+            models[plan.donor]
+        ));
+    }
+    if options.write_model_card {
+        write_card(&staging.path, out_dir, &config, &text, &plan, &folders, &located, options)?;
+    }
+    staging.commit(out_dir, options.force)?;
+    Ok(summary)
+}
+
+/// The planner's view of the opened folders.
+struct Folders<'a>(&'a [ModelFolder]);
+
+impl Catalog for Folders<'_> {
+    fn config(&self, model: usize) -> &Map<String, Value> {
+        self.0[model].config()
+    }
+    fn contains(&self, model: usize, tensor: &str) -> bool {
+        self.0[model].contains(tensor)
+    }
+}
+
+/// Tokenizer merging and chat templates come later; say what happens meanwhile.
+fn warn_tokenizer_settings(config: &MergeConfig, reporter: &dyn Reporter) {
+    if let Some(source) = &config.tokenizer_source {
+        reporter.warn(&format!(
+            "tokenizer source `{source}`: amalgam does not build merged tokenizers yet, so the \
+             tokenizer of the base (or first) model is copied. That matches mergekit when all \
+             models share one vocabulary; differing vocabularies stop the merge with a size \
+             mismatch on the embeddings"
+        ));
+    }
+    if config.chat_template.is_some() {
+        reporter.warn(
+            "chat_template is not applied yet: the output keeps the base (or first) model's \
+             template",
+        );
+    }
+}
+
+/// Refuses an output path that is a file, or a non-empty folder without `--force`.
+fn check_output(out_dir: &Path, force: bool) -> Result<()> {
+    if out_dir.is_file() {
+        return Err(MergeError::Output(format!(
+            "{} is a file; the output must be a folder (it is created if missing)",
+            out_dir.display()
+        )));
+    }
+    let non_empty = fs::read_dir(out_dir).is_ok_and(|mut d| d.next().is_some());
+    if non_empty && !force {
+        return Err(MergeError::Output(format!(
+            "{} exists and is not empty; choose another output folder, or pass --force to \
+             replace it (its contents are deleted once the new merge is complete)",
+            out_dir.display()
+        )));
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_card(
+    dir: &Path,
+    out_dir: &Path,
+    config: &MergeConfig,
+    text: &str,
+    plan: &Plan,
+    folders: &[ModelFolder],
+    located: &[crate::resolve::Located],
+    options: &MergeOptions,
+) -> Result<()> {
+    let models: Vec<CardModel> = plan
+        .models
+        .iter()
+        .zip(folders)
+        .zip(located)
+        .map(|((model, folder), found)| CardModel {
+            model: model.clone(),
+            on_hub: found.from_hub,
+            license: folder
+                .file("README.md")
+                .and_then(|p| fs::read_to_string(p).ok())
+                .and_then(|t| card::card_license(&t)),
+        })
+        .collect();
+    let name = out_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "merged".into());
+    let card = card::render(&CardInput {
+        name: &name,
+        config,
+        config_text: text,
+        plan,
+        models: &models,
+        source_layers: plan.arch.num_layers(folders[plan.donor].config()),
+        random_seed: options.random_seed,
+    });
+    let readme = dir.join("README.md");
+    fs::write(&readme, card).map_err(|e| MergeError::io("write", &readme, e))?;
+    let yml = dir.join("mergekit_config.yml");
+    fs::write(&yml, text).map_err(|e| MergeError::io("write", &yml, e))
+}
+
+/// A folder beside the output that becomes the output on commit, and is deleted if
+/// dropped before (on any error).
+struct Staging {
+    path: PathBuf,
+    committed: bool,
+}
+
+impl Staging {
+    fn create(out_dir: &Path) -> Result<Staging> {
+        let path = sibling(out_dir, "partial");
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).map_err(|e| MergeError::io("create", parent, e))?;
+        }
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir(&path).map_err(|e| MergeError::io("create", &path, e))?;
+        Ok(Staging { path, committed: false })
+    }
+
+    /// Syncs the staged files and renames the folder to `out_dir`.
+    fn commit(mut self, out_dir: &Path, force: bool) -> Result<()> {
+        sync_files(&self.path)?;
+        sync_dir(&self.path)?;
+        let old = sibling(out_dir, "old");
+        if out_dir.exists() {
+            let empty = fs::read_dir(out_dir).is_ok_and(|mut d| d.next().is_none());
+            if !empty && !force {
+                return Err(MergeError::Output(format!(
+                    "{} appeared while merging; pass --force to replace it",
+                    out_dir.display()
+                )));
+            }
+            fs::rename(out_dir, &old).map_err(|e| MergeError::io("move aside", out_dir, e))?;
+        }
+        fs::rename(&self.path, out_dir).map_err(|e| MergeError::io("rename into", out_dir, e))?;
+        self.committed = true;
+        let _ = fs::remove_dir_all(&old);
+        if let Some(parent) = out_dir.parent() {
+            let _ = sync_dir(if parent.as_os_str().is_empty() { Path::new(".") } else { parent });
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// `.NAME.amalgam-KIND-PID` beside `out_dir`: hidden, and on the same file system so the
+/// final rename is atomic.
+fn sibling(out_dir: &Path, kind: &str) -> PathBuf {
+    let name = out_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
+    let parent = out_dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    parent.join(format!(".{name}.amalgam-{kind}-{}", std::process::id()))
+}
+
+/// Flushes every file directly in `dir` to stable storage.
+fn sync_files(dir: &Path) -> Result<()> {
+    let entries = fs::read_dir(dir).map_err(|e| MergeError::io("list", dir, e))?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        fs::File::open(&path)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| MergeError::io("sync", &path, e))?;
+    }
+    Ok(())
+}
+
+fn sync_dir(path: &Path) -> Result<()> {
+    fs::File::open(path).and_then(|d| d.sync_all()).map_err(|e| MergeError::io("sync", path, e))
+}

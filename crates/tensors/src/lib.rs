@@ -1,0 +1,18 @@
+//! Tensor storage for amalgam: element types and their exact conversions, safetensors
+//! files read through a memory map and written as a stream, Hugging Face model folders,
+//! and the hub cache (with downloads behind the `hub-download` feature).
+//!
+//! Nothing here knows about merging; `amalgam-merge` and the GGUF code build on it.
+
+pub mod dtype;
+pub mod error;
+pub mod folder;
+pub mod hub;
+pub mod safetensors;
+pub mod writer;
+
+pub use dtype::DType;
+pub use error::{Error, Result};
+pub use folder::{ModelFolder, TensorRef};
+pub use safetensors::{SafetensorsFile, TensorInfo};
+pub use writer::{Layout, ShardWriter, TensorSpec};

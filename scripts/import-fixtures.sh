@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Copies the reference fixtures this project's tests use from ../shared/fixtures into
+# tests/data, so the tests pass on a machine without ../shared. Hub-cache snapshots whose
+# symlinks were flattened into small text files ("../../blobs/<hash>") get real relative
+# symlinks back, as huggingface_hub lays them out. Run from the repository root.
+set -euo pipefail
+src=${1:-../shared/fixtures}
+dst=tests/data
+rm -rf "$dst/seed" "$dst/methods"
+mkdir -p "$dst/seed" "$dst/methods"
+
+cp -r "$src/seed/hub" "$dst/seed/hub"
+cp "$src/seed/seed-120b.yml" "$src/seed/mergekit-tensors.json" "$src/seed/mergekit-config.json" \
+   "$src/seed/mergekit-README.md" "$dst/seed/"
+chmod -R u+w "$dst/seed"
+find "$dst/seed/hub" -path '*/snapshots/*' -type f | while read -r file; do
+  target=$(head -c 200 "$file")
+  case "$target" in
+    ../../blobs/*) rm "$file"; ln -s "$target" "$file" ;;
+  esac
+done
+
+cp -r "$src/methods/configs" "$src/methods/mergekit" "$src/methods/models" "$dst/methods/"
+cp "$src/methods/mergekit-wall-seconds.json" "$dst/methods/"
+chmod -R u+w "$dst/methods"
+echo "fixtures copied into $dst"
