@@ -58,7 +58,7 @@ impl Layout {
         }
         let mut header = Value::Object(header).to_string().into_bytes();
         // Pad with spaces so the data starts 8-byte aligned, as the reference writer does.
-        while (header.len() + 8) % 8 != 0 {
+        while !header.len().is_multiple_of(8) {
             header.push(b' ');
         }
         let data_start = 8 + header.len() as u64;

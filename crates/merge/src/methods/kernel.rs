@@ -28,6 +28,10 @@ pub enum Kernel {
     Slerp { base: usize, t: f32 },
 }
 
+/// Reads elements `start..start + out.len()` of input `input` into `out`, rounded to the
+/// working dtype: `load(input, start, out)`.
+pub type Loader<'a> = dyn FnMut(usize, usize, &mut [f32]) -> Result<()> + 'a;
+
 /// Whole-tensor statistics a kernel needs before its elementwise pass.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Stats {
@@ -91,11 +95,7 @@ impl Kernel {
 
     /// Whole-tensor statistics. `load(input, start, out)` fills `out` with elements
     /// `start..start + out.len()` of an input, rounded to the working dtype.
-    pub fn stats(
-        &self,
-        numel: usize,
-        load: &mut dyn FnMut(usize, usize, &mut [f32]) -> Result<()>,
-    ) -> Result<Stats> {
+    pub fn stats(&self, numel: usize, load: &mut Loader) -> Result<Stats> {
         let Kernel::Slerp { base, t } = *self else {
             return Ok(Stats { coef_a: 0.0, coef_b: 0.0 });
         };

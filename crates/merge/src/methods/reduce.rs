@@ -128,10 +128,10 @@ fn multi_row_sum<const W: usize>(rows: &[f32], size: usize) -> [[f32; W]; 4] {
             i += 1;
         }
         for level in 1..LEVELS {
-            for k in 0..4 {
-                let lower = acc[level - 1][k];
-                add(&mut acc[level][k], &lower);
-                acc[level - 1][k] = [0f32; W];
+            let (lower, upper) = acc.split_at_mut(level);
+            for (hi, lo) in upper[0].iter_mut().zip(lower[level - 1].iter_mut()) {
+                add(hi, lo);
+                *lo = [0f32; W];
             }
             if i & (mask << (level * log)) != 0 {
                 break;
@@ -144,10 +144,10 @@ fn multi_row_sum<const W: usize>(rows: &[f32], size: usize) -> [[f32; W]; 4] {
         }
         i += 1;
     }
-    for level in 1..LEVELS {
-        for k in 0..4 {
-            let upper = acc[level][k];
-            add(&mut acc[0][k], &upper);
+    let (first, rest) = acc.split_at_mut(1);
+    for upper in rest.iter() {
+        for (a, u) in first[0].iter_mut().zip(upper) {
+            add(a, u);
         }
     }
     acc[0]

@@ -1,0 +1,104 @@
+//! Helpers shared by the integration tests: running the binary, reading outputs, and
+//! copying fixture models so a test can damage its copy.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use amalgam_tensors::ModelFolder;
+use amalgam_tensors::dtype::decode_f32;
+use sha2::{Digest, Sha256};
+
+/// The repository's `tests/data`.
+pub fn data() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data")
+}
+
+/// The seed fixture's hub cache.
+pub fn seed_hub() -> PathBuf {
+    data().join("seed/hub")
+}
+
+/// The `amalgam` binary with a clean, offline hub environment.
+pub fn amalgam() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_amalgam"));
+    for var in ["HF_HOME", "HF_HUB_CACHE", "HF_ENDPOINT", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"] {
+        cmd.env_remove(var);
+    }
+    cmd.env("HF_HUB_OFFLINE", "1");
+    cmd
+}
+
+/// Runs a command, returning its output; stderr must never show a panic.
+pub fn run(cmd: &mut Command) -> Output {
+    let output = cmd.output().expect("the amalgam binary runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "amalgam panicked:\n{stderr}");
+    output
+}
+
+/// Runs a command that must succeed.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let output = run(cmd);
+    assert!(
+        output.status.success(),
+        "amalgam failed ({}):\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// A tensor read back: dtype name, shape and raw bytes.
+pub struct Tensor {
+    pub dtype: &'static str,
+    pub shape: Vec<usize>,
+    pub bytes: Vec<u8>,
+}
+
+impl Tensor {
+    /// SHA-256 of the raw bytes, in hex.
+    pub fn sha256(&self) -> String {
+        Sha256::digest(&self.bytes).iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The values as `f32`.
+    pub fn values(&self, folder_dtype: amalgam_tensors::DType) -> Vec<f32> {
+        let mut out = vec![0f32; self.bytes.len() / folder_dtype.size()];
+        decode_f32(folder_dtype, &self.bytes, &mut out);
+        out
+    }
+}
+
+/// Every tensor of a model folder (single file or sharded), by name.
+pub fn read_model(dir: &Path) -> BTreeMap<String, (amalgam_tensors::DType, Tensor)> {
+    let folder = ModelFolder::open(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    folder
+        .names()
+        .into_iter()
+        .map(|name| {
+            let t = folder.tensor(name).unwrap().unwrap();
+            let tensor = Tensor {
+                dtype: t.info.dtype.torch_name(),
+                shape: t.info.shape.clone(),
+                bytes: t.bytes().to_vec(),
+            };
+            (name.to_owned(), (t.info.dtype, tensor))
+        })
+        .collect()
+}
+
+/// Copies a model folder (following symlinks) so a test can modify it.
+pub fn copy_model(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+/// Parses a JSON file.
+pub fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap()
+}

@@ -1,0 +1,9 @@
+//! Integration tests of the `amalgam` binary against the reference fixtures in
+//! `tests/data` (copied from the project's shared fixtures by
+//! `scripts/import-fixtures.sh`).
+
+mod common;
+mod errors;
+mod hub;
+mod methods;
+mod seed;
