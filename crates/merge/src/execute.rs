@@ -3,6 +3,7 @@
 //! to its final offset. Memory stays at a few chunk buffers per thread whatever the
 //! model's size, and input pages are released as soon as they are consumed.
 
+use std::cell::RefCell;
 use std::path::Path;
 
 use amalgam_tensors::dtype::{decode_f32, encode_f32, round_to};
@@ -169,25 +170,32 @@ fn merge_tensor(
     };
     let chunks = numel.div_ceil(CHUNK);
     let out_size = tensor.spec.dtype.size();
-    (0..chunks).into_par_iter().try_for_each_init(
-        || Buffers::new(tensor.inputs.len(), out_size),
-        |buffers, c| {
-            let start = c * CHUNK;
-            let n = CHUNK.min(numel - start);
-            if let Some(bytes) = direct_copy(tensor, start, n) {
-                writer.write_at(slot, start * out_size, bytes)?;
-            } else {
+    (0..chunks).into_par_iter().try_for_each(|c| {
+        let start = c * CHUNK;
+        let n = CHUNK.min(numel - start);
+        if let Some(bytes) = direct_copy(tensor, start, n) {
+            writer.write_at(slot, start * out_size, bytes)?;
+        } else {
+            SCRATCH.with_borrow_mut(|buffers| {
+                buffers.fit(tensor.inputs.len(), n, out_size);
                 merge_chunk(tensor, &stats, start, n, buffers);
-                writer.write_at(slot, start * out_size, &buffers.bytes[..n * out_size])?;
-            }
-            release(tensor, start, n);
-            progress.advance((n * out_size) as u64);
-            Ok::<_, MergeError>(())
-        },
-    )
+                writer.write_at(slot, start * out_size, &buffers.bytes[..n * out_size])
+            })?;
+        }
+        release(tensor, start, n);
+        progress.advance((n * out_size) as u64);
+        Ok::<_, MergeError>(())
+    })
+}
+
+thread_local! {
+    /// Each worker's scratch space, reused across chunks and tensors so that merging
+    /// many small tensors does not allocate (and fault in) fresh buffers each time.
+    static SCRATCH: RefCell<Buffers> = RefCell::new(Buffers::default());
 }
 
 /// Scratch space of one worker.
+#[derive(Default)]
 struct Buffers {
     inputs: Vec<Vec<f32>>,
     out: Vec<f32>,
@@ -195,11 +203,21 @@ struct Buffers {
 }
 
 impl Buffers {
-    fn new(inputs: usize, out_size: usize) -> Buffers {
-        Buffers {
-            inputs: vec![vec![0f32; CHUNK]; inputs],
-            out: vec![0f32; CHUNK],
-            bytes: vec![0u8; CHUNK * out_size],
+    /// Grows the buffers to hold `n` elements of `inputs` inputs (never shrinks).
+    fn fit(&mut self, inputs: usize, n: usize, out_size: usize) {
+        if self.inputs.len() < inputs {
+            self.inputs.resize_with(inputs, Vec::new);
+        }
+        for buffer in &mut self.inputs[..inputs] {
+            if buffer.len() < n {
+                buffer.resize(n, 0.0);
+            }
+        }
+        if self.out.len() < n {
+            self.out.resize(n, 0.0);
+        }
+        if self.bytes.len() < n * out_size {
+            self.bytes.resize(n * out_size, 0);
         }
     }
 }
@@ -215,10 +233,11 @@ fn direct_copy<'a>(tensor: &'a Bound, start: usize, n: usize) -> Option<&'a [u8]
 }
 
 fn merge_chunk(tensor: &Bound, stats: &Stats, start: usize, n: usize, buffers: &mut Buffers) {
-    for (i, buffer) in buffers.inputs.iter_mut().enumerate() {
+    let inputs = &mut buffers.inputs[..tensor.inputs.len()];
+    for (i, buffer) in inputs.iter_mut().enumerate() {
         load(tensor, i, start, &mut buffer[..n]);
     }
-    let views: Vec<&[f32]> = buffers.inputs.iter().map(|b| &b[..n]).collect();
+    let views: Vec<&[f32]> = inputs.iter().map(|b| &b[..n]).collect();
     tensor.kernel.apply(tensor.working, stats, &views, &mut buffers.out[..n]);
     let size = tensor.spec.dtype.size();
     encode_f32(tensor.spec.dtype, &buffers.out[..n], &mut buffers.bytes[..n * size]);
