@@ -6,7 +6,7 @@
 use std::cell::RefCell;
 use std::path::Path;
 
-use amalgam_tensors::dtype::{decode_f32, encode_f32, round_to};
+use amalgam_tensors::dtype::{decode_f32, encode_f32, round_slice};
 use amalgam_tensors::{DType, Layout, ModelFolder, ShardWriter, TensorRef, TensorSpec};
 use rayon::prelude::*;
 
@@ -250,9 +250,7 @@ fn load(tensor: &Bound, i: usize, start: usize, out: &mut [f32]) {
     let bytes = &input.bytes()[start * size..(start + out.len()) * size];
     decode_f32(input.info.dtype, bytes, out);
     if input.info.dtype != tensor.working {
-        for v in out.iter_mut() {
-            *v = round_to(tensor.working, *v);
-        }
+        round_slice(tensor.working, out);
     }
 }
 

@@ -84,7 +84,7 @@ impl fmt::Display for DType {
 
 /// Rounds an `f32` to bfloat16 bits, nearest-even, NaN to the canonical quiet NaN (as
 /// `c10::BFloat16` does).
-#[inline]
+#[inline(always)]
 pub fn f32_to_bf16_bits(x: f32) -> u16 {
     if x.is_nan() {
         return 0x7FC0;
@@ -95,30 +95,39 @@ pub fn f32_to_bf16_bits(x: f32) -> u16 {
 }
 
 /// Widens bfloat16 bits to `f32` (exact).
-#[inline]
+#[inline(always)]
 pub fn bf16_bits_to_f32(bits: u16) -> f32 {
     f32::from_bits(u32::from(bits) << 16)
 }
 
 /// Rounds an `f32` to IEEE half bits, nearest-even.
-#[inline]
+#[inline(always)]
 pub fn f32_to_f16_bits(x: f32) -> u16 {
     half::f16::from_f32(x).to_bits()
 }
 
 /// Widens IEEE half bits to `f32` (exact).
-#[inline]
+#[inline(always)]
 pub fn f16_bits_to_f32(bits: u16) -> f32 {
     half::f16::from_bits(bits).to_f32()
 }
 
 /// Rounds `x` to `dtype` and back: the value a tensor of that dtype would hold.
-#[inline]
+#[inline(always)]
 pub fn round_to(dtype: DType, x: f32) -> f32 {
     match dtype {
         DType::F32 | DType::F64 => x,
         DType::F16 => f16_bits_to_f32(f32_to_f16_bits(x)),
         DType::BF16 => bf16_bits_to_f32(f32_to_bf16_bits(x)),
+    }
+}
+
+/// Rounds every value to `dtype` (dispatching once, not per element).
+pub fn round_slice(dtype: DType, values: &mut [f32]) {
+    match dtype {
+        DType::F32 | DType::F64 => {}
+        DType::F16 => values.iter_mut().for_each(|v| *v = round_to(DType::F16, *v)),
+        DType::BF16 => values.iter_mut().for_each(|v| *v = round_to(DType::BF16, *v)),
     }
 }
 

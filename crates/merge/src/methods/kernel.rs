@@ -133,21 +133,36 @@ impl Kernel {
     /// Merges one chunk: `inputs[i]` holds the chunk of input `i`; results, rounded to
     /// `working`, go to `out`.
     pub fn apply(&self, working: DType, stats: &Stats, inputs: &[&[f32]], out: &mut [f32]) {
+        // One monomorphized loop per dtype, so the rounding inlines into it.
+        match working {
+            DType::BF16 => self.apply_with(|x| round_to(DType::BF16, x), stats, inputs, out),
+            DType::F16 => self.apply_with(|x| round_to(DType::F16, x), stats, inputs, out),
+            DType::F32 | DType::F64 => self.apply_with(|x| x, stats, inputs, out),
+        }
+    }
+
+    fn apply_with(
+        &self,
+        round: impl Fn(f32) -> f32 + Copy,
+        stats: &Stats,
+        inputs: &[&[f32]],
+        out: &mut [f32],
+    ) {
         match self {
             Kernel::Passthrough { scale: None } => out.copy_from_slice(inputs[0]),
             Kernel::Passthrough { scale: Some(s) } => {
                 for (o, x) in out.iter_mut().zip(inputs[0]) {
-                    *o = round_to(working, x * s);
+                    *o = round(x * s);
                 }
             }
-            Kernel::Linear { weights, divisor } => linear(weights, *divisor, working, inputs, out),
+            Kernel::Linear { weights, divisor } => linear(weights, *divisor, round, inputs, out),
             Kernel::TaskArithmetic { base, weights, divisor, lambda } => {
-                task_arithmetic(*base, weights, *divisor, *lambda, working, inputs, out)
+                task_arithmetic(*base, weights, *divisor, *lambda, round, inputs, out)
             }
             Kernel::Slerp { base, .. } => {
                 let (a, b) = (inputs[*base], inputs[1 - base]);
                 for ((o, x), y) in out.iter_mut().zip(a).zip(b) {
-                    *o = round_to(working, stats.coef_a * x + stats.coef_b * y);
+                    *o = round(stats.coef_a * x + stats.coef_b * y);
                 }
             }
         }
@@ -174,7 +189,7 @@ fn slerp_coefficients(dot: f32, t: f32) -> Stats {
 fn linear(
     weights: &[f32],
     divisor: Option<f32>,
-    working: DType,
+    round: impl Fn(f32) -> f32,
     inputs: &[&[f32]],
     out: &mut [f32],
 ) {
@@ -182,12 +197,9 @@ fn linear(
     for (w, x) in weights.iter().zip(inputs) {
         reduce::fma_accumulate(out, x, *w);
     }
-    for o in out.iter_mut() {
-        let v = match divisor {
-            Some(d) => *o / d,
-            None => *o,
-        };
-        *o = round_to(working, v);
+    match divisor {
+        Some(d) => out.iter_mut().for_each(|o| *o = round(*o / d)),
+        None => out.iter_mut().for_each(|o| *o = round(*o)),
     }
 }
 
@@ -198,7 +210,7 @@ fn task_arithmetic(
     weights: &[(usize, f32)],
     divisor: Option<f32>,
     lambda: Option<f32>,
-    working: DType,
+    round: impl Fn(f32) -> f32,
     inputs: &[&[f32]],
     out: &mut [f32],
 ) {
@@ -207,17 +219,17 @@ fn task_arithmetic(
         // Deltas are stacked, scaled, then summed over models with an f32 accumulator.
         let mut mixed = 0f32;
         for &(i, w) in weights {
-            let delta = round_to(working, inputs[i][e] - b[e]);
-            mixed += round_to(working, delta * w);
+            let delta = round(inputs[i][e] - b[e]);
+            mixed += round(delta * w);
         }
-        let mut mixed = round_to(working, mixed);
+        let mut mixed = round(mixed);
         if let Some(d) = divisor {
-            mixed = round_to(working, mixed / d);
+            mixed = round(mixed / d);
         }
         if let Some(l) = lambda {
-            mixed = round_to(working, mixed * l);
+            mixed = round(mixed * l);
         }
-        *o = round_to(working, b[e] + mixed);
+        *o = round(b[e] + mixed);
     }
 }
 
