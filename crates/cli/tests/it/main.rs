@@ -2,6 +2,7 @@
 //! `tests/data` (copied from the project's shared fixtures by
 //! `scripts/import-fixtures.sh`).
 
+mod card;
 mod common;
 mod errors;
 mod hub;
