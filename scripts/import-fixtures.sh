@@ -6,8 +6,8 @@
 set -euo pipefail
 src=${1:-../shared/fixtures}
 dst=tests/data
-rm -rf "$dst/seed" "$dst/methods"
-mkdir -p "$dst/seed" "$dst/methods"
+rm -rf "$dst/seed" "$dst/methods" "$dst/gguf"
+mkdir -p "$dst/seed" "$dst/methods" "$dst/gguf"
 
 cp -r "$src/seed/hub" "$dst/seed/hub"
 cp "$src/seed/seed-120b.yml" "$src/seed/mergekit-tensors.json" "$src/seed/mergekit-config.json" \
@@ -23,4 +23,7 @@ done
 cp -r "$src/methods/configs" "$src/methods/mergekit" "$src/methods/models" "$dst/methods/"
 cp "$src/methods/mergekit-wall-seconds.json" "$dst/methods/"
 chmod -R u+w "$dst/methods"
+cp -r "$src/gguf/tiny-kq" "$dst/gguf/"
+cp "$src/gguf/llamacpp-quantized.json" "$src/gguf/tiny-kq-Q4_K_M.gguf" "$src/gguf/tiny-kq-Q8_0.gguf" "$dst/gguf/"
+chmod -R u+w "$dst/gguf"
 echo "fixtures copied into $dst"

@@ -1,0 +1,136 @@
+//! Quantization and dequantization of whole rows for every block type, dispatching to the
+//! per-block ports of ggml's reference quantizers. One definition of each block, used by
+//! the GGUF writer and (later) by inference.
+
+mod common;
+mod kquants;
+mod legacy;
+
+use crate::ggml_type::GgmlType;
+
+pub use common::nearest_int;
+
+/// Quantizes `x` (a whole number of blocks) into `out` (exactly the type's bytes).
+///
+/// # Panics
+/// If the lengths do not match the type; callers size both from the tensor shape.
+pub fn quantize(ty: GgmlType, x: &[f32], out: &mut [u8]) {
+    let (block, size) = (ty.block_size(), ty.type_size());
+    assert!(
+        x.len().is_multiple_of(block) && out.len() == x.len() / block * size,
+        "quantize {ty}: bad lengths"
+    );
+    match ty {
+        GgmlType::F32 => {
+            for (o, v) in out.chunks_exact_mut(4).zip(x) {
+                o.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        GgmlType::F16 => {
+            for (o, v) in out.chunks_exact_mut(2).zip(x) {
+                o.copy_from_slice(&half::f16::from_f32(*v).to_le_bytes());
+            }
+        }
+        GgmlType::BF16 => {
+            for (o, v) in out.chunks_exact_mut(2).zip(x) {
+                o.copy_from_slice(&f32_to_bf16_ggml(*v).to_le_bytes());
+            }
+        }
+        _ => {
+            let f = block_quantizer(ty);
+            for (o, b) in out.chunks_exact_mut(size).zip(x.chunks_exact(block)) {
+                f(b, o);
+            }
+        }
+    }
+}
+
+/// Dequantizes `bytes` (a whole number of blocks) into `y`.
+///
+/// # Panics
+/// If the lengths do not match the type.
+pub fn dequantize(ty: GgmlType, bytes: &[u8], y: &mut [f32]) {
+    let (block, size) = (ty.block_size(), ty.type_size());
+    assert!(
+        y.len().is_multiple_of(block) && bytes.len() == y.len() / block * size,
+        "dequantize {ty}: bad lengths"
+    );
+    match ty {
+        GgmlType::F32 => {
+            for (v, b) in y.iter_mut().zip(bytes.chunks_exact(4)) {
+                *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        GgmlType::F16 => {
+            for (v, b) in y.iter_mut().zip(bytes.chunks_exact(2)) {
+                *v = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+            }
+        }
+        GgmlType::BF16 => {
+            for (v, b) in y.iter_mut().zip(bytes.chunks_exact(2)) {
+                *v = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16);
+            }
+        }
+        _ => {
+            let f = block_dequantizer(ty);
+            for (b, v) in bytes.chunks_exact(size).zip(y.chunks_exact_mut(block)) {
+                f(b, v);
+            }
+        }
+    }
+}
+
+type Quantizer = fn(&[f32], &mut [u8]);
+type Dequantizer = fn(&[u8], &mut [f32]);
+
+fn block_quantizer(ty: GgmlType) -> Quantizer {
+    match ty {
+        GgmlType::Q4_0 => legacy::quantize_q4_0,
+        GgmlType::Q4_1 => legacy::quantize_q4_1,
+        GgmlType::Q5_0 => legacy::quantize_q5_0,
+        GgmlType::Q5_1 => legacy::quantize_q5_1,
+        GgmlType::Q8_0 => legacy::quantize_q8_0,
+        GgmlType::Q8_1 => legacy::quantize_q8_1,
+        GgmlType::Q2K => kquants::quantize_q2_k,
+        GgmlType::Q3K => kquants::quantize_q3_k,
+        GgmlType::Q4K => kquants::quantize_q4_k,
+        GgmlType::Q5K => kquants::quantize_q5_k,
+        GgmlType::Q6K => kquants::quantize_q6_k,
+        GgmlType::Q8K => kquants::quantize_q8_k,
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {
+            unreachable!("float types are not block-quantized")
+        }
+    }
+}
+
+fn block_dequantizer(ty: GgmlType) -> Dequantizer {
+    match ty {
+        GgmlType::Q4_0 => legacy::dequantize_q4_0,
+        GgmlType::Q4_1 => legacy::dequantize_q4_1,
+        GgmlType::Q5_0 => legacy::dequantize_q5_0,
+        GgmlType::Q5_1 => legacy::dequantize_q5_1,
+        GgmlType::Q8_0 => legacy::dequantize_q8_0,
+        GgmlType::Q8_1 => legacy::dequantize_q8_1,
+        GgmlType::Q2K => kquants::dequantize_q2_k,
+        GgmlType::Q3K => kquants::dequantize_q3_k,
+        GgmlType::Q4K => kquants::dequantize_q4_k,
+        GgmlType::Q5K => kquants::dequantize_q5_k,
+        GgmlType::Q6K => kquants::dequantize_q6_k,
+        GgmlType::Q8K => kquants::dequantize_q8_k,
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {
+            unreachable!("float types are not block-quantized")
+        }
+    }
+}
+
+/// ggml's `fp32 -> bf16`: nearest-even, NaN kept quiet with its sign and payload top.
+fn f32_to_bf16_ggml(x: f32) -> u16 {
+    let u = x.to_bits();
+    if (u & 0x7fff_ffff) > 0x7f80_0000 {
+        return ((u >> 16) | 64) as u16;
+    }
+    ((u + (0x7fff + ((u >> 16) & 1))) >> 16) as u16
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,89 @@
+//! Quantization round trips against the error bounds of llama.cpp's
+//! `tests/test-quantize-fns.cpp`, and hand-checked blocks.
+
+use super::*;
+
+/// llama.cpp's synthetic test data: `0.1 + 2 cos(i + offset)`.
+fn test_data(offset: f32, n: usize) -> Vec<f32> {
+    (0..n).map(|i| 0.1 + 2.0 * (i as f32 + offset).cos()).collect()
+}
+
+/// llama.cpp's error metric: `sqrt(sum (a - b)^2) / n`.
+fn total_error(a: &[f32], b: &[f32]) -> f32 {
+    let sum: f64 = a.iter().zip(b).map(|(x, y)| f64::from(x - y).powi(2)).sum();
+    (sum.sqrt() / a.len() as f64) as f32
+}
+
+#[test]
+fn round_trip_errors_are_within_llama_cpp_bounds() {
+    let x = test_data(0.0, 32 * 128);
+    for ty in GgmlType::ALL {
+        let bound = match ty {
+            GgmlType::Q2K => 0.0075,
+            GgmlType::Q3K => 0.004,
+            _ => 0.002,
+        };
+        let mut bytes = vec![0u8; ty.bytes_for(x.len() as u64).unwrap() as usize];
+        quantize(ty, &x, &mut bytes);
+        let mut back = vec![0f32; x.len()];
+        dequantize(ty, &bytes, &mut back);
+        let error = total_error(&x, &back);
+        assert!(error < bound, "{ty}: error {error} over {bound}");
+    }
+}
+
+#[test]
+fn float_types_are_exact_or_nearest() {
+    let x = [1.0f32, -2.5, 0.1, 65504.0];
+    let mut bytes = vec![0u8; 16];
+    quantize(GgmlType::F32, &x, &mut bytes);
+    let mut back = [0f32; 4];
+    dequantize(GgmlType::F32, &bytes, &mut back);
+    assert_eq!(back, x);
+    assert_eq!(f32_to_bf16_ggml(1.0 + 2f32.powi(-8)), 0x3F80, "ties to even");
+    assert_eq!(f32_to_bf16_ggml(f32::from_bits(0x7F80_0001)), 0x7FC0, "NaN stays NaN");
+}
+
+#[test]
+fn q8_0_block_by_hand() {
+    // amax 127 gives d = 1: every value rounds half away from zero.
+    let mut x = [0f32; 32];
+    x[0] = 127.0;
+    x[1] = -2.5;
+    x[2] = 2.5;
+    x[3] = 0.49;
+    let mut b = [0u8; 34];
+    quantize(GgmlType::Q8_0, &x, &mut b);
+    assert_eq!(&b[..2], &half::f16::from_f32(1.0).to_le_bytes());
+    assert_eq!(b[2] as i8, 127);
+    assert_eq!(b[3] as i8, -3);
+    assert_eq!(b[4] as i8, 3);
+    assert_eq!(b[5] as i8, 0);
+}
+
+#[test]
+fn q4_0_block_by_hand() {
+    // max -8 gives d = 1, so q = trunc(x + 8.5) clamped to 15.
+    let mut x = [0f32; 32];
+    x[0] = -8.0;
+    x[1] = 7.9;
+    x[16] = 3.2;
+    let mut b = [0u8; 18];
+    quantize(GgmlType::Q4_0, &x, &mut b);
+    assert_eq!(half::f16::from_le_bytes([b[0], b[1]]).to_f32(), 1.0);
+    assert_eq!(b[2] & 0x0F, 0, "-8 -> 0");
+    assert_eq!(b[2] >> 4, 11, "element 16: 3.2 + 8.5 -> 11");
+    assert_eq!(b[3] & 0x0F, 15, "7.9 + 8.5 = 16.4 clamps to 15");
+}
+
+#[test]
+fn all_zero_blocks_stay_zero() {
+    let x = vec![0f32; 256];
+    for ty in GgmlType::ALL {
+        let mut bytes = vec![0xAAu8; ty.bytes_for(256).unwrap() as usize];
+        quantize(ty, &x, &mut bytes);
+        let mut back = vec![1f32; 256];
+        dequantize(ty, &bytes, &mut back);
+        assert!(back.iter().all(|v| *v == 0.0), "{ty}");
+    }
+}
