@@ -2,10 +2,18 @@
 //! reference quantizers, used by the writer and by inference), the GGUF container, and
 //! llama.cpp's quantization mixtures.
 
+pub mod error;
 pub mod ggml_type;
 pub mod mixture;
 pub mod names;
 pub mod quant;
+pub mod read;
+pub mod value;
+pub mod write;
 
+pub use error::{GgufError, Result};
 pub use ggml_type::GgmlType;
 pub use mixture::FileType;
+pub use read::{GgufFile, Header, TensorInfo};
+pub use value::{Value, ValueType};
+pub use write::{GgufWriter, Layout, TensorSpec};
