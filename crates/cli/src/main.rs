@@ -1,8 +1,10 @@
 //! The `amalgam` binary: parses the command line and hands each subcommand to its
 //! module. Errors print as one paragraph and exit with status 2.
 
+mod inspect;
 mod merge;
 mod progress;
+mod quantize;
 
 use std::process::ExitCode;
 
@@ -19,12 +21,16 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Merge(merge::MergeArgs),
+    Quantize(quantize::QuantizeArgs),
+    Inspect(inspect::InspectArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Merge(args) => merge::run(args),
+        Command::Quantize(args) => quantize::run(args),
+        Command::Inspect(args) => inspect::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -27,6 +27,29 @@ impl Bar {
     pub fn finish(&self) {
         self.bar.finish_and_clear();
     }
+
+    /// Starts counting `total` bytes of work under `label`.
+    pub fn start_bytes(&self, label: &str, total: u64) {
+        self.bar.set_length(total);
+        self.bar.set_position(0);
+        let template = format!(
+            "{label} {{bar:30.cyan/blue}} {{bytes}}/{{total_bytes}} ({{binary_bytes_per_sec}}, ETA {{eta}})"
+        );
+        self.bar.set_style(
+            ProgressStyle::with_template(&template)
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+    }
+
+    /// Counts `bytes` more as done.
+    pub fn add(&self, bytes: u64) {
+        self.bar.inc(bytes);
+    }
+
+    /// Prints a warning above the bar.
+    pub fn warn_line(&self, message: &str) {
+        self.bar.suspend(|| eprintln!("warning: {message}"));
+    }
 }
 
 impl Progress for Bar {
@@ -43,7 +66,7 @@ impl Progress for Bar {
 
 impl Reporter for Bar {
     fn warn(&self, message: &str) {
-        self.bar.suspend(|| eprintln!("warning: {message}"));
+        self.warn_line(message);
     }
 
     fn begin(&self, tensors: usize, bytes: u64) {

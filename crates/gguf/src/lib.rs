@@ -2,12 +2,15 @@
 //! reference quantizers, used by the writer and by inference), the GGUF container, and
 //! llama.cpp's quantization mixtures.
 
+pub mod convert;
 pub mod error;
 pub mod ggml_type;
+pub mod llama;
 pub mod mixture;
 pub mod names;
 pub mod quant;
 pub mod read;
+pub mod tokenizer;
 pub mod value;
 pub mod write;
 

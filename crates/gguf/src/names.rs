@@ -63,9 +63,9 @@ pub fn permuted_heads(gguf_name: &str, n_head: usize, n_head_kv: usize) -> Optio
     }
 }
 
-/// The source row of each output row when converting HF to GGUF: within each head of
-/// `rows / heads` rows, GGUF row `2i + s` is HF row `s * hd/2 + i`.
-fn hf_row_for(row: usize, rows: usize, heads: usize) -> usize {
+/// The HF row that GGUF row `row` holds: within each head of `rows / heads` rows, GGUF
+/// row `2i + s` is HF row `s * hd/2 + i`.
+pub fn hf_row_of_gguf_row(row: usize, rows: usize, heads: usize) -> usize {
     let hd = rows / heads;
     let (h, r) = (row / hd, row % hd);
     let (i, s) = (r / 2, r % 2);
@@ -76,7 +76,7 @@ fn hf_row_for(row: usize, rows: usize, heads: usize) -> usize {
 pub fn permute_to_gguf<T: Copy>(data: &[T], rows: usize, cols: usize, heads: usize) -> Vec<T> {
     let mut out = Vec::with_capacity(data.len());
     for row in 0..rows {
-        let src = hf_row_for(row, rows, heads);
+        let src = hf_row_of_gguf_row(row, rows, heads);
         out.extend_from_slice(&data[src * cols..(src + 1) * cols]);
     }
     out
@@ -91,7 +91,7 @@ pub fn permute_to_hf<T: Copy + Default>(
 ) -> Vec<T> {
     let mut out = vec![T::default(); data.len()];
     for row in 0..rows {
-        let dst = hf_row_for(row, rows, heads);
+        let dst = hf_row_of_gguf_row(row, rows, heads);
         out[dst * cols..(dst + 1) * cols].copy_from_slice(&data[row * cols..(row + 1) * cols]);
     }
     out

@@ -5,6 +5,7 @@
 mod card;
 mod common;
 mod errors;
+mod gguf;
 mod hub;
 mod methods;
 mod seed;

@@ -1,0 +1,114 @@
+//! `amalgam quantize MODEL OUT.gguf --quant TYPE`: a Hugging Face Llama model (folder or
+//! hub id) to a GGUF file of any llama.cpp mixture, byte-identical to llama.cpp's
+//! converter followed by `llama-quantize`.
+
+use std::path::{Path, PathBuf};
+
+use amalgam_gguf::FileType;
+use amalgam_gguf::convert;
+use amalgam_merge::ModelRef;
+use amalgam_merge::resolve::Resolver;
+use amalgam_tensors::{ModelFolder, hub};
+use anyhow::{Context, bail};
+use clap::Args;
+
+use crate::progress::Bar;
+
+/// Convert a Hugging Face model to GGUF, quantized with one of llama.cpp's mixtures.
+///
+/// MODEL is a model folder or a hub id (`org/name[@revision]`, found in the local hub
+/// cache or downloaded). The bytes match llama.cpp's convert_hf_to_gguf.py followed by
+/// llama-quantize (no importance matrix).
+#[derive(Args)]
+pub struct QuantizeArgs {
+    /// The model: a Hugging Face folder or hub id.
+    model: String,
+    /// The GGUF file to write.
+    out: PathBuf,
+    /// The mixture: F32, F16, BF16, Q8_0, Q6_K, Q5_K_M, Q5_K_S, Q5_1, Q5_0, Q4_K_M,
+    /// Q4_K_S, Q4_1, Q4_0, Q3_K_L, Q3_K_M, Q3_K_S, Q2_K (case-insensitive).
+    #[arg(long, short = 'q', visible_alias = "outtype", value_parser = parse_file_type)]
+    quant: FileType,
+    /// llama.cpp's pre-tokenizer name (`tokenizer.ggml.pre`), overriding detection.
+    #[arg(long, value_name = "NAME")]
+    tokenizer_pre: Option<String>,
+    /// `general.name` [default: the model's folder or repository name].
+    #[arg(long)]
+    name: Option<String>,
+    /// Replace OUT if it exists.
+    #[arg(long)]
+    force: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// Parses a mixture name, listing the valid ones on error.
+pub fn parse_file_type(text: &str) -> Result<FileType, String> {
+    FileType::from_name(text).ok_or_else(|| {
+        let names: Vec<&str> = FileType::ALL.iter().map(|f| f.name()).collect();
+        format!("unknown quantization {text:?}; choose one of {}", names.join(", "))
+    })
+}
+
+/// Finds a model folder from a path or hub id, as `amalgam merge` does.
+pub fn locate(model: &str, bar: &Bar) -> anyhow::Result<PathBuf> {
+    let reference = ModelRef::parse(model).map_err(anyhow::Error::msg)?;
+    let resolver = Resolver {
+        cache: hub::cache_dir(),
+        offline: hub::offline(),
+        progress: &|file, done, total| amalgam_merge::Reporter::download(bar, file, done, total),
+    };
+    Ok(resolver.locate(&reference)?.folder)
+}
+
+/// Runs `amalgam quantize`.
+pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
+    let bar = Bar::new(args.quiet);
+    if args.out.exists() && !args.force {
+        bail!("{} exists; pass --force to replace it", args.out.display());
+    }
+    let folder_path = locate(&args.model, &bar)?;
+    let folder = ModelFolder::open(&folder_path)?;
+    let name = args.name.clone().unwrap_or_else(|| default_name(&args.model));
+    let (metadata, plan) =
+        convert::prepare(&folder, args.quant, &name, args.tokenizer_pre.as_deref())?;
+    if let Some((pre, true)) = &plan.pre {
+        bar.warn_line(&format!(
+            "tokenizer.ggml.pre = {pre:?} was guessed from the pre-tokenizer definition; pass \
+             --tokenizer-pre to set it"
+        ));
+    }
+    let partial = partial_path(&args.out);
+    bar.start_bytes("writing", plan.bytes);
+    let result = convert::write(&partial, &metadata, &plan.tensors, &folder, &|n| bar.add(n));
+    bar.finish();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e).with_context(|| format!("writing {}", args.out.display()));
+    }
+    std::fs::rename(&partial, &args.out)
+        .with_context(|| format!("renaming into {}", args.out.display()))?;
+    if !args.quiet {
+        eprintln!(
+            "wrote {} ({} tensors, {}, {} bytes)",
+            args.out.display(),
+            plan.tensors.len(),
+            args.quant,
+            plan.bytes
+        );
+    }
+    Ok(())
+}
+
+/// The last path component of a folder or hub id, without a revision.
+fn default_name(model: &str) -> String {
+    let path = model.split('@').next().unwrap_or(model).trim_end_matches('/');
+    path.rsplit('/').next().unwrap_or(path).to_owned()
+}
+
+/// A hidden sibling to write into before the final rename.
+pub fn partial_path(out: &Path) -> PathBuf {
+    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    out.with_file_name(format!(".{name}.amalgam-partial-{}", std::process::id()))
+}

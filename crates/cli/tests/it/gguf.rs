@@ -1,0 +1,106 @@
+//! `amalgam quantize` and `amalgam inspect` end to end: tiny-kq to every llama.cpp mixture
+//! through the binary, read back with amalgam's GGUF reader, against llama.cpp's bytes.
+
+use amalgam_gguf::{GgufFile, Value};
+use sha2::{Digest, Sha256};
+
+use crate::common::*;
+
+#[test]
+fn quantize_matches_llama_cpp_for_every_mixture() {
+    let golden = json(&data().join("gguf/llamacpp-quantized.json"));
+    let tmp = tempfile::tempdir().unwrap();
+    let mut problems = Vec::new();
+    for (mixture, expected) in golden["types"].as_object().unwrap() {
+        let out = tmp.path().join(format!("tiny-{mixture}.gguf"));
+        run_ok(amalgam().arg("quantize").arg(data().join("gguf/tiny-kq")).arg(&out).args([
+            "--quant",
+            &mixture.to_lowercase(),
+            "--quiet",
+        ]));
+        let file = GgufFile::open(&out).unwrap();
+        assert_eq!(file.header.tensors.len(), expected.as_object().unwrap().len(), "{mixture}");
+        for t in &file.header.tensors {
+            let want = &expected[&t.name];
+            let sha: String =
+                Sha256::digest(file.data(t)).iter().map(|b| format!("{b:02x}")).collect();
+            if want["type"] != t.ty.name()
+                || want["shape"] != serde_json::json!(t.dims)
+                || want["sha256"] != sha.as_str()
+            {
+                problems.push(format!("{mixture} {}: {} {:?}", t.name, t.ty, t.dims));
+            }
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{} tensors differ from llama.cpp:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+}
+
+#[test]
+fn metadata_has_the_types_llama_cpp_requires() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("tiny.gguf");
+    run_ok(amalgam().arg("quantize").arg(data().join("gguf/tiny-kq")).arg(&out).args([
+        "--quant",
+        "Q8_0",
+        "--quiet",
+        "--tokenizer-pre",
+        "llama-bpe",
+    ]));
+    let file = GgufFile::open(&out).unwrap();
+    let get = |k: &str| file.header.get(k).unwrap_or_else(|| panic!("{k} missing")).clone();
+    for key in [
+        "llama.block_count",
+        "llama.context_length",
+        "llama.embedding_length",
+        "llama.feed_forward_length",
+        "llama.attention.head_count",
+        "llama.attention.head_count_kv",
+        "llama.rope.dimension_count",
+        "general.file_type",
+        "general.quantization_version",
+        "tokenizer.ggml.bos_token_id",
+    ] {
+        assert!(matches!(get(key), Value::U32(_)), "{key} must be u32: {:?}", get(key));
+    }
+    for key in ["llama.rope.freq_base", "llama.attention.layer_norm_rms_epsilon"] {
+        assert!(matches!(get(key), Value::F32(_)), "{key} must be f32");
+    }
+    assert_eq!(get("llama.rope.freq_base"), Value::F32(500000.0));
+    assert_eq!(get("general.file_type"), Value::U32(7));
+    assert_eq!(get("tokenizer.ggml.pre"), Value::String("llama-bpe".into()));
+    assert_eq!(get("tokenizer.ggml.tokens").as_array().unwrap().len(), 512);
+    assert!(get("tokenizer.chat_template").as_str().unwrap().contains("start_header_id"));
+}
+
+#[test]
+fn inspect_shows_metadata_and_tensors() {
+    let output = run_ok(amalgam().arg("inspect").arg(data().join("gguf/tiny-kq-Q4_K_M.gguf")));
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.contains("GGUF v3, 23 metadata entries, 75 tensors"), "{text}");
+    assert!(text.contains("output.weight") && text.contains("Q6_K"), "{text}");
+    let output = run_ok(amalgam().arg("inspect").arg(data().join("gguf/tiny-kq")));
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        text.contains("model.layers.7.mlp.down_proj.weight") && text.contains("BF16"),
+        "{text}"
+    );
+}
+
+#[test]
+fn unknown_quantization_lists_the_choices() {
+    let tmp = tempfile::tempdir().unwrap();
+    let output = run(amalgam()
+        .arg("quantize")
+        .arg(data().join("gguf/tiny-kq"))
+        .arg(tmp.path().join("x.gguf"))
+        .args(["--quant", "q4_k_x"]));
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("Q4_K_M") && stderr.contains("q4_k_x"), "{stderr}");
+    assert!(!tmp.path().join("x.gguf").exists());
+}

@@ -1,0 +1,251 @@
+//! Hugging Face Llama → GGUF: which tensors the file holds (names, shapes, block types by
+//! mixture), where each one's rows come from (with Q/K rows permuted per head), and a
+//! streaming writer that quantizes a few rows at a time across threads.
+
+use std::path::Path;
+
+use amalgam_tensors::ModelFolder;
+use amalgam_tensors::dtype::decode_f32;
+use rayon::prelude::*;
+use serde_json::Value as Json;
+
+use crate::error::{GgufError, Result};
+use crate::ggml_type::GgmlType;
+use crate::llama::LlamaParams;
+use crate::mixture::{FileType, ModelShape, tensor_type};
+use crate::names;
+use crate::quant;
+use crate::tokenizer::{self, TokenizerFiles};
+use crate::value::Value;
+use crate::write::{GgufWriter, Layout, TensorSpec};
+
+/// Elements converted per work item.
+const CHUNK: usize = 1 << 18;
+
+/// Where a GGUF tensor's values come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Source {
+    /// Rows of an HF tensor of `rows × cols`; Q and K rows are reordered per head.
+    Hf { name: String, rows: usize, cols: usize, permute_heads: Option<usize> },
+    /// Values computed during conversion (`rope_freqs`).
+    Values(Vec<f32>),
+}
+
+/// One tensor of the output file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutTensor {
+    pub spec: TensorSpec,
+    pub source: Source,
+}
+
+/// Anything that can hand out rows of HF tensors as `f32`: a model folder, or a merge
+/// computing them on the fly.
+pub trait RowSource: Sync {
+    /// Fills `out` (a whole number of rows) with rows `first..` of the HF tensor `name`.
+    fn read_rows(&self, name: &str, first: usize, out: &mut [f32]) -> Result<()>;
+}
+
+impl RowSource for ModelFolder {
+    fn read_rows(&self, name: &str, first: usize, out: &mut [f32]) -> Result<()> {
+        let t = self
+            .tensor(name)?
+            .ok_or_else(|| GgufError::Convert(format!("tensor {name} is missing")))?;
+        let cols = t.info.shape.last().copied().unwrap_or(1).max(1);
+        let size = t.info.dtype.size();
+        let start = t.info.start + first * cols * size;
+        let end = start + out.len() * size;
+        if end > t.info.end {
+            return Err(GgufError::Convert(format!("rows {first}.. of {name} are out of range")));
+        }
+        decode_f32(t.info.dtype, t.file.bytes(start, end), out);
+        t.file.release(start, end);
+        Ok(())
+    }
+}
+
+/// The GGUF tensors of a Llama model whose HF tensors are `hf` (name, shape), in
+/// llama.cpp's order: embeddings, then layer by layer, then the output.
+pub fn plan(
+    hf: &[(String, Vec<usize>)],
+    params: &LlamaParams,
+    ftype: FileType,
+) -> Result<Vec<OutTensor>> {
+    let tied = !hf.iter().any(|(n, _)| n == "lm_head.weight");
+    let shape = ModelShape {
+        n_layer: params.n_layer,
+        n_head: params.n_head,
+        n_head_kv: params.n_head_kv,
+        tied,
+    };
+    let mut out = Vec::with_capacity(hf.len() + 1);
+    for (name, dims) in hf {
+        if name.ends_with("rotary_emb.inv_freq") {
+            continue;
+        }
+        let gguf = names::hf_to_gguf(name).ok_or_else(|| {
+            GgufError::Convert(format!(
+                "tensor {name} is not part of a Llama model; cannot convert it to GGUF"
+            ))
+        })?;
+        let gdims = names::gguf_dims(dims);
+        let ty = tensor_type(ftype, &shape, &gguf, gdims.len(), gdims[0]);
+        let heads = names::permuted_heads(&gguf, params.n_head, params.n_head_kv);
+        let cols = if dims.len() > 1 { dims[dims.len() - 1] } else { dims[0] };
+        let rows = dims.iter().product::<usize>() / cols.max(1);
+        let source = Source::Hf {
+            name: name.clone(),
+            rows,
+            cols,
+            permute_heads: heads.filter(|_| dims.len() == 2),
+        };
+        out.push(OutTensor { spec: TensorSpec { name: gguf, dims: gdims, ty }, source });
+    }
+    if let Some(freqs) = params.rope_freqs() {
+        let spec = TensorSpec {
+            name: "rope_freqs.weight".into(),
+            dims: vec![freqs.len() as u64],
+            ty: GgmlType::F32,
+        };
+        out.push(OutTensor { spec, source: Source::Values(freqs) });
+    }
+    out.sort_by_key(|t| order_key(&t.spec.name));
+    Ok(out)
+}
+
+/// Sort key: embeddings and RoPE first, then layers by number, then the output.
+fn order_key(name: &str) -> (u8, usize) {
+    match name.strip_prefix("blk.").and_then(|r| r.split('.').next()?.parse().ok()) {
+        Some(layer) => (1, layer),
+        None if name.starts_with("output") => (2, 0),
+        None => (0, 0),
+    }
+}
+
+/// Writes a GGUF file with `metadata` and `tensors`, their rows from `source`.
+/// `progress` is called with the bytes of each finished chunk.
+pub fn write(
+    path: &Path,
+    metadata: &[(String, Value)],
+    tensors: &[OutTensor],
+    source: &dyn RowSource,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<()> {
+    let specs: Vec<TensorSpec> = tensors.iter().map(|t| t.spec.clone()).collect();
+    let writer = GgufWriter::create(path, Layout::new(metadata, &specs)?)?;
+    tensors
+        .par_iter()
+        .enumerate()
+        .try_for_each(|(i, t)| write_tensor(&writer, i, t, source, progress))?;
+    writer.finish()
+}
+
+/// Converts one tensor in chunks of whole rows.
+fn write_tensor(
+    writer: &GgufWriter,
+    index: usize,
+    tensor: &OutTensor,
+    source: &dyn RowSource,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<()> {
+    let ty = tensor.spec.ty;
+    match &tensor.source {
+        Source::Values(values) => {
+            let mut bytes = vec![0u8; tensor.spec.size() as usize];
+            quant::quantize(ty, values, &mut bytes);
+            writer.write_at(index, 0, &bytes)?;
+            progress(bytes.len() as u64);
+            Ok(())
+        }
+        Source::Hf { name, rows, cols, permute_heads } => {
+            let row_bytes = tensor.spec.size() as usize / rows.max(&1);
+            let per_chunk = (CHUNK / cols.max(&1)).max(1);
+            (0..rows.div_ceil(per_chunk)).into_par_iter().try_for_each(|c| {
+                let first = c * per_chunk;
+                let n = per_chunk.min(rows - first);
+                let mut values = vec![0f32; n * cols];
+                read_output_rows(source, name, first, *rows, *cols, *permute_heads, &mut values)?;
+                let mut bytes = vec![0u8; n * row_bytes];
+                quant::quantize(ty, &values, &mut bytes);
+                writer.write_at(index, (first * row_bytes) as u64, &bytes)?;
+                progress(bytes.len() as u64);
+                Ok(())
+            })
+        }
+    }
+}
+
+/// Output rows `first..` of a tensor: the same HF rows, or for Q/K the permuted ones.
+fn read_output_rows(
+    source: &dyn RowSource,
+    name: &str,
+    first: usize,
+    rows: usize,
+    cols: usize,
+    heads: Option<usize>,
+    out: &mut [f32],
+) -> Result<()> {
+    let Some(heads) = heads else { return source.read_rows(name, first, out) };
+    for (k, row) in out.chunks_exact_mut(cols).enumerate() {
+        source.read_rows(name, names::hf_row_of_gguf_row(first + k, rows, heads), row)?;
+    }
+    Ok(())
+}
+
+/// The parsed tokenizer files of a model folder, if it has `tokenizer.json`.
+pub fn tokenizer_files(folder: &ModelFolder) -> Result<Option<TokenizerFiles>> {
+    let Some(path) = folder.file("tokenizer.json") else { return Ok(None) };
+    let read = |p: &Path| -> Result<Json> {
+        let text = std::fs::read_to_string(p).map_err(|e| GgufError::io("read", p, e))?;
+        serde_json::from_str(&text)
+            .map_err(|e| GgufError::Convert(format!("{} is not valid JSON: {e}", p.display())))
+    };
+    let tokenizer = read(&path)?;
+    let config = folder.file("tokenizer_config.json").map(|p| read(&p)).transpose()?;
+    let chat_template_file =
+        folder.file("chat_template.jinja").and_then(|p| std::fs::read_to_string(p).ok());
+    Ok(Some(TokenizerFiles { tokenizer, config, chat_template_file }))
+}
+
+/// Everything a conversion decided, for the caller to report.
+pub struct Converted {
+    pub tensors: Vec<OutTensor>,
+    /// The pre-tokenizer written, and whether it was guessed from the regex.
+    pub pre: Option<(String, bool)>,
+    pub bytes: u64,
+}
+
+/// The complete metadata and tensor plan for converting `folder`. `pre` is the
+/// pre-tokenizer found by the caller (by probe hash); without it, it is guessed.
+pub fn prepare(
+    folder: &ModelFolder,
+    ftype: FileType,
+    name: &str,
+    pre: Option<&str>,
+) -> Result<(Vec<(String, Value)>, Converted)> {
+    let params = LlamaParams::from_config(folder.config())?;
+    let hf: Vec<(String, Vec<usize>)> = folder
+        .names()
+        .into_iter()
+        .filter_map(|n| {
+            folder.tensor(n).ok().flatten().map(|t| (n.to_owned(), t.info.shape.clone()))
+        })
+        .collect();
+    let tensors = plan(&hf, &params, ftype)?;
+    let mut metadata = params.metadata(name, ftype);
+    let mut chosen = None;
+    if let Some(files) = tokenizer_files(folder)? {
+        let (pre, guessed) = match pre {
+            Some(p) => (p.to_owned(), false),
+            None => (tokenizer::guess_pre(&files.tokenizer).unwrap_or("default").to_owned(), true),
+        };
+        // llama.cpp requires one token per embedding row.
+        let vocab = hf
+            .iter()
+            .find(|(n, _)| n == "model.embed_tokens.weight")
+            .map_or(params.vocab_size, |(_, s)| s[0]);
+        metadata.extend(tokenizer::metadata(&files, folder.config(), vocab, &pre)?);
+        chosen = Some((pre, guessed));
+    }
+    let bytes = tensors.iter().map(|t| t.spec.size()).sum();
+    Ok((metadata, Converted { tensors, pre: chosen, bytes }))
+}
