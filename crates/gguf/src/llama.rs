@@ -107,20 +107,17 @@ impl LlamaParams {
         out.push(("general.file_type".to_owned(), Value::U32(ftype.id())));
         out.push(("llama.vocab_size".to_owned(), u32v(self.vocab_size)));
         out.push(("llama.rope.dimension_count".to_owned(), u32v(self.head_size())));
-        match self.scaling_type() {
-            Some(kind @ ("linear" | "yarn")) => {
-                out.push(("llama.rope.scaling.type".to_owned(), Value::String(kind.into())));
-                if let Some(f) = self.scaling_f32("factor") {
-                    out.push(("llama.rope.scaling.factor".to_owned(), Value::F32(f)));
-                }
-                if let Some(n) = self.scaling_f32("original_max_position_embeddings") {
-                    out.push((
-                        "llama.rope.scaling.original_context_length".to_owned(),
-                        Value::U32(n as u32),
-                    ));
-                }
+        if let Some(kind @ ("linear" | "yarn")) = self.scaling_type() {
+            out.push(("llama.rope.scaling.type".to_owned(), Value::String(kind.into())));
+            if let Some(f) = self.scaling_f32("factor") {
+                out.push(("llama.rope.scaling.factor".to_owned(), Value::F32(f)));
             }
-            _ => {}
+            if let Some(n) = self.scaling_f32("original_max_position_embeddings") {
+                out.push((
+                    "llama.rope.scaling.original_context_length".to_owned(),
+                    Value::U32(n as u32),
+                ));
+            }
         }
         out.push(("general.quantization_version".to_owned(), Value::U32(2)));
         out
