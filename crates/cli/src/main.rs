@@ -1,6 +1,7 @@
 //! The `amalgam` binary: parses the command line and hands each subcommand to its
 //! module. Errors print as one paragraph and exit with status 2.
 
+mod convert;
 mod inspect;
 mod merge;
 mod progress;
@@ -22,6 +23,7 @@ struct Cli {
 enum Command {
     Merge(merge::MergeArgs),
     Quantize(quantize::QuantizeArgs),
+    Convert(convert::ConvertArgs),
     Inspect(inspect::InspectArgs),
 }
 
@@ -30,6 +32,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Merge(args) => merge::run(args),
         Command::Quantize(args) => quantize::run(args),
+        Command::Convert(args) => convert::run(args),
         Command::Inspect(args) => inspect::run(args),
     };
     match result {

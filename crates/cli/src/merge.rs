@@ -26,7 +26,8 @@ use crate::progress::Bar;
 pub struct MergeArgs {
     /// The mergekit YAML config.
     config: PathBuf,
-    /// The output folder (created; must be empty unless --force).
+    /// The output folder (created; must be empty unless --force), or a `.gguf` file to merge
+    /// straight into GGUF (see --quant).
     out_dir: PathBuf,
 
     /// Bytes per output shard: a number with an optional K, M or B suffix (x1000,
@@ -69,6 +70,13 @@ pub struct MergeArgs {
     /// Hub cache folder to use instead of the environment's.
     #[arg(long, value_name = "PATH")]
     transformers_cache: Option<PathBuf>,
+    /// When OUT_DIR ends in .gguf: the llama.cpp quantization mixture (Q4_K_M, Q8_0, ...;
+    /// see `amalgam quantize --help`). Default: the merge dtype, unquantized.
+    #[arg(long, short = 'q', visible_alias = "outtype", value_name = "TYPE", value_parser = crate::quantize::parse_file_type)]
+    quant: Option<amalgam_gguf::FileType>,
+    /// When writing GGUF: `tokenizer.ggml.pre`, overriding detection.
+    #[arg(long, value_name = "NAME")]
+    tokenizer_pre: Option<String>,
 
     #[command(flatten)]
     ignored: IgnoredFlags,
@@ -164,7 +172,7 @@ impl IgnoredFlags {
 
 /// Parses a size the way mergekit does: digits, or a number with a K/M/B suffix
 /// (decimal: x1e3, x1e6, x1e9). Fractions such as `1.5B` are accepted too.
-fn parse_kmb(text: &str) -> Result<u64, String> {
+pub fn parse_kmb(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let (number, scale) = match text.char_indices().last() {
         Some((i, c)) if c.eq_ignore_ascii_case(&'k') => (&text[..i], 1e3),
@@ -202,6 +210,8 @@ pub fn run(args: MergeArgs) -> anyhow::Result<()> {
         force: args.force,
         dry_run: args.dry_run,
         cache_dir: args.transformers_cache.clone(),
+        quant: args.quant,
+        tokenizer_pre: args.tokenizer_pre.clone(),
     };
     let started = Instant::now();
     let result = amalgam_merge::run(&args.config, &args.out_dir, &options, &bar);

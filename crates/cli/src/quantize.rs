@@ -81,7 +81,8 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
     }
     let partial = partial_path(&args.out);
     bar.start_bytes("writing", plan.bytes);
-    let result = convert::write(&partial, &metadata, &plan.tensors, &folder, &|n| bar.add(n));
+    let progress = convert::Progress { bytes: &|n| bar.add(n), tensor_done: &|| {} };
+    let result = convert::write(&partial, &metadata, &plan.tensors, &folder, &progress);
     bar.finish();
     if let Err(e) = result {
         let _ = std::fs::remove_file(&partial);

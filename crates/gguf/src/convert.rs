@@ -121,21 +121,29 @@ fn order_key(name: &str) -> (u8, usize) {
     }
 }
 
+/// Progress callbacks of [`write`].
+pub struct Progress<'a> {
+    /// Called with the bytes of each finished chunk.
+    pub bytes: &'a (dyn Fn(u64) + Sync),
+    /// Called when a whole tensor is written.
+    pub tensor_done: &'a (dyn Fn() + Sync),
+}
+
 /// Writes a GGUF file with `metadata` and `tensors`, their rows from `source`.
-/// `progress` is called with the bytes of each finished chunk.
 pub fn write(
     path: &Path,
     metadata: &[(String, Value)],
     tensors: &[OutTensor],
     source: &dyn RowSource,
-    progress: &(dyn Fn(u64) + Sync),
+    progress: &Progress,
 ) -> Result<()> {
     let specs: Vec<TensorSpec> = tensors.iter().map(|t| t.spec.clone()).collect();
     let writer = GgufWriter::create(path, Layout::new(metadata, &specs)?)?;
-    tensors
-        .par_iter()
-        .enumerate()
-        .try_for_each(|(i, t)| write_tensor(&writer, i, t, source, progress))?;
+    tensors.par_iter().enumerate().try_for_each(|(i, t)| {
+        write_tensor(&writer, i, t, source, progress.bytes)?;
+        (progress.tensor_done)();
+        Ok::<_, GgufError>(())
+    })?;
     writer.finish()
 }
 

@@ -72,6 +72,14 @@ pub fn hf_row_of_gguf_row(row: usize, rows: usize, heads: usize) -> usize {
     h * hd + s * (hd / 2) + i
 }
 
+/// The GGUF row that holds HF row `row` (the inverse of [`hf_row_of_gguf_row`]).
+pub fn gguf_row_of_hf_row(row: usize, rows: usize, heads: usize) -> usize {
+    let hd = rows / heads;
+    let (h, r) = (row / hd, row % hd);
+    let (s, i) = (r / (hd / 2), r % (hd / 2));
+    h * hd + 2 * i + s
+}
+
 /// Reorders the rows of a row-major `[rows, cols]` matrix from HF's layout to GGUF's.
 pub fn permute_to_gguf<T: Copy>(data: &[T], rows: usize, cols: usize, heads: usize) -> Vec<T> {
     let mut out = Vec::with_capacity(data.len());
@@ -133,6 +141,9 @@ mod tests {
         let g = permute_to_gguf(&hf, 8, 1, 2);
         assert_eq!(g, vec![0, 2, 1, 3, 4, 6, 5, 7]);
         assert_eq!(permute_to_hf(&g, 8, 1, 2), hf);
+        for row in 0..8 {
+            assert_eq!(hf_row_of_gguf_row(gguf_row_of_hf_row(row, 8, 2), 8, 2), row);
+        }
         assert_eq!(gguf_dims(&[128, 256]), vec![256, 128]);
     }
 }

@@ -30,6 +30,9 @@ pub enum MergeError {
     #[error(transparent)]
     Storage(#[from] amalgam_tensors::Error),
 
+    #[error(transparent)]
+    Gguf(#[from] amalgam_gguf::GgufError),
+
     #[error("cannot {action} {path}: {source}")]
     Io { action: &'static str, path: PathBuf, source: std::io::Error },
 

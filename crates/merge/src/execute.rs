@@ -6,13 +6,14 @@
 use std::cell::RefCell;
 use std::path::Path;
 
-use amalgam_tensors::dtype::{decode_f32, encode_f32, round_slice};
-use amalgam_tensors::{DType, Layout, ModelFolder, ShardWriter, TensorRef, TensorSpec};
+use amalgam_tensors::dtype::{encode_f32, round_slice};
+use amalgam_tensors::{DType, Layout, ShardWriter, TensorSpec};
 use rayon::prelude::*;
 
 use crate::error::{MergeError, Result};
 use crate::methods::{Kernel, Stats};
 use crate::plan::{Plan, TensorPlan};
+use crate::source::{Input, Model};
 
 /// Elements merged per work item: small enough that a few buffers per thread stay in
 /// cache, large enough that per-chunk overhead vanishes.
@@ -21,7 +22,7 @@ const CHUNK: usize = 1 << 18;
 /// A planned tensor bound to its inputs: the output spec, dtypes and kernel.
 pub struct Bound<'a> {
     pub plan: &'a TensorPlan,
-    pub inputs: Vec<TensorRef<'a>>,
+    pub inputs: Vec<Input<'a>>,
     pub spec: TensorSpec,
     /// The dtype inputs are cast to before merging.
     pub working: DType,
@@ -39,23 +40,23 @@ pub trait Progress: Sync {
 /// Binds every planned tensor, checking that its inputs agree in shape.
 pub fn bind<'a>(
     plan: &'a Plan,
-    folders: &'a [ModelFolder],
+    models: &'a [Model],
     dtype: Option<DType>,
     out_dtype: Option<DType>,
 ) -> Result<Vec<Bound<'a>>> {
-    plan.tensors.iter().map(|t| bind_one(plan, t, folders, dtype, out_dtype)).collect()
+    plan.tensors.iter().map(|t| bind_one(plan, t, models, dtype, out_dtype)).collect()
 }
 
 fn bind_one<'a>(
     plan: &Plan,
     tensor: &'a TensorPlan,
-    folders: &'a [ModelFolder],
+    models: &'a [Model],
     dtype: Option<DType>,
     out_dtype: Option<DType>,
 ) -> Result<Bound<'a>> {
     let mut inputs = Vec::with_capacity(tensor.inputs.len());
     for input in &tensor.inputs {
-        let found = folders[input.model].tensor(&input.tensor)?.ok_or_else(|| {
+        let found = models[input.model].tensor(&input.tensor)?.ok_or_else(|| {
             MergeError::Tensor(format!(
                 "Tensor {} required but not present in model {}",
                 input.tensor, plan.models[input.model]
@@ -63,24 +64,24 @@ fn bind_one<'a>(
         })?;
         inputs.push(found);
     }
-    let shape = inputs[0].info.shape.clone();
-    if inputs.iter().any(|i| i.info.shape != shape) {
+    let shape = inputs[0].shape().to_vec();
+    if inputs.iter().any(|i| i.shape() != shape) {
         return Err(size_mismatch(plan, tensor, &inputs));
     }
     let working = dtype.unwrap_or_else(|| {
-        inputs.iter().map(|i| i.info.dtype).reduce(DType::promote).unwrap_or(DType::F32)
+        inputs.iter().map(Input::dtype).reduce(DType::promote).unwrap_or(DType::F32)
     });
     let kernel = Kernel::for_tensor(plan.method.name, tensor, working)?;
     let spec = TensorSpec { name: tensor.name.clone(), dtype: out_dtype.unwrap_or(working), shape };
     Ok(Bound { plan: tensor, inputs, spec, working, kernel })
 }
 
-fn size_mismatch(plan: &Plan, tensor: &TensorPlan, inputs: &[TensorRef]) -> MergeError {
+fn size_mismatch(plan: &Plan, tensor: &TensorPlan, inputs: &[Input]) -> MergeError {
     let shapes: Vec<String> = tensor
         .inputs
         .iter()
         .zip(inputs)
-        .map(|(i, r)| format!("{} {:?}", plan.models[i.model], r.info.shape))
+        .map(|(i, r)| format!("{} {:?}", plan.models[i.model], r.shape()))
         .collect();
     let hint = if tensor.name.contains("embed_tokens") || tensor.name.contains("lm_head") {
         " The models have different vocabulary sizes; their embeddings can only be merged \
@@ -160,14 +161,7 @@ fn merge_tensor(
     progress: &dyn Progress,
 ) -> Result<()> {
     let numel = tensor.spec.shape.iter().product::<usize>();
-    let stats = if tensor.kernel.needs_stats() {
-        tensor.kernel.stats(numel, &mut |input, start, out| {
-            load(tensor, input, start, out);
-            Ok(())
-        })?
-    } else {
-        Stats { coef_a: 0.0, coef_b: 0.0 }
-    };
+    let stats = stats(tensor)?;
     let chunks = numel.div_ceil(CHUNK);
     let out_size = tensor.spec.dtype.size();
     (0..chunks).into_par_iter().try_for_each(|c| {
@@ -176,10 +170,15 @@ fn merge_tensor(
         if let Some(bytes) = direct_copy(tensor, start, n) {
             writer.write_at(slot, start * out_size, bytes)?;
         } else {
-            SCRATCH.with_borrow_mut(|buffers| {
+            SCRATCH.with_borrow_mut(|buffers| -> Result<()> {
                 buffers.fit(tensor.inputs.len(), n, out_size);
-                merge_chunk(tensor, &stats, start, n, buffers);
-                writer.write_at(slot, start * out_size, &buffers.bytes[..n * out_size])
+                merge_chunk(tensor, &stats, start, n, buffers)?;
+                encode_f32(
+                    tensor.spec.dtype,
+                    &buffers.out[..n],
+                    &mut buffers.bytes[..n * out_size],
+                );
+                Ok(writer.write_at(slot, start * out_size, &buffers.bytes[..n * out_size])?)
             })?;
         }
         release(tensor, start, n);
@@ -226,40 +225,67 @@ impl Buffers {
 fn direct_copy<'a>(tensor: &'a Bound, start: usize, n: usize) -> Option<&'a [u8]> {
     let input = &tensor.inputs[0];
     let unchanged = tensor.kernel == Kernel::Passthrough { scale: None }
-        && input.info.dtype == tensor.working
+        && input.dtype() == tensor.working
         && tensor.working == tensor.spec.dtype;
-    let size = input.info.dtype.size();
-    unchanged.then(|| &input.bytes()[start * size..(start + n) * size])
+    if unchanged { input.raw(start, n) } else { None }
 }
 
-fn merge_chunk(tensor: &Bound, stats: &Stats, start: usize, n: usize, buffers: &mut Buffers) {
+/// Merges elements `start..start + n` into `buffers.out`, rounded to the output dtype.
+fn merge_chunk(
+    tensor: &Bound,
+    stats: &Stats,
+    start: usize,
+    n: usize,
+    buffers: &mut Buffers,
+) -> Result<()> {
     let inputs = &mut buffers.inputs[..tensor.inputs.len()];
     for (i, buffer) in inputs.iter_mut().enumerate() {
-        load(tensor, i, start, &mut buffer[..n]);
+        load(tensor, i, start, &mut buffer[..n])?;
     }
     let views: Vec<&[f32]> = inputs.iter().map(|b| &b[..n]).collect();
     tensor.kernel.apply(tensor.working, stats, &views, &mut buffers.out[..n]);
-    let size = tensor.spec.dtype.size();
-    encode_f32(tensor.spec.dtype, &buffers.out[..n], &mut buffers.bytes[..n * size]);
+    if tensor.spec.dtype != tensor.working {
+        round_slice(tensor.spec.dtype, &mut buffers.out[..n]);
+    }
+    Ok(())
+}
+
+/// Whole-tensor statistics of a bound tensor (computed once, before its chunks).
+pub fn stats(tensor: &Bound) -> Result<Stats> {
+    let numel = tensor.spec.shape.iter().product::<usize>();
+    if !tensor.kernel.needs_stats() {
+        return Ok(Stats { coef_a: 0.0, coef_b: 0.0 });
+    }
+    tensor.kernel.stats(numel, &mut |input, start, out| load(tensor, input, start, out))
+}
+
+/// The merged values of elements `start..start + out.len()` of a tensor, rounded to its
+/// output dtype, for writers that take values rather than bytes (GGUF).
+pub fn merged_values(tensor: &Bound, stats: &Stats, start: usize, out: &mut [f32]) -> Result<()> {
+    let n = out.len();
+    SCRATCH.with_borrow_mut(|buffers| {
+        buffers.fit(tensor.inputs.len(), n, 0);
+        merge_chunk(tensor, stats, start, n, buffers)?;
+        out.copy_from_slice(&buffers.out[..n]);
+        release(tensor, start, n);
+        Ok(())
+    })
 }
 
 /// Fills `out` with elements `start..` of input `i`, cast to the working dtype.
-fn load(tensor: &Bound, i: usize, start: usize, out: &mut [f32]) {
+fn load(tensor: &Bound, i: usize, start: usize, out: &mut [f32]) -> Result<()> {
     let input = &tensor.inputs[i];
-    let size = input.info.dtype.size();
-    let bytes = &input.bytes()[start * size..(start + out.len()) * size];
-    decode_f32(input.info.dtype, bytes, out);
-    if input.info.dtype != tensor.working {
+    input.read(start, out)?;
+    if input.dtype() != tensor.working {
         round_slice(tensor.working, out);
     }
+    Ok(())
 }
 
 /// Drops the consumed input pages from the resident set.
 fn release(tensor: &Bound, start: usize, n: usize) {
     for input in &tensor.inputs {
-        let size = input.info.dtype.size();
-        let begin = input.info.start + start * size;
-        input.file.release(begin, begin + n * size);
+        input.release(start, n);
     }
 }
 

@@ -14,8 +14,10 @@ pub mod params;
 pub mod plan;
 pub mod resolve;
 pub mod run;
+pub mod source;
+pub mod to_gguf;
 
 pub use config::{Diagnostics, MergeConfig};
 pub use error::{MergeError, Result};
 pub use model_ref::ModelRef;
-pub use run::{MergeOptions, Reporter, Summary, run};
+pub use run::{MergeOptions, Reporter, Summary, run, run_config};

@@ -4,11 +4,12 @@
 use std::fs;
 use std::path::Path;
 
-use amalgam_tensors::{DType, ModelFolder};
+use amalgam_tensors::DType;
 use serde_json::{Map, Value, json};
 
 use crate::arch::{self, Architecture};
 use crate::error::{MergeError, Result};
+use crate::source::Model;
 
 /// Files copied with the tokenizer, as mergekit copies them (plus `vocab.json`, which
 /// GPT-2-style tokenizers need and mergekit forgets).
@@ -74,8 +75,16 @@ pub fn write_index(dir: &Path, weight_map: &[(String, String)], total_size: u64)
 
 /// Copies the donor's tokenizer files (and `generation_config.json`) into `dir`, if the
 /// donor has a tokenizer (`tokenizer_config.json` plus `tokenizer.json` or
-/// `tokenizer.model`). Returns the names copied.
-pub fn copy_tokenizer(donor: &ModelFolder, dir: &Path) -> Result<Vec<&'static str>> {
+/// `tokenizer.model`); a GGUF donor's are rebuilt from its metadata. Returns the names
+/// written.
+pub fn copy_tokenizer(donor: &Model, dir: &Path) -> Result<Vec<&'static str>> {
+    if let Model::Gguf(g) = donor {
+        let files = g.tokenizer_files().unwrap_or_default();
+        for (name, json) in &files {
+            write_json(&dir.join(name), json)?;
+        }
+        return Ok(files.iter().map(|(n, _)| *n).collect());
+    }
     let has_tokenizer = donor.file("tokenizer_config.json").is_some()
         && (donor.file("tokenizer.json").is_some() || donor.file("tokenizer.model").is_some());
     if !has_tokenizer {

@@ -41,10 +41,13 @@ impl Resolver<'_> {
             return Ok(Located { folder: local.to_owned(), from_hub: false });
         }
         if local.is_file() {
+            if local.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+                return Ok(Located { folder: local.to_owned(), from_hub: false });
+            }
             return Err(MergeError::Model {
                 model: model.to_string(),
-                message: "is a file; a model input must be a Hugging Face model folder or hub id \
-                          (GGUF inputs are not supported yet)"
+                message: "is a file; a model input must be a Hugging Face model folder, a \
+                          .gguf file, or a hub id"
                     .into(),
             });
         }

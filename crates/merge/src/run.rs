@@ -5,7 +5,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use amalgam_tensors::{ModelFolder, hub};
+use amalgam_tensors::hub;
 use serde_json::{Map, Value};
 
 use crate::card::{self, CardInput, CardModel};
@@ -15,6 +15,8 @@ use crate::execute::{self, Progress};
 use crate::output;
 use crate::plan::{self, Catalog, Plan};
 use crate::resolve::Resolver;
+use crate::source::Model;
+use crate::to_gguf::{self, GgufOutput};
 
 /// mergekit-yaml's options, where they mean something here.
 #[derive(Clone, Debug)]
@@ -34,6 +36,10 @@ pub struct MergeOptions {
     pub dry_run: bool,
     /// The hub cache to use instead of the environment's.
     pub cache_dir: Option<PathBuf>,
+    /// For a `.gguf` output: the llama.cpp mixture (default: the merge dtype, unquantized).
+    pub quant: Option<amalgam_gguf::FileType>,
+    /// For a `.gguf` output: `tokenizer.ggml.pre`, overriding detection.
+    pub tokenizer_pre: Option<String>,
 }
 
 /// Receives what a merge reports besides errors.
@@ -68,13 +74,25 @@ pub fn run(
 ) -> Result<Summary> {
     let text =
         fs::read_to_string(config_path).map_err(|e| MergeError::io("read", config_path, e))?;
+    run_config(&text, &config_path.display().to_string(), out_dir, options, reporter)
+}
+
+/// Runs the merge described by config `text`; `label` names it in warnings.
+pub fn run_config(
+    text: &str,
+    label: &str,
+    out_dir: &Path,
+    options: &MergeOptions,
+    reporter: &dyn Reporter,
+) -> Result<Summary> {
     let mut diagnostics = Diagnostics::new(options.strict);
-    let config = MergeConfig::parse(&text, &mut diagnostics)?;
+    let config = MergeConfig::parse(text, &mut diagnostics)?;
     for w in &diagnostics.warnings {
-        reporter.warn(&format!("{}: {w}", config_path.display()));
+        reporter.warn(&format!("{label}: {w}"));
     }
     warn_tokenizer_settings(&config, reporter);
-    if !options.dry_run {
+    let gguf = to_gguf::is_gguf_path(out_dir);
+    if !options.dry_run && !gguf {
         check_output(out_dir, options.force)?;
     }
     let models = config.referenced_models();
@@ -87,7 +105,7 @@ pub fn run(
     let mut folders = Vec::with_capacity(models.len());
     for model in &models {
         let found = resolver.locate(model)?;
-        folders.push(ModelFolder::open(&found.folder)?);
+        folders.push(Model::open(&found.folder)?);
         located.push(found);
     }
     let plan = plan::plan(&config, &Folders(&folders), options.allow_crimes)?;
@@ -95,17 +113,18 @@ pub fn run(
         reporter.warn(note);
     }
     let bound = execute::bind(&plan, &folders, config.dtype, config.out_dtype)?;
+    if gguf {
+        return merge_to_gguf(
+            &config, &plan, &bound, &folders, &located, out_dir, options, reporter,
+        );
+    }
     let sizes: Vec<u64> = bound.iter().map(|b| b.spec.byte_len() as u64).collect();
     let shard_of = execute::assign_shards(&sizes, options.out_shard_size);
     let names = execute::shard_names(shard_of.last().map_or(1, |s| s + 1));
     let summary = Summary {
         out_layers: plan.out_layers,
         tensors: bound.len(),
-        bytes_read: bound
-            .iter()
-            .flat_map(|b| &b.inputs)
-            .map(|i| (i.info.end - i.info.start) as u64)
-            .sum(),
+        bytes_read: bound.iter().flat_map(|b| &b.inputs).map(|i| i.stored_bytes()).sum(),
         bytes_written: sizes.iter().sum(),
         shards: names
             .iter()
@@ -153,14 +172,62 @@ pub fn run(
         ));
     }
     if options.write_model_card {
-        write_card(&staging.path, out_dir, &config, &text, &plan, &folders, &located, options)?;
+        write_card(&staging.path, out_dir, &config, text, &plan, &folders, &located, options)?;
     }
     staging.commit(out_dir, options.force)?;
     Ok(summary)
 }
 
-/// The planner's view of the opened folders.
-struct Folders<'a>(&'a [ModelFolder]);
+/// The GGUF branch of [`run_config`]: one `.gguf` file instead of a folder.
+#[allow(clippy::too_many_arguments)]
+fn merge_to_gguf(
+    config: &MergeConfig,
+    plan: &Plan,
+    bound: &[execute::Bound],
+    models: &[Model],
+    located: &[crate::resolve::Located],
+    out_path: &Path,
+    options: &MergeOptions,
+    reporter: &dyn Reporter,
+) -> Result<Summary> {
+    let donor = &models[plan.donor];
+    let dtype = config.out_dtype.or(config.dtype);
+    let out_config = output::output_config(donor.config(), plan.arch, plan.out_layers, dtype);
+    let out = GgufOutput {
+        path: out_path,
+        ftype: to_gguf::file_type(options.quant, dtype),
+        config: &out_config,
+        donor,
+        tokenizer_pre: options.tokenizer_pre.as_deref(),
+        license: license(donor),
+        force: options.force,
+    };
+    let (metadata, tensors) = to_gguf::prepare(&out, bound, reporter)?;
+    let bytes: u64 = tensors.iter().map(|t| t.spec.size()).sum();
+    let file = out_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let summary = Summary {
+        out_layers: plan.out_layers,
+        tensors: tensors.len(),
+        bytes_read: bound.iter().flat_map(|b| &b.inputs).map(|i| i.stored_bytes()).sum(),
+        bytes_written: bytes,
+        shards: vec![(file, bytes, tensors.len())],
+        models: plan
+            .models
+            .iter()
+            .zip(located)
+            .map(|(m, l)| (m.to_string(), l.folder.clone()))
+            .collect(),
+    };
+    if options.dry_run {
+        return Ok(summary);
+    }
+    reporter.begin(tensors.len(), bytes);
+    to_gguf::write(&out, bound, &metadata, &tensors, reporter)?;
+    Ok(summary)
+}
+
+/// The planner's view of the opened models.
+struct Folders<'a>(&'a [Model]);
 
 impl Catalog for Folders<'_> {
     fn config(&self, model: usize) -> &Map<String, Value> {
@@ -215,7 +282,7 @@ fn write_card(
     config: &MergeConfig,
     text: &str,
     plan: &Plan,
-    folders: &[ModelFolder],
+    folders: &[Model],
     located: &[crate::resolve::Located],
     options: &MergeOptions,
 ) -> Result<()> {
@@ -227,10 +294,7 @@ fn write_card(
         .map(|((model, folder), found)| CardModel {
             model: model.clone(),
             on_hub: found.from_hub,
-            license: folder
-                .file("README.md")
-                .and_then(|p| fs::read_to_string(p).ok())
-                .and_then(|t| card::card_license(&t)),
+            license: license(folder),
         })
         .collect();
     let name = out_dir
@@ -250,6 +314,19 @@ fn write_card(
     fs::write(&readme, card).map_err(|e| MergeError::io("write", &readme, e))?;
     let yml = dir.join("mergekit_config.yml");
     fs::write(&yml, text).map_err(|e| MergeError::io("write", &yml, e))
+}
+
+/// The license a model declares: its card's front matter, or GGUF `general.license`.
+fn license(model: &Model) -> Option<String> {
+    match model {
+        Model::Folder(_) => model
+            .file("README.md")
+            .and_then(|p| fs::read_to_string(p).ok())
+            .and_then(|t| card::card_license(&t)),
+        Model::Gguf(g) => {
+            g.file().header.get("general.license").and_then(|v| v.as_str()).map(str::to_owned)
+        }
+    }
 }
 
 /// A folder beside the output that becomes the output on commit, and is deleted if

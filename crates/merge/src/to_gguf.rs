@@ -1,0 +1,166 @@
+//! Merging straight into a (quantized) GGUF file in one streaming pass: the merged rows
+//! of each tensor are computed on demand, Q/K rows permuted, quantized by llama.cpp's
+//! mixture rules and written at their offsets — the fp16 intermediate never exists.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use amalgam_gguf::convert::{self, RowSource};
+use amalgam_gguf::llama::LlamaParams;
+use amalgam_gguf::{FileType, GgufError, Value, tokenizer};
+use amalgam_tensors::DType;
+use serde_json::{Map, Value as Json};
+
+use crate::error::{MergeError, Result};
+use crate::execute::{self, Bound};
+use crate::methods::Stats;
+use crate::run::Reporter;
+use crate::source::Model;
+
+/// Whether an output path names a GGUF file.
+pub fn is_gguf_path(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
+
+/// The mixture of a GGUF output: as asked, else the merge's dtype unquantized.
+pub fn file_type(quant: Option<FileType>, dtype: Option<DType>) -> FileType {
+    quant.unwrap_or(match dtype {
+        Some(DType::F16) => FileType::F16,
+        Some(DType::BF16) => FileType::BF16,
+        _ => FileType::F32,
+    })
+}
+
+/// GGUF metadata entries.
+pub type Metadata = Vec<(String, Value)>;
+
+/// What the writer needs besides the bound tensors.
+pub struct GgufOutput<'a> {
+    pub path: &'a Path,
+    pub ftype: FileType,
+    /// The merged model's `config.json`.
+    pub config: &'a Map<String, Json>,
+    /// The model whose tokenizer the output carries.
+    pub donor: &'a Model,
+    pub tokenizer_pre: Option<&'a str>,
+    pub license: Option<String>,
+    pub force: bool,
+}
+
+/// The GGUF tensors and metadata of a merge, without writing anything.
+pub fn prepare(
+    out: &GgufOutput,
+    bound: &[Bound],
+    reporter: &dyn Reporter,
+) -> Result<(Metadata, Vec<convert::OutTensor>)> {
+    let params = LlamaParams::from_config(out.config)?;
+    let hf: Vec<(String, Vec<usize>)> =
+        bound.iter().map(|b| (b.spec.name.clone(), b.spec.shape.clone())).collect();
+    let tensors = convert::plan(&hf, &params, out.ftype)?;
+    let name = out.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut metadata = params.metadata(&name, out.ftype);
+    if let Some(license) = &out.license {
+        metadata.push(("general.license".into(), Value::String(license.clone())));
+    }
+    let vocab = hf
+        .iter()
+        .find(|(n, _)| n == "model.embed_tokens.weight")
+        .map_or(params.vocab_size, |(_, s)| s[0]);
+    metadata.extend(tokenizer_metadata(out, vocab, reporter)?);
+    Ok((metadata, tensors))
+}
+
+/// The donor's tokenizer as GGUF metadata: rebuilt from a folder's `tokenizer.json`, or
+/// copied from a GGUF donor.
+fn tokenizer_metadata(
+    out: &GgufOutput,
+    vocab: usize,
+    reporter: &dyn Reporter,
+) -> Result<Vec<(String, Value)>> {
+    match out.donor {
+        Model::Gguf(g) => Ok(g
+            .file()
+            .header
+            .metadata
+            .iter()
+            .filter(|(k, _)| k.starts_with("tokenizer."))
+            .cloned()
+            .collect()),
+        Model::Folder(f) => {
+            let Some(files) = convert::tokenizer_files(f)? else {
+                reporter.warn("the base model has no tokenizer.json; the GGUF has no tokenizer and llama.cpp will not load it");
+                return Ok(Vec::new());
+            };
+            let pre = match out.tokenizer_pre {
+                Some(p) => p.to_owned(),
+                None => {
+                    let guess = tokenizer::guess_pre(&files.tokenizer).unwrap_or("default");
+                    reporter.warn(&format!(
+                        "tokenizer.ggml.pre = {guess:?} was guessed from the pre-tokenizer definition; \
+                         pass --tokenizer-pre to set it"
+                    ));
+                    guess.to_owned()
+                }
+            };
+            Ok(tokenizer::metadata(&files, out.config, vocab, &pre)?)
+        }
+    }
+}
+
+/// Merged rows, computed on demand for the GGUF writer.
+struct MergedRows<'a> {
+    tensors: HashMap<&'a str, (&'a Bound<'a>, Stats)>,
+}
+
+impl RowSource for MergedRows<'_> {
+    fn read_rows(&self, name: &str, first: usize, out: &mut [f32]) -> amalgam_gguf::Result<()> {
+        let (bound, stats) = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| GgufError::Convert(format!("no merged tensor {name}")))?;
+        let cols = bound.spec.shape.last().copied().unwrap_or(1).max(1);
+        execute::merged_values(bound, stats, first * cols, out)
+            .map_err(|e| GgufError::Convert(e.to_string()))
+    }
+}
+
+/// Writes the merge into `out.path` through a hidden sibling renamed at the end.
+pub fn write(
+    out: &GgufOutput,
+    bound: &[Bound],
+    metadata: &[(String, Value)],
+    tensors: &[convert::OutTensor],
+    reporter: &dyn Reporter,
+) -> Result<()> {
+    if out.path.exists() && !out.force {
+        return Err(MergeError::Output(format!(
+            "{} exists; pass --force to replace it",
+            out.path.display()
+        )));
+    }
+    let mut source = MergedRows { tensors: HashMap::with_capacity(bound.len()) };
+    for b in bound {
+        source.tensors.insert(b.spec.name.as_str(), (b, execute::stats(b)?));
+    }
+    if let Some(parent) = out.path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(|e| MergeError::io("create", parent, e))?;
+    }
+    let partial = partial_path(out.path);
+    let progress = convert::Progress {
+        bytes: &|n| reporter.advance(n),
+        tensor_done: &|| reporter.tensor_done(),
+    };
+    let written = convert::write(&partial, metadata, tensors, &source, &progress);
+    if let Err(e) = written {
+        let _ = fs::remove_file(&partial);
+        return Err(e.into());
+    }
+    fs::rename(&partial, out.path).map_err(|e| MergeError::io("rename into", out.path, e))
+}
+
+/// `.NAME.amalgam-partial-PID` beside `path`.
+fn partial_path(path: &Path) -> PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.amalgam-partial-{}", std::process::id()))
+}
