@@ -294,12 +294,18 @@ fn tokenizer_json(
     pre: &str,
     bos: Option<&str>,
 ) -> Json {
-    let vocab: Map<String, Json> =
-        tokens.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect();
+    // Added tokens live in `added_tokens` only, as in Hugging Face's own files.
+    let is_added = |i: usize| matches!(types.get(i).copied(), Some(t) if t == i64::from(CONTROL) || t == i64::from(USER_DEFINED));
+    let vocab: Map<String, Json> = tokens
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !is_added(*i))
+        .map(|(i, t)| (t.clone(), json!(i)))
+        .collect();
     let added: Vec<Json> = tokens
         .iter()
         .enumerate()
-        .filter(|(i, _)| matches!(types.get(*i).copied(), Some(t) if t == i64::from(CONTROL) || t == i64::from(USER_DEFINED)))
+        .filter(|(i, _)| is_added(*i))
         .map(|(i, t)| {
             let special = types[i] == i64::from(CONTROL);
             json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false,

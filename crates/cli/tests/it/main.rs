@@ -6,6 +6,7 @@ mod card;
 mod common;
 mod errors;
 mod gguf;
+mod gguf_merge;
 mod hub;
 mod methods;
 mod seed;
