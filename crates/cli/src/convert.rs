@@ -55,6 +55,7 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
         cache_dir: None,
         quant: None,
         tokenizer_pre: None,
+        split_max_size: None,
     };
     let bar = Bar::new(args.quiet);
     let result = amalgam_merge::run_config(&config, "convert", &args.out_dir, &options, &bar);

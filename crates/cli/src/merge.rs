@@ -77,6 +77,10 @@ pub struct MergeArgs {
     /// When writing GGUF: `tokenizer.ggml.pre`, overriding detection.
     #[arg(long, value_name = "NAME")]
     tokenizer_pre: Option<String>,
+    /// When writing GGUF: split into llama.cpp-style parts (`OUT-00001-of-0000N.gguf`) of
+    /// at most SIZE bytes of tensor data each.
+    #[arg(long, value_name = "SIZE", value_parser = parse_kmb)]
+    split_max_size: Option<u64>,
 
     #[command(flatten)]
     ignored: IgnoredFlags,
@@ -177,7 +181,9 @@ pub fn parse_kmb(text: &str) -> Result<u64, String> {
     let (number, scale) = match text.char_indices().last() {
         Some((i, c)) if c.eq_ignore_ascii_case(&'k') => (&text[..i], 1e3),
         Some((i, c)) if c.eq_ignore_ascii_case(&'m') => (&text[..i], 1e6),
-        Some((i, c)) if c.eq_ignore_ascii_case(&'b') => (&text[..i], 1e9),
+        Some((i, c)) if c.eq_ignore_ascii_case(&'b') || c.eq_ignore_ascii_case(&'g') => {
+            (&text[..i], 1e9)
+        }
         _ => (text, 1.0),
     };
     let value: f64 = number
@@ -212,6 +218,7 @@ pub fn run(args: MergeArgs) -> anyhow::Result<()> {
         cache_dir: args.transformers_cache.clone(),
         quant: args.quant,
         tokenizer_pre: args.tokenizer_pre.clone(),
+        split_max_size: args.split_max_size,
     };
     let started = Instant::now();
     let result = amalgam_merge::run(&args.config, &args.out_dir, &options, &bar);

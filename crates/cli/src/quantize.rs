@@ -2,7 +2,7 @@
 //! hub id) to a GGUF file of any llama.cpp mixture, byte-identical to llama.cpp's
 //! converter followed by `llama-quantize`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use amalgam_gguf::FileType;
 use amalgam_gguf::convert;
@@ -35,6 +35,10 @@ pub struct QuantizeArgs {
     /// `general.name` [default: the model's folder or repository name].
     #[arg(long)]
     name: Option<String>,
+    /// Split the output into llama.cpp-style parts (`OUT-00001-of-0000N.gguf`) of at most
+    /// SIZE bytes of tensor data each (K, M, B or G suffixes, decimal).
+    #[arg(long, value_name = "SIZE", value_parser = crate::merge::parse_kmb)]
+    split_max_size: Option<u64>,
     /// Replace OUT if it exists.
     #[arg(long)]
     force: bool,
@@ -79,25 +83,22 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
              --tokenizer-pre to set it"
         ));
     }
-    let partial = partial_path(&args.out);
     bar.start_bytes("writing", plan.bytes);
     let progress = convert::Progress { bytes: &|n| bar.add(n), tensor_done: &|| {} };
-    let result = convert::write(&partial, &metadata, &plan.tensors, &folder, &progress);
+    let result = convert::write(
+        &args.out,
+        &metadata,
+        &plan.tensors,
+        &folder,
+        &progress,
+        args.split_max_size,
+    );
     bar.finish();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&partial);
-        return Err(e).with_context(|| format!("writing {}", args.out.display()));
-    }
-    std::fs::rename(&partial, &args.out)
-        .with_context(|| format!("renaming into {}", args.out.display()))?;
+    let files = result.with_context(|| format!("writing {}", args.out.display()))?;
     if !args.quiet {
-        eprintln!(
-            "wrote {} ({} tensors, {}, {} bytes)",
-            args.out.display(),
-            plan.tensors.len(),
-            args.quant,
-            plan.bytes
-        );
+        let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+        let (count, quant) = (plan.tensors.len(), args.quant);
+        eprintln!("wrote {} ({count} tensors, {quant}, {} bytes)", names.join(", "), plan.bytes);
     }
     Ok(())
 }
@@ -106,10 +107,4 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
 fn default_name(model: &str) -> String {
     let path = model.split('@').next().unwrap_or(model).trim_end_matches('/');
     path.rsplit('/').next().unwrap_or(path).to_owned()
-}
-
-/// A hidden sibling to write into before the final rename.
-pub fn partial_path(out: &Path) -> PathBuf {
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    out.with_file_name(format!(".{name}.amalgam-partial-{}", std::process::id()))
 }

@@ -15,6 +15,7 @@ use crate::llama::LlamaParams;
 use crate::mixture::{FileType, ModelShape, tensor_type};
 use crate::names;
 use crate::quant;
+use crate::split;
 use crate::tokenizer::{self, TokenizerFiles};
 use crate::value::Value;
 use crate::write::{GgufWriter, Layout, TensorSpec};
@@ -129,22 +130,90 @@ pub struct Progress<'a> {
     pub tensor_done: &'a (dyn Fn() + Sync),
 }
 
-/// Writes a GGUF file with `metadata` and `tensors`, their rows from `source`.
+/// Writes `tensors` (rows from `source`) with `metadata` to `out`, or, with
+/// `split_max`, to llama.cpp-style parts of at most that many bytes of tensor data. Files
+/// are written under hidden names and renamed into place only when all are complete.
+/// Returns the paths written.
 pub fn write(
-    path: &Path,
+    out: &Path,
     metadata: &[(String, Value)],
     tensors: &[OutTensor],
     source: &dyn RowSource,
     progress: &Progress,
-) -> Result<()> {
+    split_max: Option<u64>,
+) -> Result<Vec<std::path::PathBuf>> {
     let specs: Vec<TensorSpec> = tensors.iter().map(|t| t.spec.clone()).collect();
-    let writer = GgufWriter::create(path, Layout::new(metadata, &specs)?)?;
+    let part_of = match split_max {
+        Some(max) => split::group(&specs, max),
+        None => vec![0; specs.len()],
+    };
+    let count = part_of.last().map_or(1, |p| p + 1);
+    let finals: Vec<std::path::PathBuf> = if split_max.is_some() {
+        (0..count).map(|i| split::part_path(out, i, count)).collect()
+    } else {
+        vec![out.to_owned()]
+    };
+    let partials: Vec<std::path::PathBuf> = finals.iter().map(|p| hidden(p)).collect();
+    let result = write_parts(
+        &partials,
+        metadata,
+        tensors,
+        &specs,
+        &part_of,
+        source,
+        progress,
+        split_max.is_some(),
+    );
+    if let Err(e) = result {
+        for p in &partials {
+            let _ = std::fs::remove_file(p);
+        }
+        return Err(e);
+    }
+    for (from, to) in partials.iter().zip(&finals) {
+        std::fs::rename(from, to).map_err(|e| GgufError::io("rename into", to, e))?;
+    }
+    Ok(finals)
+}
+
+/// `.NAME.amalgam-partial-PID` beside `path`.
+fn hidden(path: &Path) -> std::path::PathBuf {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.amalgam-partial-{}", std::process::id()))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_parts(
+    paths: &[std::path::PathBuf],
+    metadata: &[(String, Value)],
+    tensors: &[OutTensor],
+    specs: &[TensorSpec],
+    part_of: &[usize],
+    source: &dyn RowSource,
+    progress: &Progress,
+    split: bool,
+) -> Result<()> {
+    let mut writers = Vec::with_capacity(paths.len());
+    let mut slot = vec![0usize; specs.len()];
+    for (p, path) in paths.iter().enumerate() {
+        let members: Vec<usize> = (0..specs.len()).filter(|&i| part_of[i] == p).collect();
+        for (k, &i) in members.iter().enumerate() {
+            slot[i] = k;
+        }
+        let part_specs: Vec<TensorSpec> = members.iter().map(|&i| specs[i].clone()).collect();
+        let meta = if split {
+            split::part_metadata(metadata, p, paths.len(), specs.len())
+        } else {
+            metadata.to_vec()
+        };
+        writers.push(GgufWriter::create(path, Layout::new(&meta, &part_specs)?)?);
+    }
     tensors.par_iter().enumerate().try_for_each(|(i, t)| {
-        write_tensor(&writer, i, t, source, progress.bytes)?;
+        write_tensor(&writers[part_of[i]], slot[i], t, source, progress.bytes)?;
         (progress.tensor_done)();
         Ok::<_, GgufError>(())
     })?;
-    writer.finish()
+    writers.into_iter().try_for_each(GgufWriter::finish)
 }
 
 /// Converts one tensor in chunks of whole rows.

@@ -18,6 +18,8 @@ use crate::value::Value;
 
 /// Where an HF tensor lives in the GGUF.
 struct Entry {
+    /// Which part of a split model.
+    part: usize,
     index: usize,
     /// HF shape, outermost first.
     shape: Vec<usize>,
@@ -27,15 +29,19 @@ struct Entry {
 
 /// An open GGUF model with a Hugging Face view.
 pub struct GgufModel {
-    file: GgufFile,
+    /// The file, or every part of a split file (the first holds the metadata).
+    parts: Vec<GgufFile>,
     config: Map<String, Json>,
     tensors: HashMap<String, Entry>,
 }
 
 impl GgufModel {
-    /// Opens a GGUF file of a Llama-family model.
+    /// Opens a GGUF file of a Llama-family model; the first part of a split model
+    /// (`…-00001-of-0000N.gguf`) opens all its parts.
     pub fn open(path: &Path) -> Result<GgufModel> {
-        let file = GgufFile::open(path)?;
+        let paths = crate::split::parts_of(path).unwrap_or_else(|| vec![path.to_owned()]);
+        let parts = paths.iter().map(|p| GgufFile::open(p)).collect::<Result<Vec<_>>>()?;
+        let file = &parts[0];
         let arch = file.header.get("general.architecture").and_then(Value::as_str).unwrap_or("");
         if arch != "llama" {
             return Err(GgufError::Convert(format!(
@@ -43,17 +49,20 @@ impl GgufModel {
                 path.display()
             )));
         }
-        let config = hf_config(&file)?;
+        let config = hf_config(file, &parts)?;
         let (n_head, n_kv) =
             (usize_of(&config, "num_attention_heads"), usize_of(&config, "num_key_value_heads"));
         let mut tensors = HashMap::new();
-        for (index, t) in file.header.tensors.iter().enumerate() {
-            let Some(hf) = names::gguf_to_hf(&t.name) else { continue };
-            let shape: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
-            let heads = names::permuted_heads(&t.name, n_head, n_kv).filter(|_| shape.len() == 2);
-            tensors.insert(hf, Entry { index, shape, heads });
+        for (part, f) in parts.iter().enumerate() {
+            for (index, t) in f.header.tensors.iter().enumerate() {
+                let Some(hf) = names::gguf_to_hf(&t.name) else { continue };
+                let shape: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
+                let heads =
+                    names::permuted_heads(&t.name, n_head, n_kv).filter(|_| shape.len() == 2);
+                tensors.insert(hf, Entry { part, index, shape, heads });
+            }
         }
-        Ok(GgufModel { file, config, tensors })
+        Ok(GgufModel { parts, config, tensors })
     }
 
     /// The rebuilt `config.json`.
@@ -61,9 +70,9 @@ impl GgufModel {
         &self.config
     }
 
-    /// The GGUF file.
+    /// The GGUF file (the first part of a split model, which holds the metadata).
     pub fn file(&self) -> &GgufFile {
-        &self.file
+        &self.parts[0]
     }
 
     /// HF tensor names, sorted.
@@ -85,7 +94,7 @@ impl GgufModel {
 
     /// The GGUF tensor behind an HF name.
     pub fn info(&self, name: &str) -> Option<&TensorInfo> {
-        self.tensors.get(name).map(|e| &self.file.header.tensors[e.index])
+        self.tensors.get(name).map(|e| &self.parts[e.part].header.tensors[e.index])
     }
 
     /// Fills `out` with elements `start..` of the HF tensor `name` (row-major, HF order),
@@ -95,11 +104,12 @@ impl GgufModel {
             .tensors
             .get(name)
             .ok_or_else(|| GgufError::Convert(format!("no tensor {name}")))?;
-        let info = &self.file.header.tensors[entry.index];
+        let file = &self.parts[entry.part];
+        let info = &file.header.tensors[entry.index];
         let cols = info.dims[0] as usize;
         let rows = info.numel() as usize / cols.max(1);
         let row_bytes = (info.size as usize) / rows.max(1);
-        let data = self.file.data(info);
+        let data = file.data(info);
         let mut row = vec![0f32; cols];
         let mut done = 0;
         let (mut low, mut high) = (usize::MAX, 0);
@@ -124,7 +134,7 @@ impl GgufModel {
             done += n;
         }
         if high > low {
-            self.file.release(info.offset + low as u64, info.offset + high as u64);
+            file.release(info.offset + low as u64, info.offset + high as u64);
         }
         Ok(())
     }
@@ -137,7 +147,7 @@ impl GgufModel {
     /// `tokenizer.json`, `tokenizer_config.json` and `generation_config.json` rebuilt from
     /// the GGUF tokenizer, if it has one of the `gpt2` (byte-level BPE) kind.
     pub fn tokenizer_files(&self) -> Option<Vec<(&'static str, Json)>> {
-        let h = &self.file.header;
+        let h = &self.parts[0].header;
         if h.get("tokenizer.ggml.model").and_then(Value::as_str) != Some("gpt2") {
             return None;
         }
@@ -212,9 +222,10 @@ fn float_json(v: f64) -> Json {
     json!(short)
 }
 
-/// `config.json` for the model in a GGUF's metadata.
-fn hf_config(file: &GgufFile) -> Result<Map<String, Json>> {
+/// `config.json` for the model in a GGUF's metadata (`parts`: every part, for tensors).
+fn hf_config(file: &GgufFile, parts: &[GgufFile]) -> Result<Map<String, Json>> {
     let h = &file.header;
+    let find = |name: &str| parts.iter().find_map(|p| p.header.tensor(name));
     let get = |key: &str| -> Result<u64> {
         h.get(&format!("llama.{key}")).and_then(Value::as_u64).ok_or_else(|| {
             GgufError::Convert(format!("{} has no llama.{key}", file.path().display()))
@@ -222,8 +233,7 @@ fn hf_config(file: &GgufFile) -> Result<Map<String, Json>> {
     };
     let n_embd = get("embedding_length")?;
     let n_head = get("attention.head_count")?;
-    let vocab = h
-        .tensor("token_embd.weight")
+    let vocab = find("token_embd.weight")
         .map(|t| t.dims[1])
         .or_else(|| h.get("llama.vocab_size").and_then(Value::as_u64))
         .unwrap_or(0);
@@ -241,7 +251,7 @@ fn hf_config(file: &GgufFile) -> Result<Map<String, Json>> {
         "num_key_value_heads": get("attention.head_count_kv").unwrap_or(n_head),
         "rms_norm_eps": float_json(h.get("llama.attention.layer_norm_rms_epsilon").and_then(Value::as_f64).unwrap_or(1e-5)),
         "rope_theta": float_json(h.get("llama.rope.freq_base").and_then(Value::as_f64).unwrap_or(10_000.0)),
-        "tie_word_embeddings": h.tensor("output.weight").is_none(),
+        "tie_word_embeddings": find("output.weight").is_none(),
         "torch_dtype": "float32",
         "vocab_size": vocab,
     });

@@ -40,6 +40,8 @@ pub struct MergeOptions {
     pub quant: Option<amalgam_gguf::FileType>,
     /// For a `.gguf` output: `tokenizer.ggml.pre`, overriding detection.
     pub tokenizer_pre: Option<String>,
+    /// For a `.gguf` output: split into parts of at most this many bytes.
+    pub split_max_size: Option<u64>,
 }
 
 /// Receives what a merge reports besides errors.
@@ -201,6 +203,7 @@ fn merge_to_gguf(
         tokenizer_pre: options.tokenizer_pre.as_deref(),
         license: license(donor),
         force: options.force,
+        split_max: options.split_max_size,
     };
     let (metadata, tensors) = to_gguf::prepare(&out, bound, reporter)?;
     let bytes: u64 = tensors.iter().map(|t| t.spec.size()).sum();

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use amalgam_gguf::convert::{self, RowSource};
 use amalgam_gguf::llama::LlamaParams;
@@ -46,6 +46,8 @@ pub struct GgufOutput<'a> {
     pub tokenizer_pre: Option<&'a str>,
     pub license: Option<String>,
     pub force: bool,
+    /// Split into parts of at most this many bytes.
+    pub split_max: Option<u64>,
 }
 
 /// The GGUF tensors and metadata of a merge, without writing anything.
@@ -146,21 +148,10 @@ pub fn write(
     if let Some(parent) = out.path.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir_all(parent).map_err(|e| MergeError::io("create", parent, e))?;
     }
-    let partial = partial_path(out.path);
     let progress = convert::Progress {
         bytes: &|n| reporter.advance(n),
         tensor_done: &|| reporter.tensor_done(),
     };
-    let written = convert::write(&partial, metadata, tensors, &source, &progress);
-    if let Err(e) = written {
-        let _ = fs::remove_file(&partial);
-        return Err(e.into());
-    }
-    fs::rename(&partial, out.path).map_err(|e| MergeError::io("rename into", out.path, e))
-}
-
-/// `.NAME.amalgam-partial-PID` beside `path`.
-fn partial_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.amalgam-partial-{}", std::process::id()))
+    convert::write(out.path, metadata, tensors, &source, &progress, out.split_max)?;
+    Ok(())
 }

@@ -185,3 +185,61 @@ fn smollm2_gguf_to_hf_float32_to_gguf_q4_1_reproduces_its_blocks() {
         assert_eq!(a.header.get(key), b.header.get(key), "{key}");
     }
 }
+
+#[test]
+fn split_output_reads_back_equal_to_the_unsplit_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = self_merge_config(tmp.path(), &data().join("gguf/tiny-kq"));
+    let whole = tmp.path().join("whole.gguf");
+    run_ok(amalgam().arg("merge").arg(&config).arg(&whole).args([
+        "--quant",
+        "Q8_0",
+        "--quiet",
+        "--tokenizer-pre",
+        "llama-bpe",
+    ]));
+    let split = tmp.path().join("split.gguf");
+    run_ok(amalgam().arg("merge").arg(&config).arg(&split).args([
+        "--quant",
+        "Q8_0",
+        "--quiet",
+        "--tokenizer-pre",
+        "llama-bpe",
+        "--split-max-size",
+        "2M",
+    ]));
+    let parts: Vec<PathBuf> =
+        (1..=3).map(|i| tmp.path().join(format!("split-{i:05}-of-00003.gguf"))).collect();
+    assert!(parts.iter().all(|p| p.exists()) && !split.exists(), "three parts, llama.cpp naming");
+    let total: u64 = parts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let f = GgufFile::open(p).unwrap();
+            assert_eq!(f.header.get("split.no"), Some(&Value::U16(i as u16)));
+            assert_eq!(f.header.get("split.count"), Some(&Value::U16(3)));
+            assert_eq!(f.header.get("split.tensors.count"), Some(&Value::I32(111)));
+            assert_eq!(
+                f.header.get("general.architecture").is_some(),
+                i == 0,
+                "metadata only in the first part"
+            );
+            f.header.tensors.len() as u64
+        })
+        .sum();
+    assert_eq!(total, 111);
+    let (a, b) = (
+        amalgam_gguf::GgufModel::open(&whole).unwrap(),
+        amalgam_gguf::GgufModel::open(&parts[0]).unwrap(),
+    );
+    assert_eq!(a.names(), b.names());
+    assert!(a.config() == b.config(), "config differs");
+    for name in a.names() {
+        let n: usize = a.shape(name).unwrap().iter().product();
+        let (mut x, mut y) = (vec![0f32; n], vec![0f32; n]);
+        a.read(name, 0, &mut x).unwrap();
+        b.read(name, 0, &mut y).unwrap();
+        assert!(x == y, "{name} differs");
+        assert_eq!(a.info(name).unwrap().ty, b.info(name).unwrap().ty);
+    }
+}
