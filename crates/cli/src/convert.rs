@@ -56,6 +56,7 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
         quant: None,
         tokenizer_pre: None,
         split_max_size: None,
+        detect_pre: None,
     };
     let bar = Bar::new(args.quiet);
     let result = amalgam_merge::run_config(&config, "convert", &args.out_dir, &options, &bar);

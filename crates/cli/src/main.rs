@@ -4,6 +4,7 @@
 mod convert;
 mod inspect;
 mod merge;
+mod pretok;
 mod progress;
 mod quantize;
 

@@ -219,6 +219,7 @@ pub fn run(args: MergeArgs) -> anyhow::Result<()> {
         quant: args.quant,
         tokenizer_pre: args.tokenizer_pre.clone(),
         split_max_size: args.split_max_size,
+        detect_pre: Some(crate::pretok::detect_in),
     };
     let started = Instant::now();
     let result = amalgam_merge::run(&args.config, &args.out_dir, &options, &bar);

@@ -75,8 +75,8 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
     let folder_path = locate(&args.model, &bar)?;
     let folder = ModelFolder::open(&folder_path)?;
     let name = args.name.clone().unwrap_or_else(|| default_name(&args.model));
-    let (metadata, plan) =
-        convert::prepare(&folder, args.quant, &name, args.tokenizer_pre.as_deref())?;
+    let pre = args.tokenizer_pre.clone().or_else(|| crate::pretok::detect_in(&folder_path));
+    let (metadata, plan) = convert::prepare(&folder, args.quant, &name, pre.as_deref())?;
     if let Some((pre, true)) = &plan.pre {
         bar.warn_line(&format!(
             "tokenizer.ggml.pre = {pre:?} was guessed from the pre-tokenizer definition; pass \

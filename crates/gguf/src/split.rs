@@ -75,6 +75,10 @@ mod tests {
         assert!(parts_of(Path::new("/x/model.gguf")).is_none());
         assert!(parts_of(Path::new("/x/model-00002-of-00003.gguf")).is_none());
         let t = |n: u64| TensorSpec { name: "t".into(), dims: vec![n], ty: GgmlType::F32 };
-        assert_eq!(group(&[t(10), t(10), t(10), t(100), t(1)], 120), vec![0, 0, 0, 1, 2], "F32: 40 bytes per 10");
+        assert_eq!(
+            group(&[t(10), t(10), t(10), t(100), t(1)], 120),
+            vec![0, 0, 0, 1, 2],
+            "F32: 40 bytes per 10"
+        );
     }
 }

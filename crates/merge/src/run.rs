@@ -42,6 +42,9 @@ pub struct MergeOptions {
     pub tokenizer_pre: Option<String>,
     /// For a `.gguf` output: split into parts of at most this many bytes.
     pub split_max_size: Option<u64>,
+    /// For a `.gguf` output: finds `tokenizer.ggml.pre` for a model folder by encoding a
+    /// probe text (the caller owns tokenization; this crate does not tokenize).
+    pub detect_pre: Option<fn(&Path) -> Option<String>>,
 }
 
 /// Receives what a merge reports besides errors.
@@ -204,6 +207,7 @@ fn merge_to_gguf(
         license: license(donor),
         force: options.force,
         split_max: options.split_max_size,
+        detect_pre: options.detect_pre,
     };
     let (metadata, tensors) = to_gguf::prepare(&out, bound, reporter)?;
     let bytes: u64 = tensors.iter().map(|t| t.spec.size()).sum();

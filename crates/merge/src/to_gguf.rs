@@ -48,6 +48,8 @@ pub struct GgufOutput<'a> {
     pub force: bool,
     /// Split into parts of at most this many bytes.
     pub split_max: Option<u64>,
+    /// Finds the pre-tokenizer of a model folder by its probe encoding.
+    pub detect_pre: Option<fn(&Path) -> Option<String>>,
 }
 
 /// The GGUF tensors and metadata of a merge, without writing anything.
@@ -94,8 +96,9 @@ fn tokenizer_metadata(
                 reporter.warn("the base model has no tokenizer.json; the GGUF has no tokenizer and llama.cpp will not load it");
                 return Ok(Vec::new());
             };
-            let pre = match out.tokenizer_pre {
-                Some(p) => p.to_owned(),
+            let detected = out.detect_pre.and_then(|detect| detect(f.root()));
+            let pre = match out.tokenizer_pre.map(str::to_owned).or(detected) {
+                Some(p) => p,
                 None => {
                     let guess = tokenizer::guess_pre(&files.tokenizer).unwrap_or("default");
                     reporter.warn(&format!(

@@ -104,3 +104,45 @@ fn unknown_quantization_lists_the_choices() {
     assert!(stderr.contains("Q4_K_M") && stderr.contains("q4_k_x"), "{stderr}");
     assert!(!tmp.path().join("x.gguf").exists());
 }
+
+/// The pre-tokenizer written for a model folder, quantized without `--tokenizer-pre`.
+fn detected_pre(folder: &std::path::Path, out: &std::path::Path) -> (String, String) {
+    let output = run_ok(
+        amalgam()
+            .arg("quantize")
+            .arg(folder)
+            .arg(out)
+            .args(["--quant", "q8_0", "--quiet", "--force"]),
+    );
+    let file = GgufFile::open(out).unwrap();
+    let pre = file.header.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap().to_owned();
+    (pre, String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[test]
+fn pre_tokenizer_is_found_by_probe_hash_then_by_regex() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The real Llama 3 tokenizer (scripts/fetch-llama3-tokenizer; scripts/test runs it).
+    let llama3 =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.cache/llama3/tokenizer.json");
+    assert!(llama3.exists(), "{} is missing: run scripts/fetch-llama3-tokenizer", llama3.display());
+    let model = tmp.path().join("with-llama3-tokenizer");
+    copy_model(&data().join("gguf/tiny-kq"), &model);
+    std::fs::copy(&llama3, model.join("tokenizer.json")).unwrap();
+    let (pre, stderr) = detected_pre(&model, &tmp.path().join("a.gguf"));
+    assert_eq!(pre, "llama-bpe");
+    assert!(!stderr.contains("guessed"), "{stderr}");
+
+    // SmolLM2's tokenizer, as rebuilt from its GGUF.
+    let smol = tmp.path().join("smollm2");
+    let gguf = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../.cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    run_ok(amalgam().arg("convert").arg(&gguf).arg(&smol).arg("--quiet"));
+    assert_eq!(detected_pre(&smol, &tmp.path().join("b.gguf")).0, "smollm");
+
+    // The tiny fixture's plain GPT-2 byte-level tokenizer has no known hash: the regex
+    // decides, with a warning.
+    let (pre, stderr) = detected_pre(&data().join("gguf/tiny-kq"), &tmp.path().join("c.gguf"));
+    assert_eq!(pre, "gpt-2");
+    assert!(stderr.contains("guessed") && stderr.contains("--tokenizer-pre"), "{stderr}");
+}
