@@ -16,12 +16,12 @@ use crate::progress::Bar;
 
 /// Convert a Hugging Face model to GGUF, quantized with one of llama.cpp's mixtures.
 ///
-/// MODEL is a model folder or a hub id (`org/name[@revision]`, found in the local hub
-/// cache or downloaded). The bytes match llama.cpp's convert_hf_to_gguf.py followed by
+/// MODEL is a model folder, a hub id (`org/name[@revision]`, found in the local hub
+/// cache or downloaded), or a GGUF file (dequantized first, then quantized again). The bytes match llama.cpp's convert_hf_to_gguf.py followed by
 /// llama-quantize (no importance matrix).
 #[derive(Args)]
 pub struct QuantizeArgs {
-    /// The model: a Hugging Face folder or hub id.
+    /// The model: a Hugging Face folder, a hub id, or a .gguf file.
     model: String,
     /// The GGUF file to write.
     out: PathBuf,
@@ -73,6 +73,9 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
         bail!("{} exists; pass --force to replace it", args.out.display());
     }
     let folder_path = locate(&args.model, &bar)?;
+    if folder_path.is_file() {
+        return requantize(&args, &folder_path, &bar);
+    }
     let folder = ModelFolder::open(&folder_path)?;
     let name = args.name.clone().unwrap_or_else(|| default_name(&args.model));
     let pre = args.tokenizer_pre.clone().or_else(|| crate::pretok::detect_in(&folder_path));
@@ -99,6 +102,35 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
         let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
         let (count, quant) = (plan.tensors.len(), args.quant);
         eprintln!("wrote {} ({count} tensors, {quant}, {} bytes)", names.join(", "), plan.bytes);
+    }
+    Ok(())
+}
+
+/// A GGUF input: its quantization is undone (dequantized to f32) and the model written
+/// again in the requested mixture, through the merge engine's GGUF path.
+fn requantize(args: &QuantizeArgs, gguf: &std::path::Path, bar: &Bar) -> anyhow::Result<()> {
+    let path = serde_json::to_string(&gguf.display().to_string())?;
+    let config = format!("merge_method: passthrough\nmodels:\n  - model: {path}\ndtype: float32\n");
+    let options = amalgam_merge::MergeOptions {
+        out_shard_size: 0,
+        copy_tokenizer: true,
+        write_model_card: false,
+        allow_crimes: false,
+        random_seed: 0,
+        strict: true,
+        force: args.force,
+        dry_run: false,
+        cache_dir: None,
+        quant: Some(args.quant),
+        tokenizer_pre: args.tokenizer_pre.clone(),
+        split_max_size: args.split_max_size,
+        detect_pre: None,
+    };
+    let result = amalgam_merge::run_config(&config, "quantize", &args.out, &options, bar);
+    bar.finish();
+    let summary = result?;
+    if !args.quiet {
+        eprintln!("wrote {} ({} tensors, {})", args.out.display(), summary.tensors, args.quant);
     }
     Ok(())
 }

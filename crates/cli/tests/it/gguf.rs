@@ -146,3 +146,25 @@ fn pre_tokenizer_is_found_by_probe_hash_then_by_regex() {
     assert_eq!(pre, "gpt-2");
     assert!(stderr.contains("guessed") && stderr.contains("--tokenizer-pre"), "{stderr}");
 }
+
+#[test]
+fn quantize_takes_a_gguf_and_undoes_its_quantization_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = data().join("gguf/tiny-kq-Q8_0.gguf");
+    let out = tmp.path().join("requantized.gguf");
+    run_ok(amalgam().arg("quantize").arg(&input).arg(&out).args(["--quant", "Q4_K_M", "--quiet"]));
+    let (a, b) = (GgufFile::open(&input).unwrap(), GgufFile::open(&out).unwrap());
+    let golden = json(&data().join("gguf/llamacpp-quantized.json"));
+    for t in &b.header.tensors {
+        assert_eq!(
+            golden["types"]["Q4_K_M"][&t.name]["type"],
+            t.ty.name(),
+            "{} follows the Q4_K_M rules",
+            t.name
+        );
+    }
+    for (key, value) in a.header.metadata.iter().filter(|(k, _)| k.starts_with("tokenizer.")) {
+        assert_eq!(b.header.get(key), Some(value), "{key} carried over");
+    }
+    assert_eq!(b.header.get("general.file_type"), Some(&Value::U32(15)));
+}
