@@ -270,17 +270,22 @@ fn read_output_rows(
 
 /// The parsed tokenizer files of a model folder, if it has `tokenizer.json`.
 pub fn tokenizer_files(folder: &ModelFolder) -> Result<Option<TokenizerFiles>> {
-    let Some(path) = folder.file("tokenizer.json") else { return Ok(None) };
+    let json_path = folder.file("tokenizer.json");
+    let sentencepiece = folder.file("tokenizer.model").and_then(|p| std::fs::read(p).ok());
+    if json_path.is_none() && sentencepiece.is_none() {
+        return Ok(None);
+    }
     let read = |p: &Path| -> Result<Json> {
         let text = std::fs::read_to_string(p).map_err(|e| GgufError::io("read", p, e))?;
         serde_json::from_str(&text)
             .map_err(|e| GgufError::Convert(format!("{} is not valid JSON: {e}", p.display())))
     };
-    let tokenizer = read(&path)?;
+    let tokenizer = json_path.map(|p| read(&p)).transpose()?.unwrap_or(Json::Null);
     let config = folder.file("tokenizer_config.json").map(|p| read(&p)).transpose()?;
+    let added_tokens = folder.file("added_tokens.json").map(|p| read(&p)).transpose()?;
     let chat_template_file =
         folder.file("chat_template.jinja").and_then(|p| std::fs::read_to_string(p).ok());
-    Ok(Some(TokenizerFiles { tokenizer, config, chat_template_file }))
+    Ok(Some(TokenizerFiles { tokenizer, sentencepiece, config, added_tokens, chat_template_file }))
 }
 
 /// Everything a conversion decided, for the caller to report.

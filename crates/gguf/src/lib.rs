@@ -11,6 +11,7 @@ pub mod model;
 pub mod names;
 pub mod quant;
 pub mod read;
+pub mod sentencepiece;
 pub mod split;
 pub mod tokenizer;
 pub mod value;

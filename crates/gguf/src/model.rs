@@ -144,13 +144,12 @@ impl GgufModel {
         self.info(name).map(|t| t.ty)
     }
 
-    /// `tokenizer.json`, `tokenizer_config.json` and `generation_config.json` rebuilt from
-    /// the GGUF tokenizer, if it has one of the `gpt2` (byte-level BPE) kind.
-    pub fn tokenizer_files(&self) -> Option<Vec<(&'static str, Json)>> {
+    /// The tokenizer files rebuilt from the GGUF tokenizer, as (file name, bytes):
+    /// `tokenizer.json` for byte-level BPE (`gpt2`), `tokenizer.model` for SentencePiece
+    /// (`llama`), each with `tokenizer_config.json` and `generation_config.json`.
+    pub fn tokenizer_files(&self) -> Option<Vec<(&'static str, Vec<u8>)>> {
         let h = &self.parts[0].header;
-        if h.get("tokenizer.ggml.model").and_then(Value::as_str) != Some("gpt2") {
-            return None;
-        }
+        let kind = h.get("tokenizer.ggml.model").and_then(Value::as_str)?;
         let tokens = strings(h.get("tokenizer.ggml.tokens")?);
         let types: Vec<i64> = h
             .get("tokenizer.ggml.token_type")
@@ -158,21 +157,33 @@ impl GgufModel {
             .map_or_else(Vec::new, |a| {
                 a.iter().map(|v| if let Value::I32(t) = v { i64::from(*t) } else { 1 }).collect()
             });
-        let merges = h.get("tokenizer.ggml.merges").map(strings).unwrap_or_default();
-        let pre = h.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
         let id = |key: &str| h.get(key).and_then(Value::as_u64);
         let text = |key: &str| id(key).and_then(|i| tokens.get(i as usize)).cloned();
         let flag = |key: &str| matches!(h.get(key), Some(Value::Bool(true)));
-        let bos = text("tokenizer.ggml.bos_token_id");
         let add_bos = flag("tokenizer.ggml.add_bos_token");
-        let tokenizer =
-            tokenizer_json(&tokens, &types, &merges, pre, bos.as_deref().filter(|_| add_bos));
+        let (file, bytes, class) = match kind {
+            "gpt2" => {
+                let merges = h.get("tokenizer.ggml.merges").map(strings).unwrap_or_default();
+                let pre = h.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
+                let bos = text("tokenizer.ggml.bos_token_id");
+                let json = tokenizer_json(
+                    &tokens,
+                    &types,
+                    &merges,
+                    pre,
+                    bos.as_deref().filter(|_| add_bos),
+                );
+                ("tokenizer.json", pretty(&json), "PreTrainedTokenizerFast")
+            }
+            "llama" => ("tokenizer.model", self.sentencepiece(&tokens, &types), "LlamaTokenizer"),
+            _ => return None,
+        };
         let mut config = json!({
             "add_bos_token": add_bos,
             "add_eos_token": flag("tokenizer.ggml.add_eos_token"),
             "clean_up_tokenization_spaces": false,
             "model_max_length": self.config.get("max_position_embeddings").cloned().unwrap_or(json!(8192)),
-            "tokenizer_class": "PreTrainedTokenizerFast",
+            "tokenizer_class": class,
         });
         for (kind, key) in [
             ("bos", "bos_token_id"),
@@ -198,11 +209,39 @@ impl GgufModel {
             }
         }
         Some(vec![
-            ("tokenizer.json", tokenizer),
-            ("tokenizer_config.json", config),
-            ("generation_config.json", generation),
+            (file, bytes),
+            ("tokenizer_config.json", pretty(&config)),
+            ("generation_config.json", pretty(&generation)),
         ])
     }
+
+    /// A SentencePiece `tokenizer.model` from the token list, scores and types.
+    fn sentencepiece(&self, tokens: &[String], types: &[i64]) -> Vec<u8> {
+        let h = &self.parts[0].header;
+        let scores: Vec<f32> =
+            h.get("tokenizer.ggml.scores").and_then(Value::as_array).map_or_else(Vec::new, |a| {
+                a.iter().map(|v| v.as_f64().unwrap_or(0.0) as f32).collect()
+            });
+        let pieces = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| crate::sentencepiece::Piece {
+                text: t.clone(),
+                score: scores.get(i).copied().unwrap_or(0.0),
+                kind: types.get(i).copied().unwrap_or(1) as i32,
+            })
+            .collect();
+        let add_dummy_prefix =
+            !matches!(h.get("tokenizer.ggml.add_space_prefix"), Some(Value::Bool(false)));
+        crate::sentencepiece::write(&crate::sentencepiece::SpModel { pieces, add_dummy_prefix })
+    }
+}
+
+/// JSON with two-space indentation and a final newline.
+fn pretty(value: &Json) -> Vec<u8> {
+    let mut text = serde_json::to_string_pretty(value).unwrap_or_default();
+    text.push('\n');
+    text.into_bytes()
 }
 
 fn strings(v: &Value) -> Vec<String> {

@@ -1,8 +1,9 @@
-//! `tokenizer.*` metadata for byte-level BPE tokenizers (`tokenizer.ggml.model = gpt2`),
-//! built from `tokenizer.json`, `tokenizer_config.json` and `config.json` the way
-//! llama.cpp's converter builds it: tokens indexed by id, their types, merges, special
-//! ids, `add_bos`/`add_eos`, and the chat template. The pre-tokenizer name is chosen by
-//! the caller (by the hash of a probe encoding); [`guess_pre`] is the fallback.
+//! `tokenizer.*` metadata, built the way llama.cpp's converter builds it: from a
+//! SentencePiece `tokenizer.model` (`tokenizer.ggml.model = llama`, Llama 2 and Mistral)
+//! when there is one, else from a byte-level BPE `tokenizer.json` (`gpt2`): tokens indexed
+//! by id, their types, scores or merges, special ids, `add_bos`/`add_eos`, and the chat
+//! template. The BPE pre-tokenizer name is chosen by the caller (by the hash of a probe
+//! encoding); [`guess_pre`] is the fallback.
 
 use serde_json::{Map, Value as Json};
 
@@ -17,8 +18,13 @@ pub const UNUSED: i32 = 5;
 
 /// The tokenizer files of a model folder, parsed.
 pub struct TokenizerFiles {
+    /// `tokenizer.json` (`Null` when absent).
     pub tokenizer: Json,
+    /// The bytes of a SentencePiece `tokenizer.model`, when present.
+    pub sentencepiece: Option<Vec<u8>>,
     pub config: Option<Json>,
+    /// `added_tokens.json`, which SentencePiece models may carry.
+    pub added_tokens: Option<Json>,
     /// `chat_template.jinja`, when the template lives in its own file.
     pub chat_template_file: Option<String>,
 }
@@ -47,6 +53,44 @@ fn looks_special(token: &str) -> bool {
 pub fn metadata(
     files: &TokenizerFiles,
     model_config: &Map<String, Json>,
+    vocab_size: usize,
+    pre: &str,
+) -> Result<Vec<(String, Value)>> {
+    // As llama.cpp's Llama converter: SentencePiece first, then BPE. A Llama 3
+    // `tokenizer.model` is tiktoken text, not protobuf, and falls through to BPE.
+    let sp = files.sentencepiece.as_deref().and_then(|b| crate::sentencepiece::parse(b).ok());
+    let mut out = match &sp {
+        Some(model) => {
+            let added = files.added_tokens.as_ref().and_then(Json::as_object);
+            crate::sentencepiece::metadata(model, added, vocab_size)
+        }
+        None => bpe_metadata(files, vocab_size, pre)?,
+    };
+    let tokens: Vec<String> = out
+        .iter()
+        .find(|(k, _)| k == "tokenizer.ggml.tokens")
+        .and_then(|(_, v)| v.as_array())
+        .map(|a| a.iter().map(|t| t.as_str().unwrap_or_default().to_owned()).collect())
+        .unwrap_or_default();
+    for (kind, key) in SPECIALS {
+        if let Some(id) = special_id(kind, files, &tokens, model_config) {
+            out.push((format!("tokenizer.ggml.{key}"), Value::U32(id as u32)));
+        }
+    }
+    for (flag, key) in [("add_bos_token", "add_bos_token"), ("add_eos_token", "add_eos_token")] {
+        if let Some(v) = add_flag(flag, files) {
+            out.push((format!("tokenizer.ggml.{key}"), Value::Bool(v)));
+        }
+    }
+    if let Some(template) = chat_template(files) {
+        out.push(("tokenizer.chat_template".to_owned(), Value::String(template)));
+    }
+    Ok(out)
+}
+
+/// Tokens, types and merges of a byte-level BPE `tokenizer.json`.
+fn bpe_metadata(
+    files: &TokenizerFiles,
     vocab_size: usize,
     pre: &str,
 ) -> Result<Vec<(String, Value)>> {
@@ -80,7 +124,7 @@ pub fn metadata(
         .enumerate()
         .map(|(i, t)| t.unwrap_or_else(|| (format!("[PAD{i}]"), UNUSED)))
         .unzip();
-    let mut out = vec![
+    Ok(vec![
         ("tokenizer.ggml.model".to_owned(), Value::String("gpt2".into())),
         ("tokenizer.ggml.pre".to_owned(), Value::String(pre.into())),
         ("tokenizer.ggml.tokens".to_owned(), Value::strings(names)),
@@ -89,21 +133,7 @@ pub fn metadata(
             Value::Array(ValueType::I32, types.into_iter().map(Value::I32).collect()),
         ),
         ("tokenizer.ggml.merges".to_owned(), Value::strings(merges(model)?)),
-    ];
-    for (kind, key) in SPECIALS {
-        if let Some(id) = special_id(kind, files, &added, model_config) {
-            out.push((format!("tokenizer.ggml.{key}"), Value::U32(id as u32)));
-        }
-    }
-    for (flag, key) in [("add_bos_token", "add_bos_token"), ("add_eos_token", "add_eos_token")] {
-        if let Some(v) = add_flag(flag, files) {
-            out.push((format!("tokenizer.ggml.{key}"), Value::Bool(v)));
-        }
-    }
-    if let Some(template) = chat_template(files) {
-        out.push(("tokenizer.chat_template".to_owned(), Value::String(template)));
-    }
-    Ok(out)
+    ])
 }
 
 fn bad(what: &str) -> GgufError {
@@ -145,19 +175,19 @@ fn merges(model: &Map<String, Json>) -> Result<Vec<String>> {
 }
 
 /// A special token's id: from `tokenizer_config.json`'s `<kind>_token` matched against
-/// the added tokens, else `config.json`'s integer `<kind>_token_id`.
+/// the token list, else `config.json`'s integer `<kind>_token_id`.
 fn special_id(
     kind: &str,
     files: &TokenizerFiles,
-    added: &[(usize, String, bool)],
+    tokens: &[String],
     model_config: &Map<String, Json>,
 ) -> Option<usize> {
     let entry = files.config.as_ref().and_then(|c| c.get(format!("{kind}_token")));
     let content = entry.and_then(|e| e.as_str().or_else(|| e.get("content")?.as_str()));
     if let Some(content) = content
-        && let Some((id, _, _)) = added.iter().find(|(_, c, _)| c == content)
+        && let Some(id) = tokens.iter().position(|t| t == content)
     {
-        return Some(*id);
+        return Some(id);
     }
     model_config.get(&format!("{kind}_token_id")).and_then(Json::as_u64).map(|v| v as usize)
 }
@@ -247,6 +277,8 @@ mod tests {
                 json!({"bos_token": "<|begin_of_text|>", "eos_token": {"content": "<|eot_id|>"},
                                 "chat_template": "{{ messages }}"}),
             ),
+            sentencepiece: None,
+            added_tokens: None,
             chat_template_file: None,
         }
     }

@@ -80,8 +80,9 @@ pub fn write_index(dir: &Path, weight_map: &[(String, String)], total_size: u64)
 pub fn copy_tokenizer(donor: &Model, dir: &Path) -> Result<Vec<&'static str>> {
     if let Model::Gguf(g) = donor {
         let files = g.tokenizer_files().unwrap_or_default();
-        for (name, json) in &files {
-            write_json(&dir.join(name), json)?;
+        for (name, bytes) in &files {
+            let path = dir.join(name);
+            fs::write(&path, bytes).map_err(|e| MergeError::io("write", &path, e))?;
         }
         return Ok(files.iter().map(|(n, _)| *n).collect());
     }

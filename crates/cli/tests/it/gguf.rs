@@ -168,3 +168,63 @@ fn quantize_takes_a_gguf_and_undoes_its_quantization_first() {
     }
     assert_eq!(b.header.get("general.file_type"), Some(&Value::U32(15)));
 }
+
+/// A SentencePiece model of 512 pieces, as Llama 2 and Mistral ship: unk, bos, eos, the
+/// 256 byte pieces, then words with descending scores.
+fn sentencepiece_model() -> amalgam_gguf::sentencepiece::SpModel {
+    use amalgam_gguf::sentencepiece::{Piece, SpModel};
+    let mut pieces = vec![
+        Piece { text: "<unk>".into(), score: 0.0, kind: 2 },
+        Piece { text: "<s>".into(), score: 0.0, kind: 3 },
+        Piece { text: "</s>".into(), score: 0.0, kind: 3 },
+    ];
+    pieces.extend((0..256).map(|b| Piece { text: format!("<0x{b:02X}>"), score: 0.0, kind: 6 }));
+    pieces.extend((pieces.len()..512).map(|i| Piece {
+        text: format!("▁w{i}"),
+        score: -(i as f32),
+        kind: 1,
+    }));
+    SpModel { pieces, add_dummy_prefix: true }
+}
+
+#[test]
+fn sentencepiece_tokenizers_convert_both_ways() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("mistral-like");
+    copy_model(&data().join("gguf/tiny-kq"), &model);
+    std::fs::remove_file(model.join("tokenizer.json")).unwrap();
+    std::fs::write(
+        model.join("tokenizer.model"),
+        amalgam_gguf::sentencepiece::write(&sentencepiece_model()),
+    )
+    .unwrap();
+    std::fs::write(
+        model.join("tokenizer_config.json"),
+        r#"{"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "add_bos_token": true}"#,
+    )
+    .unwrap();
+    let out = tmp.path().join("sp.gguf");
+    run_ok(amalgam().arg("quantize").arg(&model).arg(&out).args(["--quant", "Q8_0", "--quiet"]));
+    let file = GgufFile::open(&out).unwrap();
+    let get = |k: &str| file.header.get(k).unwrap_or_else(|| panic!("{k}")).clone();
+    assert_eq!(get("tokenizer.ggml.model"), Value::String("llama".into()));
+    assert!(file.header.get("tokenizer.ggml.pre").is_none(), "no pre-tokenizer for SentencePiece");
+    assert_eq!(get("tokenizer.ggml.tokens").as_array().unwrap().len(), 512);
+    assert_eq!(get("tokenizer.ggml.scores").as_array().unwrap()[300], Value::F32(-300.0));
+    assert_eq!(get("tokenizer.ggml.token_type").as_array().unwrap()[3], Value::I32(6));
+    assert_eq!(get("tokenizer.ggml.bos_token_id"), Value::U32(1));
+    assert_eq!(get("tokenizer.ggml.eos_token_id"), Value::U32(2));
+    assert_eq!(get("tokenizer.ggml.unknown_token_id"), Value::U32(0));
+    assert_eq!(get("tokenizer.ggml.add_bos_token"), Value::Bool(true));
+    assert_eq!(get("tokenizer.ggml.add_space_prefix"), Value::Bool(true));
+
+    let back = tmp.path().join("back");
+    run_ok(amalgam().arg("convert").arg(&out).arg(&back).arg("--quiet"));
+    let rebuilt =
+        amalgam_gguf::sentencepiece::parse(&std::fs::read(back.join("tokenizer.model")).unwrap())
+            .unwrap();
+    assert!(rebuilt == sentencepiece_model(), "tokenizer.model round trip");
+    let config = json(&back.join("tokenizer_config.json"));
+    assert_eq!(config["bos_token"], "<s>");
+    assert_eq!(config["tokenizer_class"], "LlamaTokenizer");
+}
