@@ -3,7 +3,7 @@
 //! `config.json`, `generation_config.json`, `tokenizer.json` and `tokenizer_config.json`
 //! (chat template included) rebuilt from the metadata.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use amalgam_merge::MergeOptions;
 use clap::Args;
@@ -31,6 +31,31 @@ pub struct ConvertArgs {
     quiet: bool,
 }
 
+/// A passthrough config over one model (a GGUF file, for convert and re-quantize).
+pub fn single_model_config(model: &Path, dtype: &str) -> anyhow::Result<String> {
+    let path = serde_json::to_string(&model.display().to_string())?;
+    Ok(format!("merge_method: passthrough\nmodels:\n  - model: {path}\ndtype: {dtype}\n"))
+}
+
+/// Merge options for rewriting one model: no card, tokenizer carried over, strict config.
+pub fn single_model_options(force: bool) -> MergeOptions {
+    MergeOptions {
+        out_shard_size: 0,
+        copy_tokenizer: true,
+        write_model_card: false,
+        allow_crimes: false,
+        random_seed: 0,
+        strict: true,
+        force,
+        dry_run: false,
+        cache_dir: None,
+        quant: None,
+        tokenizer_pre: None,
+        split_max_size: None,
+        detect_pre: None,
+    }
+}
+
 /// Runs `amalgam convert`.
 pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
     let dtype = match args.dtype.as_str() {
@@ -41,23 +66,9 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
     };
     // A GGUF file converts as a passthrough "merge" of itself: one code path for reading,
     // streaming and writing, with the tokenizer rebuilt from the GGUF metadata.
-    let path = serde_json::to_string(&args.model.display().to_string())?;
-    let config = format!("merge_method: passthrough\nmodels:\n  - model: {path}\ndtype: {dtype}\n");
-    let options = MergeOptions {
-        out_shard_size: args.out_shard_size,
-        copy_tokenizer: true,
-        write_model_card: false,
-        allow_crimes: false,
-        random_seed: 0,
-        strict: true,
-        force: args.force,
-        dry_run: false,
-        cache_dir: None,
-        quant: None,
-        tokenizer_pre: None,
-        split_max_size: None,
-        detect_pre: None,
-    };
+    let config = single_model_config(&args.model, dtype)?;
+    let options =
+        MergeOptions { out_shard_size: args.out_shard_size, ..single_model_options(args.force) };
     let bar = Bar::new(args.quiet);
     let result = amalgam_merge::run_config(&config, "convert", &args.out_dir, &options, &bar);
     bar.finish();

@@ -109,22 +109,12 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
 /// A GGUF input: its quantization is undone (dequantized to f32) and the model written
 /// again in the requested mixture, through the merge engine's GGUF path.
 fn requantize(args: &QuantizeArgs, gguf: &std::path::Path, bar: &Bar) -> anyhow::Result<()> {
-    let path = serde_json::to_string(&gguf.display().to_string())?;
-    let config = format!("merge_method: passthrough\nmodels:\n  - model: {path}\ndtype: float32\n");
+    let config = crate::convert::single_model_config(gguf, "float32")?;
     let options = amalgam_merge::MergeOptions {
-        out_shard_size: 0,
-        copy_tokenizer: true,
-        write_model_card: false,
-        allow_crimes: false,
-        random_seed: 0,
-        strict: true,
-        force: args.force,
-        dry_run: false,
-        cache_dir: None,
         quant: Some(args.quant),
         tokenizer_pre: args.tokenizer_pre.clone(),
         split_max_size: args.split_max_size,
-        detect_pre: None,
+        ..crate::convert::single_model_options(args.force)
     };
     let result = amalgam_merge::run_config(&config, "quantize", &args.out, &options, bar);
     bar.finish();
