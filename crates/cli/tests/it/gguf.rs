@@ -228,3 +228,52 @@ fn sentencepiece_tokenizers_convert_both_ways() {
     assert_eq!(config["bos_token"], "<s>");
     assert_eq!(config["tokenizer_class"], "LlamaTokenizer");
 }
+
+#[test]
+fn broken_gguf_inputs_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = std::fs::read(data().join("gguf/tiny-kq-Q8_0.gguf")).unwrap();
+    let cut = tmp.path().join("cut.gguf");
+    std::fs::write(&cut, &good[..good.len() / 2]).unwrap();
+    for args in [vec!["inspect"], vec!["convert"], vec!["quantize"]] {
+        let mut cmd = amalgam();
+        cmd.args(&args).arg(&cut);
+        if args[0] != "inspect" {
+            cmd.arg(tmp.path().join("out.x")).args(if args[0] == "quantize" {
+                vec!["--quant", "q8_0"]
+            } else {
+                vec![]
+            });
+        }
+        let output = run(&mut cmd);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("cut.gguf") && stderr.contains("truncated"), "{args:?}: {stderr}");
+        assert!(!tmp.path().join("out.x").exists());
+    }
+    let not_llama = tmp.path().join("other.gguf");
+    let mut bytes = good.clone();
+    let at = bytes.windows(5).position(|w| w == b"llama").unwrap();
+    bytes[at..at + 5].copy_from_slice(b"gemma");
+    std::fs::write(&not_llama, &bytes).unwrap();
+    let output = run(amalgam().arg("convert").arg(&not_llama).arg(tmp.path().join("o")));
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("Llama-architecture GGUF files only"));
+}
+
+#[test]
+fn dry_run_plans_a_gguf_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("planned.gguf");
+    let output = run_ok(
+        amalgam()
+            .env("HF_HUB_CACHE", seed_hub())
+            .args(["merge", "--dry-run"])
+            .arg(data().join("seed/seed-120b.yml"))
+            .arg(&out)
+            .args(["--quant", "Q4_K_M"]),
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.contains("layers   140") && text.contains("planned.gguf"), "{text}");
+    assert!(!out.exists());
+}
