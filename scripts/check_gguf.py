@@ -24,6 +24,13 @@ def check(path):
         elif field.types[0] != vtype:
             problems.append(f"{key} is {field.types[0].name}, llama.cpp needs {vtype.name}")
 
+    split_no = fields.get("split.no")
+    if split_no is not None and int(split_no.parts[-1][0]) > 0:
+        # Later parts of a split file carry only the split keys and their tensors.
+        for key in ["split.count", "split.tensors.count"]:
+            if key not in fields:
+                problems.append(f"{key} missing")
+        return problems, len(reader.tensors)
     arch = bytes(fields["general.architecture"].parts[-1]).decode()
     for key in U32_KEYS:
         expect(f"{arch}.{key}", GGUFValueType.UINT32)
@@ -37,8 +44,8 @@ def check(path):
         types = fields["tokenizer.ggml.token_type"]
         if types.types != [GGUFValueType.ARRAY, GGUFValueType.INT32]:
             problems.append(f"tokenizer.ggml.token_type is {types.types}")
-        embd = next(t for t in reader.tensors if t.name == "token_embd.weight")
-        if len(tokens.data) != int(embd.shape[1]):
+        embd = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
+        if embd is not None and len(tokens.data) != int(embd.shape[1]):
             problems.append(f"{len(tokens.data)} tokens for {embd.shape[1]} embedding rows")
     for tensor in reader.tensors:
         if tensor.data.size == 0:
