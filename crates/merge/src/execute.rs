@@ -254,9 +254,11 @@ fn merge_chunk(
 pub fn stats(tensor: &Bound) -> Result<Stats> {
     let numel = tensor.spec.shape.iter().product::<usize>();
     if !tensor.kernel.needs_stats() {
-        return Ok(Stats { coef_a: 0.0, coef_b: 0.0 });
+        return Ok(Stats::None);
     }
-    tensor.kernel.stats(numel, &mut |input, start, out| load(tensor, input, start, out))
+    tensor
+        .kernel
+        .stats(tensor.working, numel, &mut |input, start, out| load(tensor, input, start, out))
 }
 
 /// The merged values of elements `start..start + out.len()` of a tensor, rounded to its

@@ -381,7 +381,11 @@ impl<'a> Planner<'a> {
         }
         let passthrough = present.len() == 1
             && present.len() < origin.models.len()
-            && self.method().optional_policy == OptionalPolicy::PassthroughSingleton;
+            && match self.method().optional_policy {
+                OptionalPolicy::PassthroughSingleton => true,
+                OptionalPolicy::PassthroughBaseSingleton => Some(present[0]) == base_ref,
+                OptionalPolicy::Error => false,
+            };
         if !passthrough {
             self.check_inputs(&present, base_ref, &out_name)?;
         }

@@ -26,6 +26,18 @@ pub enum Kernel {
     },
     /// Spherical interpolation from the base (`t = 0`) to the other input.
     Slerp { base: usize, t: f32 },
+    /// NearSwap: interpolate toward the other input where the two are within `t`.
+    NearSwap { base: usize, t: f32 },
+    /// Reinforced Agent Merging: unique task-vector entries kept, overlapping ones
+    /// averaged; with `plus`, unique entries scaled per model by shared/unique counts.
+    Ram { base: usize, inputs: usize, epsilon: f32, plus: Option<RamPlus> },
+}
+
+/// ramplus_tl's parameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RamPlus {
+    pub r: f32,
+    pub alpha: f32,
 }
 
 /// Reads elements `start..start + out.len()` of input `input` into `out`, rounded to the
@@ -33,10 +45,15 @@ pub enum Kernel {
 pub type Loader<'a> = dyn FnMut(usize, usize, &mut [f32]) -> Result<()> + 'a;
 
 /// Whole-tensor statistics a kernel needs before its elementwise pass.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Stats {
-    pub coef_a: f32,
-    pub coef_b: f32,
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Stats {
+    /// The kernel needs none.
+    #[default]
+    None,
+    /// slerp's interpolation coefficients of the base and the other input.
+    Slerp { coef_a: f32, coef_b: f32 },
+    /// ramplus_tl's per-model scale of unique contributions.
+    Lambdas(Vec<f32>),
 }
 
 /// Elements per statistics chunk: mergekit's slerp works through 2^20 elements at a time
@@ -79,8 +96,22 @@ impl Kernel {
             }
             "slerp" => {
                 let base = plan.base.ok_or_else(|| missing_base(plan))?;
-                let t = plan.shared.get("t").map(|v| v.as_f64()).unwrap_or_default() as f32;
-                Kernel::Slerp { base, t }
+                Kernel::Slerp { base, t: shared(plan, "t") }
+            }
+            "nearswap" => {
+                let base = plan.base.ok_or_else(|| missing_base(plan))?;
+                Kernel::NearSwap { base, t: shared(plan, "t") }
+            }
+            "ram" | "ramplus_tl" => {
+                let base = plan.base.ok_or_else(|| missing_base(plan))?;
+                let plus = (method == "ramplus_tl")
+                    .then(|| RamPlus { r: shared(plan, "r"), alpha: shared(plan, "alpha") });
+                Kernel::Ram {
+                    base,
+                    inputs: plan.inputs.len(),
+                    epsilon: shared(plan, "epsilon"),
+                    plus,
+                }
             }
             other => {
                 return Err(MergeError::Unsupported(format!("merge method {other} has no kernel")));
@@ -90,14 +121,22 @@ impl Kernel {
 
     /// Whether [`Kernel::stats`] must run before [`Kernel::apply`].
     pub fn needs_stats(&self) -> bool {
-        matches!(self, Kernel::Slerp { .. })
+        matches!(self, Kernel::Slerp { .. } | Kernel::Ram { plus: Some(_), .. })
     }
 
     /// Whole-tensor statistics. `load(input, start, out)` fills `out` with elements
     /// `start..start + out.len()` of an input, rounded to the working dtype.
-    pub fn stats(&self, numel: usize, load: &mut Loader) -> Result<Stats> {
+    pub fn stats(&self, working: DType, numel: usize, load: &mut Loader) -> Result<Stats> {
+        if let Kernel::Ram { base, inputs, epsilon, plus: Some(plus) } = *self {
+            let kernel = (base, inputs, epsilon, plus);
+            return match working {
+                DType::BF16 => ram_lambdas(kernel, |x| round_to(DType::BF16, x), numel, load),
+                DType::F16 => ram_lambdas(kernel, |x| round_to(DType::F16, x), numel, load),
+                DType::F32 | DType::F64 => ram_lambdas(kernel, |x| x, numel, load),
+            };
+        }
         let Kernel::Slerp { base, t } = *self else {
-            return Ok(Stats { coef_a: 0.0, coef_b: 0.0 });
+            return Ok(Stats::None);
         };
         let other = 1 - base;
         let chunk = STATS_CHUNK.min(numel.max(1));
@@ -160,13 +199,29 @@ impl Kernel {
                 task_arithmetic(*base, weights, *divisor, *lambda, round, inputs, out)
             }
             Kernel::Slerp { base, .. } => {
+                let Stats::Slerp { coef_a, coef_b } = *stats else { return };
                 let (a, b) = (inputs[*base], inputs[1 - base]);
                 for ((o, x), y) in out.iter_mut().zip(a).zip(b) {
-                    *o = round(stats.coef_a * x + stats.coef_b * y);
+                    *o = round(coef_a * x + coef_b * y);
                 }
+            }
+            Kernel::NearSwap { base, t } => {
+                nearswap(inputs[*base], inputs[1 - base], *t, round, out)
+            }
+            Kernel::Ram { base, epsilon, .. } => {
+                let lambdas = match stats {
+                    Stats::Lambdas(l) => Some(l.as_slice()),
+                    _ => None,
+                };
+                ram(*base, *epsilon, lambdas, inputs, round, out)
             }
         }
     }
+}
+
+/// A shared parameter as `f32` (validated and defaulted by the planner).
+fn shared(plan: &TensorPlan, name: &str) -> f32 {
+    plan.shared.get(name).map(|v| v.as_f64()).unwrap_or_default() as f32
 }
 
 fn missing_base(plan: &TensorPlan) -> MergeError {
@@ -177,11 +232,14 @@ fn missing_base(plan: &TensorPlan) -> MergeError {
 /// them; nearly collinear inputs fall back to linear interpolation.
 fn slerp_coefficients(dot: f32, t: f32) -> Stats {
     if dot.abs() > 0.9995 {
-        return Stats { coef_a: 1.0 - t, coef_b: t };
+        return Stats::Slerp { coef_a: 1.0 - t, coef_b: t };
     }
     let theta = dot.acos();
     let sin_theta = theta.sin();
-    Stats { coef_a: ((1.0 - t) * theta).sin() / sin_theta, coef_b: (t * theta).sin() / sin_theta }
+    Stats::Slerp {
+        coef_a: ((1.0 - t) * theta).sin() / sin_theta,
+        coef_b: (t * theta).sin() / sin_theta,
+    }
 }
 
 /// `sum_i w_i x_i` with one fused multiply-add per input (torch's `addcmul_`), then the
@@ -233,6 +291,91 @@ fn task_arithmetic(
     }
 }
 
+/// NearSwap in the working dtype, one rounding per torch operation:
+/// `w = clamp(t / max(|a - b|, 1e-6), 0, 1)`, `w b + (1 - w) a`. torch evaluates
+/// `t / x` as `reciprocal(x) * t`.
+fn nearswap(a: &[f32], b: &[f32], t: f32, round: impl Fn(f32) -> f32, out: &mut [f32]) {
+    for ((o, x), y) in out.iter_mut().zip(a).zip(b) {
+        let diff = round(round(x - y).abs().max(1e-6));
+        let w = round(round(1.0 / diff) * t).clamp(0.0, 1.0);
+        *o = round(round(w * y) + round(round(1.0 - w) * x));
+    }
+}
+
+/// RAM: per element, task vectors above `epsilon` in magnitude count as contributions;
+/// a lone contribution is kept (times its model's lambda, for ramplus_tl), overlapping
+/// ones are averaged.
+fn ram(
+    base: usize,
+    epsilon: f32,
+    lambdas: Option<&[f32]>,
+    inputs: &[&[f32]],
+    round: impl Fn(f32) -> f32,
+    out: &mut [f32],
+) {
+    let b = inputs[base];
+    let others: Vec<&[f32]> = (0..inputs.len()).filter(|&i| i != base).map(|i| inputs[i]).collect();
+    for (e, o) in out.iter_mut().enumerate() {
+        let count = others.iter().filter(|x| round(x[e] - b[e]).abs() > epsilon).count();
+        let mut merged = 0f32;
+        for (m, x) in others.iter().enumerate() {
+            let tv = round(x[e] - b[e]);
+            if tv.abs() <= epsilon {
+                continue;
+            }
+            merged += match (count, lambdas) {
+                (1, Some(l)) => tv * l[m],
+                (1, None) => tv,
+                _ => round(tv / count as f32),
+            };
+        }
+        *o = round(b[e] + round(merged));
+    }
+}
+
+/// ramplus_tl's per-model lambda: `1 + r * clamp(shared / max(unique, eps), 0, alpha)`,
+/// where `shared` and `unique` count the model's contributions that overlap another
+/// model's or stand alone, over the whole tensor.
+fn ram_lambdas(
+    kernel: (usize, usize, f32, RamPlus),
+    round: impl Fn(f32) -> f32,
+    numel: usize,
+    load: &mut Loader,
+) -> Result<Stats> {
+    let (base, inputs, epsilon, plus) = kernel;
+    let others: Vec<usize> = (0..inputs).filter(|&i| i != base).collect();
+    let chunk = STATS_CHUNK.min(numel.max(1));
+    let mut b = vec![0f32; chunk];
+    let mut xs = vec![vec![0f32; chunk]; others.len()];
+    let (mut shared, mut unique) = (vec![0u64; others.len()], vec![0u64; others.len()]);
+    for start in (0..numel).step_by(chunk) {
+        let len = chunk.min(numel - start);
+        load(base, start, &mut b[..len])?;
+        for (x, &i) in xs.iter_mut().zip(&others) {
+            load(i, start, &mut x[..len])?;
+        }
+        for e in 0..len {
+            let active = |x: &Vec<f32>| round(x[e] - b[e]).abs() > epsilon;
+            let count = xs.iter().filter(|x| active(x)).count();
+            for (m, x) in xs.iter().enumerate() {
+                if active(x) {
+                    if count > 1 {
+                        shared[m] += 1;
+                    } else {
+                        unique[m] += 1;
+                    }
+                }
+            }
+        }
+    }
+    let lambdas = shared
+        .iter()
+        .zip(&unique)
+        .map(|(&s, &u)| 1.0 + plus.r * (s as f32 / (u as f32).max(epsilon)).clamp(0.0, plus.alpha))
+        .collect();
+    Ok(Stats::Lambdas(lambdas))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,7 +390,7 @@ mod tests {
         let kernel =
             Kernel::TaskArithmetic { base: 0, weights: vec![(1, w)], divisor: None, lambda: None };
         let mut out = [0f32];
-        kernel.apply(DType::BF16, &Stats { coef_a: 0.0, coef_b: 0.0 }, &[&base, &ft], &mut out);
+        kernel.apply(DType::BF16, &Stats::None, &[&base, &ft], &mut out);
         let expected = round_to(DType::BF16, 1.0 + round_to(DType::BF16, 0.0078125 * w));
         assert_eq!(out[0], expected);
     }
@@ -256,24 +399,21 @@ mod tests {
     fn linear_normalizes_by_the_weight_sum() {
         let kernel = Kernel::Linear { weights: vec![1.0, 3.0], divisor: Some(4.0) };
         let mut out = [0f32; 2];
-        kernel.apply(
-            DType::F32,
-            &Stats { coef_a: 0.0, coef_b: 0.0 },
-            &[&[1.0, 2.0], &[5.0, 6.0]],
-            &mut out,
-        );
+        kernel.apply(DType::F32, &Stats::None, &[&[1.0, 2.0], &[5.0, 6.0]], &mut out);
         assert_eq!(out, [4.0, 5.0]);
     }
 
     #[test]
     fn slerp_endpoints_and_collinear_fallback() {
-        let s = slerp_coefficients(0.5, 0.0);
-        assert_eq!((s.coef_a, s.coef_b), (1.0, 0.0));
-        let s = slerp_coefficients(1.0, 0.25);
-        assert_eq!((s.coef_a, s.coef_b), (0.75, 0.25));
+        let coefs = |dot, t| match slerp_coefficients(dot, t) {
+            Stats::Slerp { coef_a, coef_b } => (coef_a, coef_b),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(coefs(0.5, 0.0), (1.0, 0.0));
+        assert_eq!(coefs(1.0, 0.25), (0.75, 0.25));
         // Orthogonal unit vectors at t = 0.5: both coefficients are sin(pi/4)/sin(pi/2).
-        let s = slerp_coefficients(0.0, 0.5);
-        assert!((s.coef_a - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6);
-        assert_eq!(s.coef_a, s.coef_b);
+        let (a, b) = coefs(0.0, 0.5);
+        assert!((a - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-6);
+        assert_eq!(a, b);
     }
 }

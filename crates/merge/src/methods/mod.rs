@@ -52,6 +52,8 @@ pub enum OptionalPolicy {
     Error,
     /// A single remaining input is passed through.
     PassthroughSingleton,
+    /// A single remaining input is passed through if it is the base.
+    PassthroughBaseSingleton,
 }
 
 /// A merge method: its name, parameters and input contract.
@@ -126,6 +128,40 @@ pub static METHODS: &[MethodSpec] = &[
             param("lambda", Kind::Float, Scope::Shared, Default::Value(Value::Float(1.0))),
             param("weight", Kind::Float, Scope::NonBase, REQUIRED),
             param("density", Kind::Float, Scope::NonBase, Default::Value(Value::Float(1.0))),
+        ],
+        base: BasePolicy::Required,
+        min_inputs: 1,
+        max_inputs: None,
+        optional_policy: OptionalPolicy::Error,
+    },
+    MethodSpec {
+        name: "nearswap",
+        pretty_name: "NearSwap",
+        reference_url: Some("https://huggingface.co/alchemonaut/QuartetAnemoi-70B-t0.0001"),
+        params: &[param("t", Kind::Float, Scope::Shared, REQUIRED)],
+        base: BasePolicy::Required,
+        min_inputs: 2,
+        max_inputs: Some(2),
+        optional_policy: OptionalPolicy::PassthroughBaseSingleton,
+    },
+    MethodSpec {
+        name: "ram",
+        pretty_name: "Reinforced Agent Merging",
+        reference_url: Some("https://arxiv.org/abs/2601.13572"),
+        params: &[param("epsilon", Kind::Float, Scope::Shared, Default::Value(Value::Float(1e-5)))],
+        base: BasePolicy::Required,
+        min_inputs: 1,
+        max_inputs: None,
+        optional_policy: OptionalPolicy::Error,
+    },
+    MethodSpec {
+        name: "ramplus_tl",
+        pretty_name: "Reinforced Agent Merging Plus (Tensor-Local)",
+        reference_url: Some("https://arxiv.org/abs/2601.13572"),
+        params: &[
+            param("r", Kind::Float, Scope::Shared, Default::Value(Value::Float(0.1))),
+            param("alpha", Kind::Float, Scope::Shared, Default::Value(Value::Float(0.2))),
+            param("epsilon", Kind::Float, Scope::Shared, Default::Value(Value::Float(1e-5))),
         ],
         base: BasePolicy::Required,
         min_inputs: 1,
