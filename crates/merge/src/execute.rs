@@ -162,6 +162,9 @@ fn merge_tensor(
 ) -> Result<()> {
     let numel = tensor.spec.shape.iter().product::<usize>();
     let stats = stats(tensor)?;
+    if let Stats::Output(values) = &stats {
+        return write_values(tensor, values, writer, slot, progress);
+    }
     let chunks = numel.div_ceil(CHUNK);
     let out_size = tensor.spec.dtype.size();
     (0..chunks).into_par_iter().try_for_each(|c| {
@@ -250,9 +253,13 @@ fn merge_chunk(
     Ok(())
 }
 
-/// Whole-tensor statistics of a bound tensor (computed once, before its chunks).
+/// Whole-tensor statistics of a bound tensor (computed once, before its chunks); for
+/// whole-tensor methods, the merged tensor itself.
 pub fn stats(tensor: &Bound) -> Result<Stats> {
     let numel = tensor.spec.shape.iter().product::<usize>();
+    if let Kernel::Whole(method) = &tensor.kernel {
+        return whole_output(tensor, method, numel).map(|v| Stats::Output(std::sync::Arc::new(v)));
+    }
     if !tensor.kernel.needs_stats() {
         return Ok(Stats::None);
     }
@@ -261,9 +268,55 @@ pub fn stats(tensor: &Bound) -> Result<Stats> {
         .stats(tensor.working, numel, &mut |input, start, out| load(tensor, input, start, out))
 }
 
+/// Loads every input whole and merges them; the result is rounded to the working dtype
+/// and then to the output dtype.
+fn whole_output(
+    tensor: &Bound,
+    method: &crate::methods::whole::Whole,
+    numel: usize,
+) -> Result<Vec<f32>> {
+    let mut inputs = Vec::with_capacity(tensor.inputs.len());
+    for i in 0..tensor.inputs.len() {
+        let mut values = vec![0f32; numel];
+        load(tensor, i, 0, &mut values)?;
+        release(tensor, 0, numel);
+        inputs.push(values);
+    }
+    let cols = tensor.spec.shape.last().copied().unwrap_or(1);
+    let mut out = method.merge(&inputs, cols);
+    round_slice(tensor.working, &mut out);
+    if tensor.spec.dtype != tensor.working {
+        round_slice(tensor.spec.dtype, &mut out);
+    }
+    Ok(out)
+}
+
+/// Writes an already merged tensor in chunks.
+fn write_values(
+    tensor: &Bound,
+    values: &[f32],
+    writer: &ShardWriter,
+    slot: usize,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let size = tensor.spec.dtype.size();
+    let mut bytes = vec![0u8; CHUNK * size];
+    for (c, chunk) in values.chunks(CHUNK).enumerate() {
+        let n = chunk.len();
+        encode_f32(tensor.spec.dtype, chunk, &mut bytes[..n * size]);
+        writer.write_at(slot, c * CHUNK * size, &bytes[..n * size])?;
+        progress.advance((n * size) as u64);
+    }
+    Ok(())
+}
+
 /// The merged values of elements `start..start + out.len()` of a tensor, rounded to its
 /// output dtype, for writers that take values rather than bytes (GGUF).
 pub fn merged_values(tensor: &Bound, stats: &Stats, start: usize, out: &mut [f32]) -> Result<()> {
+    if let Stats::Output(values) = stats {
+        out.copy_from_slice(&values[start..start + out.len()]);
+        return Ok(());
+    }
     let n = out.len();
     SCRATCH.with_borrow_mut(|buffers| {
         buffers.fit(tensor.inputs.len(), n, 0);

@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use amalgam_gguf::convert::{self, RowSource};
 use amalgam_gguf::llama::LlamaParams;
@@ -113,20 +115,51 @@ fn tokenizer_metadata(
     }
 }
 
-/// Merged rows, computed on demand for the GGUF writer.
+/// Merged rows, computed on demand for the GGUF writer. A tensor's statistics (for
+/// whole-tensor methods, the merged tensor itself) are computed when its first rows are
+/// asked for and dropped once all its rows have been served, so only the tensors being
+/// written are in memory.
 struct MergedRows<'a> {
-    tensors: HashMap<&'a str, (&'a Bound<'a>, Stats)>,
+    tensors: HashMap<&'a str, Lazy<'a>>,
+}
+
+struct Lazy<'a> {
+    bound: &'a Bound<'a>,
+    stats: Mutex<Option<Arc<Stats>>>,
+    rows_left: AtomicUsize,
+}
+
+impl Lazy<'_> {
+    fn stats(&self) -> Result<Arc<Stats>> {
+        let mut slot = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(stats) = slot.as_ref() {
+            return Ok(Arc::clone(stats));
+        }
+        let stats = Arc::new(execute::stats(self.bound)?);
+        *slot = Some(Arc::clone(&stats));
+        Ok(stats)
+    }
+
+    /// Counts `rows` as served; the last ones free the statistics.
+    fn served(&self, rows: usize) {
+        if self.rows_left.fetch_sub(rows, Ordering::AcqRel) == rows {
+            *self.stats.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+    }
 }
 
 impl RowSource for MergedRows<'_> {
     fn read_rows(&self, name: &str, first: usize, out: &mut [f32]) -> amalgam_gguf::Result<()> {
-        let (bound, stats) = self
+        let lazy = self
             .tensors
             .get(name)
             .ok_or_else(|| GgufError::Convert(format!("no merged tensor {name}")))?;
-        let cols = bound.spec.shape.last().copied().unwrap_or(1).max(1);
-        execute::merged_values(bound, stats, first * cols, out)
-            .map_err(|e| GgufError::Convert(e.to_string()))
+        let failed = |e: MergeError| GgufError::Convert(e.to_string());
+        let stats = lazy.stats().map_err(failed)?;
+        let cols = lazy.bound.spec.shape.last().copied().unwrap_or(1).max(1);
+        execute::merged_values(lazy.bound, &stats, first * cols, out).map_err(failed)?;
+        lazy.served(out.len() / cols);
+        Ok(())
     }
 }
 
@@ -146,7 +179,10 @@ pub fn write(
     }
     let mut source = MergedRows { tensors: HashMap::with_capacity(bound.len()) };
     for b in bound {
-        source.tensors.insert(b.spec.name.as_str(), (b, execute::stats(b)?));
+        let numel: usize = b.spec.shape.iter().product();
+        let rows = numel / b.spec.shape.last().copied().unwrap_or(1).max(1);
+        let lazy = Lazy { bound: b, stats: Mutex::new(None), rows_left: AtomicUsize::new(rows) };
+        source.tensors.insert(b.spec.name.as_str(), lazy);
     }
     if let Some(parent) = out.path.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir_all(parent).map_err(|e| MergeError::io("create", parent, e))?;

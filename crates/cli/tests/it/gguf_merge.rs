@@ -243,3 +243,33 @@ fn split_output_reads_back_equal_to_the_unsplit_file() {
         assert_eq!(a.info(name).unwrap().ty, b.info(name).unwrap().ty);
     }
 }
+
+#[test]
+fn whole_tensor_methods_write_the_same_gguf_in_one_pass() {
+    let tmp = tempfile::tempdir().unwrap();
+    let models = data().join("methods/models");
+    let config = data().join("methods/configs/model_stock.yml");
+    let direct = tmp.path().join("direct.gguf");
+    run_ok(amalgam().current_dir(&models).arg("merge").arg(&config).arg(&direct).args([
+        "--quant",
+        "F32",
+        "--quiet",
+        "--tokenizer-pre",
+        "gpt-2",
+    ]));
+    let folder = tmp.path().join("merged");
+    run_ok(amalgam().current_dir(&models).arg("merge").arg(&config).arg(&folder).arg("--quiet"));
+    let two_step = tmp.path().join("two-step.gguf");
+    run_ok(amalgam().arg("quantize").arg(&folder).arg(&two_step).args([
+        "--quant",
+        "F32",
+        "--quiet",
+        "--tokenizer-pre",
+        "gpt-2",
+    ]));
+    let (a, b) = (gguf_tensors(&direct), gguf_tensors(&two_step));
+    assert_eq!(a.len(), b.len());
+    let differing: Vec<&String> =
+        a.iter().zip(&b).filter(|(x, y)| x != y).map(|(x, _)| &x.0).collect();
+    assert!(differing.is_empty(), "one-pass and two-pass differ in {differing:?}");
+}

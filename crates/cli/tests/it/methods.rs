@@ -121,3 +121,13 @@ fn ram() {
 fn ramplus_tl() {
     check_within("ramplus_tl", 1e-5);
 }
+
+#[test]
+fn model_stock() {
+    check_within("model_stock", 1e-5);
+}
+
+#[test]
+fn karcher() {
+    check_within("karcher", 1e-5);
+}

@@ -31,6 +31,8 @@ pub enum Kernel {
     /// Reinforced Agent Merging: unique task-vector entries kept, overlapping ones
     /// averaged; with `plus`, unique entries scaled per model by shared/unique counts.
     Ram { base: usize, inputs: usize, epsilon: f32, plus: Option<RamPlus> },
+    /// A method that needs the whole tensors in memory.
+    Whole(super::whole::Whole),
 }
 
 /// ramplus_tl's parameters.
@@ -54,6 +56,8 @@ pub enum Stats {
     Slerp { coef_a: f32, coef_b: f32 },
     /// ramplus_tl's per-model scale of unique contributions.
     Lambdas(Vec<f32>),
+    /// The whole merged tensor, for whole-tensor methods read in pieces (GGUF output).
+    Output(std::sync::Arc<Vec<f32>>),
 }
 
 /// Elements per statistics chunk: mergekit's slerp works through 2^20 elements at a time
@@ -101,6 +105,15 @@ impl Kernel {
             "nearswap" => {
                 let base = plan.base.ok_or_else(|| missing_base(plan))?;
                 Kernel::NearSwap { base, t: shared(plan, "t") }
+            }
+            "model_stock" => {
+                let base = plan.base.ok_or_else(|| missing_base(plan))?;
+                let filter_wise = plan.shared.get("filter_wise").is_some_and(|v| v.as_bool());
+                Kernel::Whole(super::whole::Whole::ModelStock { base, filter_wise })
+            }
+            "karcher" => {
+                let max_iter = plan.shared.get("max_iter").map_or(10, |v| v.as_f64() as usize);
+                Kernel::Whole(super::whole::Whole::Karcher { max_iter, tol: shared(plan, "tol") })
             }
             "ram" | "ramplus_tl" => {
                 let base = plan.base.ok_or_else(|| missing_base(plan))?;
@@ -207,6 +220,10 @@ impl Kernel {
             }
             Kernel::NearSwap { base, t } => {
                 nearswap(inputs[*base], inputs[1 - base], *t, round, out)
+            }
+            Kernel::Whole(_) => {
+                // Whole-tensor methods are computed by the executor, not per chunk.
+                debug_assert!(false, "whole-tensor kernels have no chunk form");
             }
             Kernel::Ram { base, epsilon, .. } => {
                 let lambdas = match stats {

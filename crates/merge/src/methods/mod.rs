@@ -3,6 +3,7 @@
 
 mod kernel;
 mod reduce;
+pub mod whole;
 
 pub use kernel::{Kernel, Stats};
 
@@ -143,6 +144,34 @@ pub static METHODS: &[MethodSpec] = &[
         min_inputs: 2,
         max_inputs: Some(2),
         optional_policy: OptionalPolicy::PassthroughBaseSingleton,
+    },
+    MethodSpec {
+        name: "model_stock",
+        pretty_name: "Model Stock",
+        reference_url: Some("https://arxiv.org/abs/2403.19522"),
+        params: &[param(
+            "filter_wise",
+            Kind::Bool,
+            Scope::Shared,
+            Default::Value(Value::Bool(false)),
+        )],
+        base: BasePolicy::Required,
+        min_inputs: 3,
+        max_inputs: None,
+        optional_policy: OptionalPolicy::Error,
+    },
+    MethodSpec {
+        name: "karcher",
+        pretty_name: "Karcher Mean",
+        reference_url: Some("https://arxiv.org/abs/2603.04972"),
+        params: &[
+            param("max_iter", Kind::Int, Scope::Shared, Default::Value(Value::Int(10))),
+            param("tol", Kind::Float, Scope::Shared, Default::Value(Value::Float(1e-5))),
+        ],
+        base: BasePolicy::Ignored,
+        min_inputs: 1,
+        max_inputs: None,
+        optional_policy: OptionalPolicy::Error,
     },
     MethodSpec {
         name: "ram",
