@@ -131,3 +131,13 @@ fn model_stock() {
 fn karcher() {
     check_within("karcher", 1e-5);
 }
+
+#[test]
+fn multislerp() {
+    check_within("multislerp", 1e-5);
+}
+
+#[test]
+fn nuslerp() {
+    check_within("nuslerp", 1e-5);
+}

@@ -111,6 +111,41 @@ impl Kernel {
                 let filter_wise = plan.shared.get("filter_wise").is_some_and(|v| v.as_bool());
                 Kernel::Whole(super::whole::Whole::ModelStock { base, filter_wise })
             }
+            "multislerp" => {
+                let others: Vec<usize> =
+                    (0..plan.inputs.len()).filter(|&i| Some(i) != plan.base).collect();
+                let raw: Vec<f32> =
+                    others.iter().map(|&i| input(i, "weight").unwrap_or_default() as f32).collect();
+                let normalize = plan.shared.get("normalize_weights").is_none_or(|v| v.as_bool());
+                let sum: f32 = raw.iter().sum();
+                let weights = if normalize { raw.iter().map(|w| w / sum).collect() } else { raw };
+                let eps = shared(plan, "eps");
+                Kernel::Whole(super::whole::Whole::MultiSlerp {
+                    base: plan.base,
+                    others,
+                    weights,
+                    eps,
+                })
+            }
+            "nuslerp" => {
+                let others: Vec<usize> =
+                    (0..plan.inputs.len()).filter(|&i| Some(i) != plan.base).collect();
+                let w: Vec<f64> =
+                    others.iter().map(|&i| input(i, "weight").unwrap_or_default()).collect();
+                let total: f64 = w.iter().sum();
+                let t = if total.abs() < 1e-6 { 0.5 } else { w[1] / total } as f32;
+                let flag = |name: &str, default: bool| {
+                    plan.shared.get(name).map_or(default, |v| v.as_bool())
+                };
+                Kernel::Whole(super::whole::Whole::NuSlerp {
+                    base: plan.base,
+                    first: others[0],
+                    second: others[1],
+                    t,
+                    flatten: flag("nuslerp_flatten", true),
+                    row_wise: flag("nuslerp_row_wise", false),
+                })
+            }
             "karcher" => {
                 let max_iter = plan.shared.get("max_iter").map_or(10, |v| v.as_f64() as usize);
                 Kernel::Whole(super::whole::Whole::Karcher { max_iter, tol: shared(plan, "tol") })

@@ -44,6 +44,8 @@ pub struct ParamSpec {
 pub enum BasePolicy {
     /// The base is just another input (or not one at all).
     Ignored,
+    /// The base is used when given.
+    Optional,
     Required,
 }
 
@@ -144,6 +146,44 @@ pub static METHODS: &[MethodSpec] = &[
         min_inputs: 2,
         max_inputs: Some(2),
         optional_policy: OptionalPolicy::PassthroughBaseSingleton,
+    },
+    MethodSpec {
+        name: "multislerp",
+        pretty_name: "Multi-SLERP",
+        reference_url: Some("https://goddard.blog/posts/multislerp-wow-what-a-cool-idea"),
+        params: &[
+            param("weight", Kind::Float, Scope::NonBase, REQUIRED),
+            param(
+                "normalize_weights",
+                Kind::Bool,
+                Scope::Shared,
+                Default::Value(Value::Bool(true)),
+            ),
+            param("eps", Kind::Float, Scope::Shared, Default::Value(Value::Float(1e-8))),
+        ],
+        base: BasePolicy::Optional,
+        min_inputs: 1,
+        max_inputs: None,
+        optional_policy: OptionalPolicy::Error,
+    },
+    MethodSpec {
+        name: "nuslerp",
+        pretty_name: "NuSLERP",
+        reference_url: None,
+        params: &[
+            param("weight", Kind::Float, Scope::NonBase, REQUIRED),
+            param(
+                "nuslerp_row_wise",
+                Kind::Bool,
+                Scope::Shared,
+                Default::Value(Value::Bool(false)),
+            ),
+            param("nuslerp_flatten", Kind::Bool, Scope::Shared, Default::Value(Value::Bool(true))),
+        ],
+        base: BasePolicy::Optional,
+        min_inputs: 2,
+        max_inputs: Some(3),
+        optional_policy: OptionalPolicy::PassthroughSingleton,
     },
     MethodSpec {
         name: "model_stock",

@@ -13,6 +13,18 @@ pub enum Whole {
     ModelStock { base: usize, filter_wise: bool },
     /// The Karcher (Fréchet) mean on the unit sphere, scaled by the mean norm.
     Karcher { max_iter: usize, tol: f32 },
+    /// Barycentric interpolation on the hypersphere of the (base-relative) inputs.
+    MultiSlerp { base: Option<usize>, others: Vec<usize>, weights: Vec<f32>, eps: f32 },
+    /// SLERP of two (base-relative) inputs along vectors: the flattened tensor, its rows,
+    /// or (row-wise) its columns.
+    NuSlerp {
+        base: Option<usize>,
+        first: usize,
+        second: usize,
+        t: f32,
+        flatten: bool,
+        row_wise: bool,
+    },
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f64 {
@@ -31,6 +43,31 @@ impl Whole {
                 model_stock(inputs, base, if filter_wise { cols } else { inputs[0].len() })
             }
             Whole::Karcher { max_iter, tol } => karcher(inputs, max_iter, tol),
+            Whole::MultiSlerp { base, ref others, ref weights, eps } => {
+                multislerp(inputs, base, others, weights, eps)
+            }
+            Whole::NuSlerp { base, first, second, t, flatten, row_wise } => {
+                let relative = |i: usize| -> Vec<f32> {
+                    match base {
+                        Some(b) => inputs[i].iter().zip(&inputs[b]).map(|(x, y)| x - y).collect(),
+                        None => inputs[i].clone(),
+                    }
+                };
+                let (v0, v1) = (relative(first), relative(second));
+                let len = v0.len();
+                let vectors = if flatten {
+                    Vectors::Whole(len)
+                } else if row_wise {
+                    Vectors::Columns(cols)
+                } else {
+                    Vectors::Rows(cols)
+                };
+                let mut out = nuslerp(t, &v0, &v1, vectors);
+                if let Some(b) = base {
+                    out.iter_mut().zip(&inputs[b]).for_each(|(o, x)| *o += x);
+                }
+                out
+            }
         }
     }
 }
@@ -126,6 +163,118 @@ fn karcher(inputs: &[Vec<f32>], max_iter: usize, tol: f32) -> Vec<f32> {
     mean.iter().map(|m| (scale * f64::from(*m)) as f32).collect()
 }
 
+/// mergekit's multislerp: unit vectors of the flattened inputs, their weighted mean
+/// normalised, the weighted tangent there, the exponential map back, scaled by the
+/// weighted mean norm. A lone input is returned as it is, without the base.
+fn multislerp(
+    inputs: &[Vec<f32>],
+    base: Option<usize>,
+    others: &[usize],
+    weights: &[f32],
+    eps: f32,
+) -> Vec<f32> {
+    if others.len() == 1 {
+        return inputs[others[0]].clone();
+    }
+    let xs: Vec<Vec<f32>> = others
+        .iter()
+        .map(|&i| match base {
+            Some(b) => inputs[i].iter().zip(&inputs[b]).map(|(x, y)| x - y).collect(),
+            None => inputs[i].clone(),
+        })
+        .collect();
+    let w: Vec<f64> = weights.iter().map(|x| f64::from(*x)).collect();
+    let eps = f64::from(eps);
+    let norms: Vec<f64> = xs.iter().map(|x| norm(x)).collect();
+    let len = xs[0].len();
+    let unit = |m: usize, e: usize| f64::from(xs[m][e]) / (norms[m] + eps);
+    let mean: Vec<f64> = (0..len).map(|e| (0..xs.len()).map(|m| w[m] * unit(m, e)).sum()).collect();
+    let mean_norm = mean.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let add_base = |mut out: Vec<f32>| {
+        if let Some(b) = base {
+            out.iter_mut().zip(&inputs[b]).for_each(|(o, x)| *o += x);
+        }
+        out
+    };
+    if mean_norm < eps {
+        // Antipodal pair: fall back to the weighted sum (mergekit raises for more inputs).
+        let out = (0..len)
+            .map(|e| (0..xs.len()).map(|m| w[m] * f64::from(xs[m][e])).sum::<f64>() as f32)
+            .collect();
+        return add_base(out);
+    }
+    let mean: Vec<f64> = mean.iter().map(|v| v / mean_norm).collect();
+    let dots: Vec<f64> =
+        (0..xs.len()).map(|m| (0..len).map(|e| unit(m, e) * mean[e]).sum()).collect();
+    let tangent: Vec<f64> = (0..len)
+        .map(|e| (0..xs.len()).map(|m| w[m] * (unit(m, e) - dots[m] * mean[e])).sum())
+        .collect();
+    let tangent_norm = tangent.iter().map(|v| v * v).sum::<f64>().sqrt() + eps;
+    let avg_norm: f64 = norms.iter().zip(&w).map(|(n, w)| n * w).sum();
+    let (c, s) = (tangent_norm.cos(), tangent_norm.sin() / tangent_norm);
+    let out = (0..len).map(|e| ((mean[e] * c + tangent[e] * s) * avg_norm) as f32).collect();
+    add_base(out)
+}
+
+/// How nuslerp groups elements into vectors.
+#[derive(Clone, Copy)]
+enum Vectors {
+    /// One vector of all elements.
+    Whole(usize),
+    /// Rows of this many columns.
+    Rows(usize),
+    /// Columns of a matrix with this many columns.
+    Columns(usize),
+}
+
+impl Vectors {
+    /// (number of vectors, elements per vector) for `len` elements.
+    fn shape(self, len: usize) -> (usize, usize) {
+        match self {
+            Vectors::Whole(n) => (1, n),
+            Vectors::Rows(cols) => (len / cols.max(1), cols.max(1)),
+            Vectors::Columns(cols) => (cols.max(1), len / cols.max(1)),
+        }
+    }
+
+    /// The element index of entry `j` of vector `k`.
+    fn index(self, k: usize, j: usize) -> usize {
+        match self {
+            Vectors::Whole(_) => j,
+            Vectors::Rows(cols) => k * cols + j,
+            Vectors::Columns(cols) => j * cols + k,
+        }
+    }
+}
+
+/// mergekit's nuslerp on each vector: normalise (norm clamped at 1e-7), interpolate the
+/// raw vectors with SLERP weights, or linearly where nearly collinear.
+fn nuslerp(t: f32, v0: &[f32], v1: &[f32], vectors: Vectors) -> Vec<f32> {
+    let len = v0.len();
+    let (count, size) = vectors.shape(len);
+    let index = |k: usize, j: usize| vectors.index(k, j);
+    let t = f64::from(t);
+    let mut out = vec![0f32; len];
+    for k in 0..count {
+        let get = |v: &[f32], j: usize| f64::from(v[index(k, j)]);
+        let n0 = (0..size).map(|j| get(v0, j).powi(2)).sum::<f64>().sqrt().max(1e-7);
+        let n1 = (0..size).map(|j| get(v1, j).powi(2)).sum::<f64>().sqrt().max(1e-7);
+        let cos =
+            ((0..size).map(|j| get(v0, j) / n0 * get(v1, j) / n1).sum::<f64>()).clamp(-1.0, 1.0);
+        let collinear = 1.0 - cos * cos <= 1e-16;
+        let theta = if collinear { 0.0 } else { cos.acos() };
+        let (a, b) = if collinear {
+            (1.0 - t, t)
+        } else {
+            (((1.0 - t) * theta).sin() / theta.sin(), (t * theta).sin() / theta.sin())
+        };
+        for j in 0..size {
+            out[index(k, j)] = (a * get(v0, j) + b * get(v1, j)) as f32;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,5 +294,22 @@ mod tests {
         let out = karcher(&[vec![1.0, 0.0], vec![0.0, 1.0]], 20, 1e-7);
         let h = std::f32::consts::FRAC_1_SQRT_2;
         assert!((out[0] - h).abs() < 1e-5 && (out[1] - h).abs() < 1e-5, "{out:?}");
+    }
+
+    #[test]
+    fn nuslerp_rows_and_columns() {
+        // [[1, 0], [1, 0]] toward [[0, 1], [1, 0]] at t = 0.5.
+        let (v0, v1) = (vec![1.0, 0.0, 1.0, 0.0], vec![0.0, 1.0, 1.0, 0.0]);
+        let h = std::f32::consts::FRAC_1_SQRT_2;
+        let rows = nuslerp(0.5, &v0, &v1, Vectors::Rows(2));
+        let expected = [h, h, 1.0, 0.0];
+        assert!(rows.iter().zip(expected).all(|(a, b)| (a - b).abs() < 1e-6), "{rows:?}");
+        // Column 0 is [1, 1] toward [0, 1], 45 degrees apart.
+        let columns = nuslerp(0.5, &v0, &v1, Vectors::Columns(2));
+        let a = ((std::f64::consts::PI / 8.0).sin() / (std::f64::consts::PI / 4.0).sin()) as f32;
+        assert!(
+            (columns[0] - a).abs() < 1e-6 && (columns[2] - 2.0 * a).abs() < 1e-6,
+            "{columns:?}"
+        );
     }
 }
