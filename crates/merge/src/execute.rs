@@ -37,23 +37,32 @@ pub trait Progress: Sync {
     fn tensor_done(&self) {}
 }
 
+/// What binding needs from the config and options.
+#[derive(Clone, Copy, Debug)]
+pub struct BindOptions {
+    /// The config's `dtype` (inputs are cast to it) and `out_dtype`.
+    pub dtype: Option<DType>,
+    pub out_dtype: Option<DType>,
+    /// `--random-seed`, for methods that draw random numbers.
+    pub seed: u64,
+}
+
 /// Binds every planned tensor, checking that its inputs agree in shape.
 pub fn bind<'a>(
     plan: &'a Plan,
     models: &'a [Model],
-    dtype: Option<DType>,
-    out_dtype: Option<DType>,
+    options: BindOptions,
 ) -> Result<Vec<Bound<'a>>> {
-    plan.tensors.iter().map(|t| bind_one(plan, t, models, dtype, out_dtype)).collect()
+    plan.tensors.iter().map(|t| bind_one(plan, t, models, options)).collect()
 }
 
 fn bind_one<'a>(
     plan: &Plan,
     tensor: &'a TensorPlan,
     models: &'a [Model],
-    dtype: Option<DType>,
-    out_dtype: Option<DType>,
+    options: BindOptions,
 ) -> Result<Bound<'a>> {
+    let BindOptions { dtype, out_dtype, seed } = options;
     let mut inputs = Vec::with_capacity(tensor.inputs.len());
     for input in &tensor.inputs {
         let found = models[input.model].tensor(&input.tensor)?.ok_or_else(|| {
@@ -71,7 +80,7 @@ fn bind_one<'a>(
     let working = dtype.unwrap_or_else(|| {
         inputs.iter().map(Input::dtype).reduce(DType::promote).unwrap_or(DType::F32)
     });
-    let kernel = Kernel::for_tensor(plan.method.name, tensor, working)?;
+    let kernel = Kernel::for_tensor(plan.method.name, tensor, working, seed)?;
     let spec = TensorSpec { name: tensor.name.clone(), dtype: out_dtype.unwrap_or(working), shape };
     Ok(Bound { plan: tensor, inputs, spec, working, kernel })
 }
@@ -258,7 +267,7 @@ fn merge_chunk(
 pub fn stats(tensor: &Bound) -> Result<Stats> {
     let numel = tensor.spec.shape.iter().product::<usize>();
     if let Kernel::Whole(method) = &tensor.kernel {
-        return whole_output(tensor, method, numel).map(|v| Stats::Output(std::sync::Arc::new(v)));
+        return whole_output(tensor, method).map(|v| Stats::Output(std::sync::Arc::new(v)));
     }
     if !tensor.kernel.needs_stats() {
         return Ok(Stats::None);
@@ -268,13 +277,9 @@ pub fn stats(tensor: &Bound) -> Result<Stats> {
         .stats(tensor.working, numel, &mut |input, start, out| load(tensor, input, start, out))
 }
 
-/// Loads every input whole and merges them; the result is rounded to the working dtype
-/// and then to the output dtype.
-fn whole_output(
-    tensor: &Bound,
-    method: &crate::methods::whole::Whole,
-    numel: usize,
-) -> Result<Vec<f32>> {
+/// Every input of a tensor, whole, cast to the working dtype.
+pub fn whole_inputs(tensor: &Bound) -> Result<Vec<Vec<f32>>> {
+    let numel: usize = tensor.spec.shape.iter().product();
     let mut inputs = Vec::with_capacity(tensor.inputs.len());
     for i in 0..tensor.inputs.len() {
         let mut values = vec![0f32; numel];
@@ -282,6 +287,13 @@ fn whole_output(
         release(tensor, 0, numel);
         inputs.push(values);
     }
+    Ok(inputs)
+}
+
+/// Loads every input whole and merges them; the result is rounded to the working dtype
+/// and then to the output dtype.
+fn whole_output(tensor: &Bound, method: &crate::methods::whole::Whole) -> Result<Vec<f32>> {
+    let inputs = whole_inputs(tensor)?;
     let cols = tensor.spec.shape.last().copied().unwrap_or(1);
     let mut out = method.merge(&inputs, cols);
     round_slice(tensor.working, &mut out);

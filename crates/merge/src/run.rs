@@ -26,7 +26,7 @@ pub struct MergeOptions {
     pub copy_tokenizer: bool,
     pub write_model_card: bool,
     pub allow_crimes: bool,
-    /// Recorded in the card; the methods here draw no random numbers.
+    /// Seeds the random methods (dare, della); recorded in the card.
     pub random_seed: u64,
     /// Unknown config keys and parameters are errors, not warnings.
     pub strict: bool,
@@ -117,7 +117,12 @@ pub fn run_config(
     for note in &plan.notes {
         reporter.warn(note);
     }
-    let bound = execute::bind(&plan, &folders, config.dtype, config.out_dtype)?;
+    let bind = execute::BindOptions {
+        dtype: config.dtype,
+        out_dtype: config.out_dtype,
+        seed: options.random_seed,
+    };
+    let bound = execute::bind(&plan, &folders, bind)?;
     if gguf {
         return merge_to_gguf(
             &config, &plan, &bound, &folders, &located, out_dir, options, reporter,

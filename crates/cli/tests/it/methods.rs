@@ -141,3 +141,108 @@ fn multislerp() {
 fn nuslerp() {
     check_within("nuslerp", 1e-5);
 }
+
+/// For magnitude-sparsified methods: every element that differs from mergekit must sit
+/// where equal magnitudes straddle a density cut (torch's sort orders such ties
+/// arbitrarily); the test finds those positions and prints their count per tensor.
+fn check_ties(name: &str) {
+    use amalgam_merge::execute::{self, BindOptions};
+    use amalgam_merge::methods::{Kernel, whole::Whole};
+    let tmp = tempfile::tempdir().unwrap();
+    let models_dir = data().join("methods/models");
+    let out = tmp.path().join(name);
+    let config_path = data().join(format!("methods/configs/{name}.yml"));
+    run_ok(
+        amalgam().current_dir(&models_dir).arg("merge").arg(&config_path).arg(&out).arg("--quiet"),
+    );
+
+    // The same plan in-process, with absolute model paths, to find the tied positions.
+    let text = std::fs::read_to_string(&config_path)
+        .unwrap()
+        .replace("model: ", &format!("model: {}/", models_dir.display()));
+    let config =
+        amalgam_merge::MergeConfig::parse(&text, &mut amalgam_merge::Diagnostics::new(false))
+            .unwrap();
+    let models: Vec<amalgam_merge::source::Model> = config
+        .referenced_models()
+        .iter()
+        .map(|m| amalgam_merge::source::Model::open(Path::new(&m.model.path)).unwrap())
+        .collect();
+    struct Catalog<'a>(&'a [amalgam_merge::source::Model]);
+    impl amalgam_merge::plan::Catalog for Catalog<'_> {
+        fn config(&self, m: usize) -> &serde_json::Map<String, serde_json::Value> {
+            self.0[m].config()
+        }
+        fn contains(&self, m: usize, t: &str) -> bool {
+            self.0[m].contains(t)
+        }
+    }
+    let plan = amalgam_merge::plan::plan(&config, &Catalog(&models), false).unwrap();
+    let bound = execute::bind(
+        &plan,
+        &models,
+        BindOptions { dtype: config.dtype, out_dtype: config.out_dtype, seed: 0 },
+    )
+    .unwrap();
+
+    let golden = read_model(&data().join(format!("methods/mergekit/{name}")));
+    let ours = read_model(&out);
+    let mut problems = Vec::new();
+    let (mut tied_total, mut worst_untied) = (0usize, 0f64);
+    for b in &bound {
+        let Kernel::Whole(Whole::Gta(gta)) = &b.kernel else {
+            panic!("{name} is not a GTA method")
+        };
+        let tied = gta.tied_positions(&execute::whole_inputs(b).unwrap());
+        let (dtype, want) = &golden[&b.spec.name];
+        let (a, w) = (ours[&b.spec.name].1.values(*dtype), want.values(*dtype));
+        let scale = w.iter().fold(0f64, |m, v| m.max(f64::from(v.abs())));
+        let mut tied_here = 0;
+        for (e, (x, y)) in a.iter().zip(&w).enumerate() {
+            let diff = f64::from((x - y).abs());
+            let allowed = if *dtype == amalgam_tensors::DType::F32 { 1e-5 * scale } else { 0.0 };
+            if diff > allowed {
+                if tied[e] {
+                    tied_here += 1;
+                } else {
+                    worst_untied = worst_untied.max(diff / scale);
+                    problems.push(format!(
+                        "{} element {e}: {x} vs mergekit {y}, not a tied position",
+                        b.spec.name
+                    ));
+                }
+            }
+        }
+        if tied_here > 0 {
+            println!(
+                "{name}: {}: {tied_here} elements differ, all at tied magnitudes",
+                b.spec.name
+            );
+        }
+        tied_total += tied_here;
+    }
+    println!(
+        "{name}: {tied_total} elements differ at tied positions in all; largest other difference {worst_untied:e}"
+    );
+    assert!(
+        problems.is_empty(),
+        "{} elements differ away from ties:\n{}",
+        problems.len(),
+        problems[..problems.len().min(20)].join("\n")
+    );
+}
+
+#[test]
+fn ties() {
+    check_ties("ties");
+}
+
+#[test]
+fn breadcrumbs() {
+    check_ties("breadcrumbs");
+}
+
+#[test]
+fn breadcrumbs_ties() {
+    check_ties("breadcrumbs_ties");
+}

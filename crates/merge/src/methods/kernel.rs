@@ -68,7 +68,12 @@ impl Kernel {
     /// Binds the method's parameters for one tensor. `working` is the dtype inputs are
     /// cast to; task arithmetic rounds its weights to it, as mergekit builds them as a
     /// tensor of that dtype.
-    pub fn for_tensor(method: &str, plan: &TensorPlan, working: DType) -> Result<Kernel> {
+    pub fn for_tensor(
+        method: &str,
+        plan: &TensorPlan,
+        working: DType,
+        seed: u64,
+    ) -> Result<Kernel> {
         let input = |i: usize, name: &str| plan.inputs[i].params.get(name).map(|v| v.as_f64());
         if plan.passthrough {
             return Ok(Kernel::Passthrough { scale: None });
@@ -110,6 +115,11 @@ impl Kernel {
                 let base = plan.base.ok_or_else(|| missing_base(plan))?;
                 let filter_wise = plan.shared.get("filter_wise").is_some_and(|v| v.as_bool());
                 Kernel::Whole(super::whole::Whole::ModelStock { base, filter_wise })
+            }
+            "ties" | "dare_ties" | "dare_linear" | "breadcrumbs" | "breadcrumbs_ties" | "della"
+            | "della_linear" => {
+                let base = plan.base.ok_or_else(|| missing_base(plan))?;
+                Kernel::Whole(super::whole::Whole::Gta(gta_kernel(method, plan, base, seed)?))
             }
             "multislerp" => {
                 let others: Vec<usize> =
@@ -269,6 +279,53 @@ impl Kernel {
             }
         }
     }
+}
+
+/// The generalized task arithmetic of `method` bound for one tensor.
+fn gta_kernel(method: &str, plan: &TensorPlan, base: usize, seed: u64) -> Result<super::gta::Gta> {
+    use super::gta::{Gta, Sparsifier, TaskInput, tensor_seed};
+    let (sparsifier, consensus) = match method {
+        "ties" => (Sparsifier::Magnitude, true),
+        "dare_ties" => (Sparsifier::Random, true),
+        "dare_linear" => (Sparsifier::Random, false),
+        "breadcrumbs" => (Sparsifier::MagnitudeOutliers, false),
+        "breadcrumbs_ties" => (Sparsifier::MagnitudeOutliers, true),
+        "della" => (Sparsifier::DellaMagprune, true),
+        _ => (Sparsifier::DellaMagprune, false),
+    };
+    let param = |i: usize, name: &str| plan.inputs[i].params.get(name).map(|v| v.as_f64() as f32);
+    let mut tasks = Vec::new();
+    for i in (0..plan.inputs.len()).filter(|&i| i != base) {
+        let task = TaskInput {
+            index: i,
+            weight: param(i, "weight").unwrap_or_default(),
+            density: param(i, "density").unwrap_or(1.0),
+            gamma: param(i, "gamma").unwrap_or(0.01),
+            epsilon: param(i, "epsilon").unwrap_or(0.15),
+        };
+        if sparsifier == Sparsifier::DellaMagprune
+            && task.density < 1.0
+            && task.density > 0.0
+            && (task.density + task.epsilon >= 1.0 || task.density - task.epsilon <= 0.0)
+        {
+            return Err(MergeError::Tensor(format!(
+                "{}: epsilon {} must keep density {} +/- epsilon inside (0, 1); lower epsilon",
+                plan.name, task.epsilon, task.density
+            )));
+        }
+        tasks.push(task);
+    }
+    let flag = |name: &str| plan.shared.get(name).is_some_and(|v| v.as_bool());
+    Ok(Gta {
+        base,
+        tasks,
+        sparsifier: Some(sparsifier),
+        consensus,
+        normalize: flag("normalize"),
+        rescale: flag("rescale"),
+        lambda: shared(plan, "lambda"),
+        seed: tensor_seed(seed, &plan.name),
+    })
 }
 
 /// A shared parameter as `f32` (validated and defaulted by the planner).

@@ -1,6 +1,7 @@
 //! The merge-method registry: each method's parameters, defaults and input contract as
 //! data, and the per-tensor kernels built from resolved parameters.
 
+pub mod gta;
 mod kernel;
 mod reduce;
 pub mod whole;
@@ -85,6 +86,46 @@ const fn param(name: &'static str, kind: Kind, scope: Scope, default: Default) -
 
 const REQUIRED: Default = Default::Required;
 
+/// Parameters every generalized-task-arithmetic method takes, with its defaults of
+/// `normalize` and `rescale`.
+macro_rules! gta_params {
+    ($normalize:expr, $rescale:expr $(, $extra:expr)*) => {
+        &[
+            param("int8_mask", Kind::Bool, Scope::Shared, Default::Value(Value::Bool(false))),
+            param("normalize", Kind::Bool, Scope::Shared, Default::Value(Value::Bool($normalize))),
+            param("rescale", Kind::Bool, Scope::Shared, Default::Value(Value::Bool($rescale))),
+            param("lambda", Kind::Float, Scope::Shared, Default::Value(Value::Float(1.0))),
+            param("weight", Kind::Float, Scope::NonBase, REQUIRED),
+            param("density", Kind::Float, Scope::NonBase, Default::Value(Value::Float(1.0))),
+            $($extra,)*
+        ]
+    };
+}
+
+const GAMMA: ParamSpec =
+    param("gamma", Kind::Float, Scope::NonBase, Default::Value(Value::Float(0.01)));
+const EPSILON: ParamSpec =
+    param("epsilon", Kind::Float, Scope::NonBase, Default::Value(Value::Float(0.15)));
+
+/// A generalized-task-arithmetic method's registry entry.
+const fn gta(
+    name: &'static str,
+    pretty_name: &'static str,
+    url: &'static str,
+    params: &'static [ParamSpec],
+) -> MethodSpec {
+    MethodSpec {
+        name,
+        pretty_name,
+        reference_url: Some(url),
+        params,
+        base: BasePolicy::Required,
+        min_inputs: 1,
+        max_inputs: None,
+        optional_policy: OptionalPolicy::Error,
+    }
+}
+
 /// The methods amalgam implements.
 pub static METHODS: &[MethodSpec] = &[
     MethodSpec {
@@ -147,6 +188,28 @@ pub static METHODS: &[MethodSpec] = &[
         max_inputs: Some(2),
         optional_policy: OptionalPolicy::PassthroughBaseSingleton,
     },
+    gta("ties", "TIES", "https://arxiv.org/abs/2306.01708", gta_params!(true, false)),
+    gta("dare_ties", "DARE TIES", "https://arxiv.org/abs/2311.03099", gta_params!(false, true)),
+    gta("dare_linear", "Linear DARE", "https://arxiv.org/abs/2311.03099", gta_params!(false, true)),
+    gta(
+        "breadcrumbs",
+        "Model Breadcrumbs",
+        "https://arxiv.org/abs/2312.06795",
+        gta_params!(false, false, GAMMA),
+    ),
+    gta(
+        "breadcrumbs_ties",
+        "Model Breadcrumbs with TIES",
+        "https://arxiv.org/abs/2312.06795",
+        gta_params!(false, false, GAMMA),
+    ),
+    gta("della", "DELLA", "https://arxiv.org/abs/2406.11617", gta_params!(true, true, EPSILON)),
+    gta(
+        "della_linear",
+        "Linear DELLA",
+        "https://arxiv.org/abs/2406.11617",
+        gta_params!(false, true, EPSILON),
+    ),
     MethodSpec {
         name: "multislerp",
         pretty_name: "Multi-SLERP",

@@ -25,6 +25,8 @@ pub enum Whole {
         flatten: bool,
         row_wise: bool,
     },
+    /// The generalized task arithmetic family (ties, dare, breadcrumbs, della).
+    Gta(super::gta::Gta),
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f64 {
@@ -43,6 +45,7 @@ impl Whole {
                 model_stock(inputs, base, if filter_wise { cols } else { inputs[0].len() })
             }
             Whole::Karcher { max_iter, tol } => karcher(inputs, max_iter, tol),
+            Whole::Gta(ref gta) => gta.merge(inputs, cols),
             Whole::MultiSlerp { base, ref others, ref weights, eps } => {
                 multislerp(inputs, base, others, weights, eps)
             }
