@@ -246,3 +246,153 @@ fn breadcrumbs() {
 fn breadcrumbs_ties() {
     check_ties("breadcrumbs_ties");
 }
+
+/// A merge of `yaml` over the fixture models (run in their folder) into `out`.
+fn merge_in_models(yaml: &str, out: &Path, extra: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yml");
+    std::fs::write(&config, yaml).unwrap();
+    run_ok(
+        amalgam()
+            .current_dir(data().join("methods/models"))
+            .arg("merge")
+            .arg(&config)
+            .arg(out)
+            .arg("--quiet")
+            .args(extra),
+    );
+}
+
+#[test]
+fn random_methods_are_reproducible_whatever_the_thread_count() {
+    let tmp = tempfile::tempdir().unwrap();
+    for method in ["dare_ties", "dare_linear", "della", "della_linear"] {
+        let yaml =
+            std::fs::read_to_string(data().join(format!("methods/configs/{method}.yml"))).unwrap();
+        let (one, two, other) = (
+            tmp.path().join(format!("{method}-1")),
+            tmp.path().join(format!("{method}-2")),
+            tmp.path().join(format!("{method}-seed")),
+        );
+        merge_in_models(&yaml, &one, &["--threads", "1", "--random-seed", "42"]);
+        merge_in_models(&yaml, &two, &["--threads", "2", "--random-seed", "42"]);
+        merge_in_models(&yaml, &other, &["--random-seed", "43"]);
+        let (a, b, c) = (read_model(&one), read_model(&two), read_model(&other));
+        for (name, (_, t)) in &a {
+            assert_eq!(t.bytes, b[name].1.bytes, "{method} {name}: threads changed the result");
+        }
+        assert!(
+            a.iter().any(|(n, (_, t))| t.bytes != c[n].1.bytes),
+            "{method}: another seed gives another result"
+        );
+    }
+}
+
+/// Task vectors of ft_a's (dense) and ft_b's layer-0 MLP weight against base, in f32.
+fn task_vectors(tensor: &str) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let load = |m: &str| {
+        let model = read_model(&data().join("methods/models").join(m));
+        let (dtype, t) = &model[tensor];
+        t.values(*dtype)
+    };
+    (load("base"), load("ft_a"), load("ft_b"))
+}
+
+fn gta(
+    sparsifier: amalgam_merge::methods::gta::Sparsifier,
+    tasks: Vec<(usize, f32, f32)>,
+    rescale: bool,
+    seed: u64,
+) -> amalgam_merge::methods::gta::Gta {
+    use amalgam_merge::methods::gta::{Gta, TaskInput};
+    Gta {
+        base: 0,
+        tasks: tasks
+            .into_iter()
+            .map(|(index, weight, density)| TaskInput {
+                index,
+                weight,
+                density,
+                gamma: 0.0,
+                epsilon: 0.1,
+            })
+            .collect(),
+        sparsifier: Some(sparsifier),
+        consensus: false,
+        normalize: false,
+        rescale,
+        lambda: 1.0,
+        seed,
+    }
+}
+
+#[test]
+fn dare_and_della_keep_the_density_and_rescale_preserves_l1() {
+    use amalgam_merge::methods::gta::Sparsifier;
+    let (base, ft_a, _) = task_vectors("model.layers.0.mlp.up_proj.weight");
+    assert!(base.len() >= 4096);
+    let delta: Vec<f32> = ft_a.iter().zip(&base).map(|(x, b)| x - b).collect();
+    let nonzero = delta.iter().filter(|d| **d != 0.0).count();
+    assert!(nonzero as f64 > 0.9 * delta.len() as f64, "ft_a's task vector is dense");
+    let inputs = vec![base.clone(), ft_a.clone()];
+    for sparsifier in [Sparsifier::Random, Sparsifier::DellaMagprune] {
+        for density in [0.3f32, 0.5, 0.9] {
+            let out = gta(sparsifier, vec![(1, 1.0, density)], false, 11).merge(&inputs, 128);
+            let kept =
+                out.iter().zip(&base).filter(|(o, b)| o != b).count() as f64 / nonzero as f64;
+            assert!(
+                (kept - f64::from(density)).abs() < 0.01,
+                "{sparsifier:?} density {density}: kept {kept}"
+            );
+            let rescaled = gta(sparsifier, vec![(1, 1.0, density)], true, 11).merge(&inputs, 128);
+            let l1 =
+                |v: &[f32]| v.iter().zip(&base).map(|(x, b)| f64::from((x - b).abs())).sum::<f64>();
+            let (before, after) = (l1(&ft_a), l1(&rescaled));
+            assert!(
+                (after - before).abs() / before < 1e-4,
+                "{sparsifier:?}: L1 {after} vs {before}"
+            );
+        }
+    }
+}
+
+#[test]
+fn dare_linear_is_task_arithmetic_on_average() {
+    use amalgam_merge::methods::gta::Sparsifier;
+    let (base, ft_a, ft_b) = task_vectors("model.layers.0.mlp.up_proj.weight");
+    let inputs = vec![base.clone(), ft_a.clone(), ft_b.clone()];
+    let n = base.len();
+    let mut mean = vec![0f64; n];
+    for seed in 0..256 {
+        let out = gta(Sparsifier::Random, vec![(1, 0.6, 0.5), (2, 0.4, 0.5)], true, seed)
+            .merge(&inputs, 128);
+        for (m, (o, b)) in mean.iter_mut().zip(out.iter().zip(&base)) {
+            *m += f64::from(o - b) / 256.0;
+        }
+    }
+    let expected: Vec<f64> = (0..n)
+        .map(|e| 0.6 * f64::from(ft_a[e] - base[e]) + 0.4 * f64::from(ft_b[e] - base[e]))
+        .collect();
+    let diff = mean.iter().zip(&expected).map(|(m, x)| (m - x).powi(2)).sum::<f64>().sqrt();
+    let norm = expected.iter().map(|x| x * x).sum::<f64>().sqrt();
+    println!(
+        "dare_linear over 256 seeds: relative L2 distance to task arithmetic {:.4}",
+        diff / norm
+    );
+    assert!(diff / norm < 0.10, "relative L2 {}", diff / norm);
+}
+
+#[test]
+fn della_with_an_impossible_epsilon_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let yaml = "models:\n  - {model: ft_a, parameters: {density: 0.5, epsilon: 0.6, weight: 1}}\nmerge_method: della\nbase_model: base\n";
+    let config = tmp.path().join("c.yml");
+    std::fs::write(&config, yaml).unwrap();
+    let output = run(amalgam()
+        .current_dir(data().join("methods/models"))
+        .arg("merge")
+        .arg(&config)
+        .arg(tmp.path().join("o")));
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("epsilon 0.6"));
+}
