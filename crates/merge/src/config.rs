@@ -158,12 +158,6 @@ fn lookup_method(name: &str) -> Result<&'static MethodSpec> {
         return Ok(m);
     }
     let known = methods::method_names().join(", ");
-    if MERGEKIT_METHODS.contains(&name) {
-        return Err(MergeError::Unsupported(format!(
-            "merge method `{name}` is a mergekit method amalgam does not implement yet; \
-             amalgam has: {known}"
-        )));
-    }
     let hint = nearest(name, MERGEKIT_METHODS)
         .map(|n| format!(" (did you mean `{n}`?)"))
         .unwrap_or_default();
@@ -658,7 +652,7 @@ mod tests {
                 "merge_method: linear\nmodules: {text_decoder: {models: [{model: a}]}}\n",
                 "not supported yet",
             ),
-            ("merge_method: ties\nmodels: [{model: a}]\n", "does not implement yet"),
+            ("merge_method: dare_tie\nmodels: [{model: a}]\n", "did you mean `dare_ties`?"),
             (
                 "merge_method: linear\nmodels: [{model: a}]\ntokenizer_source: base\ntokenizer: {source: base}\n",
                 "Cannot specify both",
@@ -680,6 +674,13 @@ mod tests {
         let Setting::Conditionals(c) = setting else { panic!("{setting:?}") };
         assert_eq!(c.len(), 2);
         assert_eq!(c[0].filter.as_deref(), Some("self_attn"));
+    }
+
+    #[test]
+    fn every_mergekit_method_is_implemented() {
+        for name in MERGEKIT_METHODS {
+            assert!(lookup_method(name).is_ok(), "{name}");
+        }
     }
 
     #[test]

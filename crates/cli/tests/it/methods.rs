@@ -145,9 +145,14 @@ fn nuslerp() {
 /// For magnitude-sparsified methods: every element that differs from mergekit must sit
 /// where equal magnitudes straddle a density cut (torch's sort orders such ties
 /// arbitrarily); the test finds those positions and prints their count per tensor.
-fn check_ties(name: &str) {
+/// Merges `name`'s config with the CLI and binds the same plan in-process (with
+/// absolute model paths) to recompute whole-tensor inputs; returns the bound tensors,
+/// mergekit's output and ours to `check`.
+fn merge_and_bind(
+    name: &str,
+    check: impl FnOnce(&[amalgam_merge::execute::Bound], &Model, &Model),
+) {
     use amalgam_merge::execute::{self, BindOptions};
-    use amalgam_merge::methods::{Kernel, whole::Whole};
     let tmp = tempfile::tempdir().unwrap();
     let models_dir = data().join("methods/models");
     let out = tmp.path().join(name);
@@ -156,7 +161,6 @@ fn check_ties(name: &str) {
         amalgam().current_dir(&models_dir).arg("merge").arg(&config_path).arg(&out).arg("--quiet"),
     );
 
-    // The same plan in-process, with absolute model paths, to find the tied positions.
     let text = std::fs::read_to_string(&config_path)
         .unwrap()
         .replace("model: ", &format!("model: {}/", models_dir.display()));
@@ -184,52 +188,70 @@ fn check_ties(name: &str) {
         BindOptions { dtype: config.dtype, out_dtype: config.out_dtype, seed: 0 },
     )
     .unwrap();
-
     let golden = read_model(&data().join(format!("methods/mergekit/{name}")));
     let ours = read_model(&out);
-    let mut problems = Vec::new();
-    let (mut tied_total, mut worst_untied) = (0usize, 0f64);
-    for b in &bound {
-        let Kernel::Whole(Whole::Gta(gta)) = &b.kernel else {
-            panic!("{name} is not a GTA method")
-        };
-        let tied = gta.tied_positions(&execute::whole_inputs(b).unwrap());
-        let (dtype, want) = &golden[&b.spec.name];
-        let (a, w) = (ours[&b.spec.name].1.values(*dtype), want.values(*dtype));
-        let scale = w.iter().fold(0f64, |m, v| m.max(f64::from(v.abs())));
-        let mut tied_here = 0;
-        for (e, (x, y)) in a.iter().zip(&w).enumerate() {
-            let diff = f64::from((x - y).abs());
-            let allowed = if *dtype == amalgam_tensors::DType::F32 { 1e-5 * scale } else { 0.0 };
-            if diff > allowed {
-                if tied[e] {
-                    tied_here += 1;
-                } else {
-                    worst_untied = worst_untied.max(diff / scale);
-                    problems.push(format!(
-                        "{} element {e}: {x} vs mergekit {y}, not a tied position",
-                        b.spec.name
-                    ));
+    check(&bound, &golden, &ours);
+}
+
+/// A model's tensors by name.
+type Model = std::collections::BTreeMap<String, (amalgam_tensors::DType, Tensor)>;
+
+/// Checks a method with a sort or threshold cut: away from the positions where the
+/// cut's outcome depends on float order or tie-breaks (see `Whole::tied_positions`),
+/// the output equals mergekit (within 1e-5 of the tensor's largest magnitude for
+/// float32); prints how many elements differ at such positions.
+fn check_ties(name: &str) {
+    use amalgam_merge::execute;
+    use amalgam_merge::methods::Kernel;
+    merge_and_bind(name, |bound, golden, ours| {
+        let mut problems = Vec::new();
+        let (mut tied_total, mut worst_untied) = (0usize, 0f64);
+        for b in bound {
+            let Kernel::Whole(whole) = &b.kernel else {
+                panic!("{name} is not a whole-tensor method")
+            };
+            let cols = b.spec.shape.last().copied().unwrap_or(1);
+            let tied = whole
+                .tied_positions(&execute::whole_inputs(b).unwrap(), cols)
+                .expect("a method with a sort cut");
+            let (dtype, want) = &golden[&b.spec.name];
+            let (a, w) = (ours[&b.spec.name].1.values(*dtype), want.values(*dtype));
+            let scale = w.iter().fold(0f64, |m, v| m.max(f64::from(v.abs())));
+            let mut tied_here = 0;
+            for (e, (x, y)) in a.iter().zip(&w).enumerate() {
+                let diff = f64::from((x - y).abs());
+                let allowed =
+                    if *dtype == amalgam_tensors::DType::F32 { 1e-5 * scale } else { 0.0 };
+                if diff > allowed {
+                    if tied[e] {
+                        tied_here += 1;
+                    } else {
+                        worst_untied = worst_untied.max(diff / scale);
+                        problems.push(format!(
+                            "{} element {e}: {x} vs mergekit {y}, not a tied position",
+                            b.spec.name
+                        ));
+                    }
                 }
             }
+            if tied_here > 0 {
+                println!(
+                    "{name}: {}: {tied_here} elements differ, all where the cut is left to ties or float order",
+                    b.spec.name
+                );
+            }
+            tied_total += tied_here;
         }
-        if tied_here > 0 {
-            println!(
-                "{name}: {}: {tied_here} elements differ, all at tied magnitudes",
-                b.spec.name
-            );
-        }
-        tied_total += tied_here;
-    }
-    println!(
-        "{name}: {tied_total} elements differ at tied positions in all; largest other difference {worst_untied:e}"
-    );
-    assert!(
-        problems.is_empty(),
-        "{} elements differ away from ties:\n{}",
-        problems.len(),
-        problems[..problems.len().min(20)].join("\n")
-    );
+        println!(
+            "{name}: {tied_total} elements differ at tied positions in all; largest other difference {worst_untied:e}"
+        );
+        assert!(
+            problems.is_empty(),
+            "{} elements differ away from ties:\n{}",
+            problems.len(),
+            problems[..problems.len().min(20)].join("\n")
+        );
+    });
 }
 
 #[test]
@@ -395,4 +417,55 @@ fn della_with_an_impossible_epsilon_is_an_error() {
         .arg(tmp.path().join("o")));
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("epsilon 0.6"));
+}
+
+/// SCE's weights depend on which positions its top-k keeps, so a different tie-break at
+/// the cut moves every element slightly. Tensors without a tie must equal mergekit;
+/// tensors with one are replayed with mergekit's tie-break (a dropped position is left
+/// at the base value) and must then equal it.
+#[test]
+fn sce() {
+    use amalgam_merge::execute;
+    use amalgam_merge::methods::{Kernel, whole::Whole};
+    merge_and_bind("sce", |bound, golden, ours| {
+        let (mut tied_tensors, mut problems) = (0, Vec::new());
+        for b in bound {
+            let Kernel::Whole(whole) = &b.kernel else {
+                panic!("sce is not a whole-tensor method")
+            };
+            let inputs = execute::whole_inputs(b).unwrap();
+            let cols = b.spec.shape.last().copied().unwrap_or(1);
+            let tied = whole.tied_positions(&inputs, cols).unwrap();
+            let (dtype, want) = &golden[&b.spec.name];
+            let want = want.values(*dtype);
+            let &Whole::Sce { base, .. } = whole else { unreachable!() };
+            let base = &inputs[base];
+            let got = if tied.iter().any(|t| *t) {
+                tied_tensors += 1;
+                whole.sce_with_tie_break(&inputs, |e| want[e] != base[e]).unwrap()
+            } else {
+                ours[&b.spec.name].1.values(*dtype)
+            };
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let worst = got.iter().zip(&want).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            if worst > 1e-5 * scale {
+                problems.push(format!(
+                    "{}: largest difference {worst:e} (scale {scale:e})",
+                    b.spec.name
+                ));
+            }
+        }
+        println!(
+            "sce: {tied_tensors} of {} tensors replayed with mergekit's tie-break",
+            bound.len()
+        );
+        assert!(tied_tensors < bound.len(), "every tensor tied; the direct comparison never ran");
+        assert!(problems.is_empty(), "sce differs from mergekit:\n{}", problems.join("\n"));
+    });
+}
+
+/// arcee_fusion's threshold cut: torch's float32 KL divergences decide elements near it.
+#[test]
+fn arcee_fusion() {
+    check_ties("arcee_fusion");
 }

@@ -121,6 +121,19 @@ impl Kernel {
                 let base = plan.base.ok_or_else(|| missing_base(plan))?;
                 Kernel::Whole(super::whole::Whole::Gta(gta_kernel(method, plan, base, seed)?))
             }
+            "sce" => {
+                let base = plan.base.ok_or_else(|| missing_base(plan))?;
+                Kernel::Whole(super::whole::Whole::Sce {
+                    base,
+                    select_topk: shared(plan, "select_topk"),
+                })
+            }
+            "arcee_fusion" => {
+                let base = plan.base.ok_or_else(|| missing_base(plan))?;
+                let other = 1 - base.min(1);
+                let seed = super::gta::tensor_seed(seed, &plan.name);
+                Kernel::Whole(super::whole::Whole::ArceeFusion { base, other, seed })
+            }
             "multislerp" => {
                 let others: Vec<usize> =
                     (0..plan.inputs.len()).filter(|&i| Some(i) != plan.base).collect();

@@ -27,6 +27,12 @@ pub enum Whole {
     },
     /// The generalized task arithmetic family (ties, dare, breadcrumbs, della).
     Gta(super::gta::Gta),
+    /// SCE: select high-variance positions, weight task vectors by their mean square,
+    /// erase minority signs.
+    Sce { base: usize, select_topk: f32 },
+    /// Arcee Fusion: keep the fine-tune's change where its importance (|change| times
+    /// the row's KL divergence) is an upper outlier.
+    ArceeFusion { base: usize, other: usize, seed: u64 },
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f64 {
@@ -38,6 +44,28 @@ fn norm(a: &[f32]) -> f64 {
 }
 
 impl Whole {
+    /// Positions where the result depends on how a sort orders equal values (see
+    /// [`super::gta::Gta::tied_positions`]); `None` for methods without such a cut.
+    /// For arcee_fusion, positions whose importance lies within [`FUSION_BAND`] of the
+    /// threshold, where float summation order decides the outcome.
+    pub fn tied_positions(&self, inputs: &[Vec<f32>], cols: usize) -> Option<Vec<bool>> {
+        match *self {
+            Whole::Gta(ref gta) => Some(gta.tied_positions(inputs)),
+            Whole::Sce { base, select_topk } if select_topk < 1.0 => {
+                let var = variances(&task_vectors(inputs, base));
+                let cut = sce_cut(&var, select_topk);
+                Some(var.iter().map(|v| cut.tied && *v == cut.value).collect())
+            }
+            Whole::ArceeFusion { base, other, seed } => {
+                let importance = fusion_importance(&inputs[base], &inputs[other], cols);
+                let threshold = fusion_threshold(&importance, seed);
+                let band = FUSION_BAND * threshold.abs();
+                Some(importance.iter().map(|i| (i - threshold).abs() <= band).collect())
+            }
+            _ => None,
+        }
+    }
+
     /// Merges whole tensors (`cols` elements per row); the result is in f32.
     pub fn merge(&self, inputs: &[Vec<f32>], cols: usize) -> Vec<f32> {
         match *self {
@@ -46,6 +74,10 @@ impl Whole {
             }
             Whole::Karcher { max_iter, tol } => karcher(inputs, max_iter, tol),
             Whole::Gta(ref gta) => gta.merge(inputs, cols),
+            Whole::Sce { base, select_topk } => sce(inputs, base, select_topk, |_| true),
+            Whole::ArceeFusion { base, other, seed } => {
+                arcee_fusion(&inputs[base], &inputs[other], cols, seed)
+            }
             Whole::MultiSlerp { base, ref others, ref weights, eps } => {
                 multislerp(inputs, base, others, weights, eps)
             }
@@ -71,6 +103,20 @@ impl Whole {
                 }
                 out
             }
+        }
+    }
+
+    /// SCE with the tie at its selection cut broken by `keep_tied` (called for each
+    /// position whose variance equals the cut) instead of by position; `None` for other
+    /// methods. Tests use it to replay another implementation's tie-break.
+    pub fn sce_with_tie_break(
+        &self,
+        inputs: &[Vec<f32>],
+        keep_tied: impl Fn(usize) -> bool,
+    ) -> Option<Vec<f32>> {
+        match *self {
+            Whole::Sce { base, select_topk } => Some(sce(inputs, base, select_topk, keep_tied)),
+            _ => None,
         }
     }
 }
@@ -217,6 +263,180 @@ fn multislerp(
     let (c, s) = (tangent_norm.cos(), tangent_norm.sin() / tangent_norm);
     let out = (0..len).map(|e| ((mean[e] * c + tangent[e] * s) * avg_norm) as f32).collect();
     add_base(out)
+}
+
+/// Each non-base input minus the base.
+fn task_vectors(inputs: &[Vec<f32>], base: usize) -> Vec<Vec<f32>> {
+    let b = &inputs[base];
+    (0..inputs.len())
+        .filter(|&i| i != base)
+        .map(|i| inputs[i].iter().zip(b).map(|(x, y)| x - y).collect())
+        .collect()
+}
+
+/// mergekit's SCE merge; `keep_tied` decides positions whose variance equals the cut
+/// when the cut falls inside a group of equal variances (mergekit leaves that to
+/// `torch.topk`; by default the earliest positions are kept).
+fn sce(
+    inputs: &[Vec<f32>],
+    base: usize,
+    select_topk: f32,
+    keep_tied: impl Fn(usize) -> bool,
+) -> Vec<f32> {
+    let b = &inputs[base];
+    let n = b.len();
+    let mut tvs = task_vectors(inputs, base);
+    if tvs.is_empty() {
+        return b.clone();
+    }
+    if select_topk < 1.0 {
+        let keep = sce_select(&tvs, select_topk, keep_tied);
+        for tv in &mut tvs {
+            tv.iter_mut().zip(&keep).for_each(|(v, k)| {
+                if !k {
+                    *v = 0.0
+                }
+            });
+        }
+    }
+    let squares: Vec<f64> = tvs
+        .iter()
+        .map(|tv| tv.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>() / n as f64)
+        .collect();
+    let total: f64 = squares.iter().sum();
+    let weights: Vec<f64> = if total.abs() < 1e-6 {
+        vec![1.0 / tvs.len() as f64; tvs.len()]
+    } else {
+        squares.iter().map(|s| s / total).collect()
+    };
+    let mut out = b.clone();
+    for (e, o) in out.iter_mut().enumerate() {
+        let positive = tvs.iter().map(|tv| tv[e]).sum::<f32>() >= 0.0;
+        let (mut merged, mut weight) = (0f64, 0f64);
+        for (tv, w) in tvs.iter().zip(&weights) {
+            let v = tv[e];
+            if v != 0.0 && (v > 0.0) == positive {
+                merged += f64::from(v) * w;
+                weight += w;
+            }
+        }
+        *o += (merged / weight.max(1e-6)) as f32;
+    }
+    out
+}
+
+/// Where SCE's top-k selection cuts the variances.
+struct Cut {
+    /// How many positions are kept.
+    k: usize,
+    /// The smallest kept variance.
+    value: f32,
+    /// Whether positions left out share that variance.
+    tied: bool,
+}
+
+/// The cut keeping `density` of the positions with non-zero variance.
+fn sce_cut(var: &[f32], density: f32) -> Cut {
+    let nonzero = var.iter().filter(|v| **v != 0.0).count();
+    let k = if density <= 0.0 { 0 } else { (nonzero as f64 * f64::from(density)) as usize };
+    let mut sorted = var.to_vec();
+    sorted.sort_by(|a, b| b.total_cmp(a));
+    let value = if k == 0 { f32::INFINITY } else { sorted[k - 1] };
+    let tied = k > 0 && k < sorted.len() && sorted[k] == value && value != 0.0;
+    Cut { k, value, tied }
+}
+
+/// SCE's selection: the `density` fraction (of positions with non-zero variance) of
+/// largest variance across models, with ties at the cut decided by `keep_tied` while
+/// places remain.
+fn sce_select(tvs: &[Vec<f32>], density: f32, keep_tied: impl Fn(usize) -> bool) -> Vec<bool> {
+    let var = variances(tvs);
+    let cut = sce_cut(&var, density);
+    let mut keep: Vec<bool> = var.iter().map(|v| *v > cut.value).collect();
+    let mut places = cut.k - keep.iter().filter(|k| **k).count();
+    for (e, v) in var.iter().enumerate() {
+        if places > 0 && *v == cut.value && (!cut.tied || keep_tied(e)) {
+            keep[e] = true;
+            places -= 1;
+        }
+    }
+    keep
+}
+
+/// The population variance across task vectors at each position, accumulated in f64
+/// and stored in f32 as torch's `var` does (so equal variances tie as they do there).
+fn variances(tvs: &[Vec<f32>]) -> Vec<f32> {
+    let m = tvs.len() as f64;
+    (0..tvs[0].len())
+        .map(|e| {
+            let mean = tvs.iter().map(|tv| f64::from(tv[e])).sum::<f64>() / m;
+            (tvs.iter().map(|tv| (f64::from(tv[e]) - mean).powi(2)).sum::<f64>() / m) as f32
+        })
+        .collect()
+}
+
+/// The relative distance from arcee_fusion's threshold within which an importance may
+/// fall on either side of it in mergekit. torch computes each row's KL divergence in
+/// float32, where the terms for two nearly equal softmaxes largely cancel: on the
+/// method fixtures a float32 KL differs from the f64 one by up to 3.5%, so importances
+/// near the threshold are decided by rounding. amalgam computes the divergence in f64.
+pub const FUSION_BAND: f32 = 5e-2;
+
+/// Arcee Fusion: a change is kept where its importance reaches `median + 1.5 IQR` of
+/// all importances.
+fn arcee_fusion(b: &[f32], x: &[f32], cols: usize, seed: u64) -> Vec<f32> {
+    let importance = fusion_importance(b, x, cols);
+    let threshold = fusion_threshold(&importance, seed);
+    b.iter()
+        .zip(x)
+        .zip(&importance)
+        .map(|((b, x), i)| if *i >= threshold { b + (x - b) } else { *b })
+        .collect()
+}
+
+/// Importance `|x - b| * KL(softmax(x) + 1e-8 || softmax(b) + 1e-8)`, the divergence
+/// taken per row of `cols` elements.
+fn fusion_importance(b: &[f32], x: &[f32], cols: usize) -> Vec<f32> {
+    let cols = cols.max(1);
+    let mut importance = vec![0f32; b.len()];
+    for start in (0..b.len()).step_by(cols) {
+        let end = (start + cols).min(b.len());
+        let (p, q) = (softmax(&x[start..end]), softmax(&b[start..end]));
+        let kl: f64 =
+            p.iter().zip(&q).map(|(p, q)| (p + 1e-8) * ((p + 1e-8) / (q + 1e-8)).ln()).sum();
+        for e in start..end {
+            importance[e] = (f64::from((x[e] - b[e]).abs()) * kl) as f32;
+        }
+    }
+    importance
+}
+
+/// `median + 1.5 IQR`, the quantiles read at `floor(q (n - 1))` of the sorted
+/// importances, from a seeded sample of 10^6 (with replacement) for larger tensors.
+fn fusion_threshold(importance: &[f32], seed: u64) -> f32 {
+    const SAMPLE: usize = 1_000_000;
+    let mut sample: Vec<f32> = if importance.len() > SAMPLE {
+        let mut rng = super::gta::SplitMix64(seed);
+        (0..SAMPLE)
+            .map(|_| importance[(rng.next_u64() % importance.len() as u64) as usize])
+            .collect()
+    } else {
+        importance.to_vec()
+    };
+    if sample.is_empty() {
+        return 0.0;
+    }
+    sample.sort_by(f32::total_cmp);
+    let at = |q: f64| sample[(q * (sample.len() - 1) as f64) as usize];
+    at(0.5) + 1.5 * (at(0.75) - at(0.25))
+}
+
+/// Softmax in f64.
+fn softmax(v: &[f32]) -> Vec<f64> {
+    let max = v.iter().fold(f32::NEG_INFINITY, |m, x| m.max(*x));
+    let exp: Vec<f64> = v.iter().map(|x| f64::from(x - max).exp()).collect();
+    let sum: f64 = exp.iter().sum();
+    exp.iter().map(|e| e / sum).collect()
 }
 
 /// How nuslerp groups elements into vectors.
