@@ -48,6 +48,7 @@ pub fn single_model_options(force: bool) -> MergeOptions {
         strict: true,
         force,
         dry_run: false,
+        truncate_vocab: false,
         cache_dir: None,
         quant: None,
         tokenizer_pre: None,

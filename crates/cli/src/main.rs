@@ -29,6 +29,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    if let Some(tool) = std::env::args().nth(1).as_deref().and_then(other_mergekit_tool) {
+        eprintln!(
+            "error: {tool} has no amalgam equivalent yet; amalgam covers mergekit-yaml \
+             (`amalgam merge`)"
+        );
+        return ExitCode::from(2);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Merge(args) => merge::run(args),
@@ -44,6 +51,15 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// The mergekit tool a subcommand such as `moe` or `mergekit-extract-lora` names, for the
+/// tools amalgam does not cover.
+fn other_mergekit_tool(arg: &str) -> Option<&'static str> {
+    let tools = ["mergekit-moe", "mergekit-multi", "mergekit-evolve", "mergekit-extract-lora"];
+    let bare = arg.strip_prefix("mergekit-").unwrap_or(arg);
+    let bare = if bare == "multimerge" { "multi" } else { bare };
+    tools.into_iter().find(|t| t.strip_prefix("mergekit-") == Some(bare))
 }
 
 /// A closed stdout (`amalgam ... | head`) is not a failure.

@@ -64,6 +64,11 @@ pub struct MergeArgs {
     /// Replace OUT_DIR if it exists and is not empty (only once the merge is complete).
     #[arg(long)]
     force: bool,
+    /// When the inputs' vocabularies differ in size and the config has no tokenizer
+    /// section: cut embeddings and the output head to the smallest vocabulary instead of
+    /// failing (token ids past it lose their rows).
+    #[arg(long)]
+    unsafe_truncate_embeddings: bool,
     /// Treat unknown config keys and parameter names as errors, not warnings.
     #[arg(long)]
     strict: bool,
@@ -115,8 +120,6 @@ struct IgnoredFlags {
     trust_remote_code: bool,
     #[arg(long, hide = true)]
     no_trust_remote_code: bool,
-    #[arg(long, hide = true)]
-    unsafe_truncate_embeddings: bool,
     #[arg(long, hide = true, value_name = "DEVICE")]
     device: Option<String>,
     #[arg(long, hide = true, value_name = "N")]
@@ -156,10 +159,6 @@ impl IgnoredFlags {
             (
                 self.trust_remote_code || self.no_trust_remote_code,
                 "--trust-remote-code: amalgam runs no model code",
-            ),
-            (
-                self.unsafe_truncate_embeddings,
-                "--unsafe-truncate-embeddings: not supported; differing vocabularies are an error",
             ),
             (
                 self.lora_merge_cache.is_some() || self.lora_merge_dtype.is_some(),
@@ -215,6 +214,7 @@ pub fn run(args: MergeArgs) -> anyhow::Result<()> {
         strict: args.strict,
         force: args.force,
         dry_run: args.dry_run,
+        truncate_vocab: args.unsafe_truncate_embeddings,
         cache_dir: args.transformers_cache.clone(),
         quant: args.quant,
         tokenizer_pre: args.tokenizer_pre.clone(),

@@ -69,8 +69,26 @@ const TOP_KEYS: &[&str] = &[
 impl MergeConfig {
     /// Parses config text. Warnings (unknown keys and parameters) go to `diagnostics`.
     pub fn parse(text: &str, diagnostics: &mut Diagnostics) -> Result<MergeConfig> {
+        if documents(text) > 1 {
+            return Err(other_tool(
+                "mergekit-multi",
+                "it has several YAML documents; `amalgam merge` runs one merge per config, \
+                 so split the documents into files and merge them in order",
+            ));
+        }
         let root: Yaml = yaml_serde::from_str(text).map_err(|e| MergeError::Yaml(e.to_string()))?;
         let map = mapping(&root, "the top level")?;
+        if map.get("merge_method").is_none() {
+            if let Some(key) = ["experts", "gate_mode", "experts_per_token"]
+                .into_iter()
+                .find(|k| map.get(*k).is_some())
+            {
+                return Err(other_tool("mergekit-moe", &format!("it has `{key}:`")));
+            }
+            if let Some(key) = ["genome", "tasks"].into_iter().find(|k| map.get(*k).is_some()) {
+                return Err(other_tool("mergekit-evolve", &format!("it has `{key}:`")));
+            }
+        }
         check_keys(map, TOP_KEYS, "the top level", diagnostics)?;
         let method_name = required_str(map, "merge_method", "merge_method")?;
         let merge_method = lookup_method(method_name)?;
@@ -151,6 +169,30 @@ impl Diagnostics {
         self.warnings.push(format!("{location}: {message}"));
         Ok(())
     }
+}
+
+/// How many non-empty YAML documents `text` holds (split at `---` lines).
+fn documents(text: &str) -> usize {
+    let mut count = 0;
+    let mut content = false;
+    for line in text.lines() {
+        let bare = line.split('#').next().unwrap_or("").trim_end();
+        if bare == "---" || bare.starts_with("--- ") {
+            count += usize::from(content);
+            content = false;
+        } else if !bare.trim().is_empty() && bare != "..." {
+            content = true;
+        }
+    }
+    count + usize::from(content)
+}
+
+/// The error for a config written for another mergekit tool.
+fn other_tool(tool: &str, why: &str) -> MergeError {
+    MergeError::Unsupported(format!(
+        "this looks like a {tool} config ({why}); amalgam merge takes mergekit-yaml configs, \
+         and amalgam has no {tool} equivalent yet"
+    ))
 }
 
 fn lookup_method(name: &str) -> Result<&'static MethodSpec> {
@@ -674,6 +716,30 @@ mod tests {
         let Setting::Conditionals(c) = setting else { panic!("{setting:?}") };
         assert_eq!(c.len(), 2);
         assert_eq!(c[0].filter.as_deref(), Some("self_attn"));
+    }
+
+    #[test]
+    fn configs_of_other_mergekit_tools() {
+        let cases = [
+            (
+                "base_model: a\nexperts:\n  - source_model: b\n",
+                "mergekit-moe config (it has `experts:`)",
+            ),
+            (
+                "genome:\n  models: [a, b]\ntasks: [{name: x}]\n",
+                "mergekit-evolve config (it has `genome:`)",
+            ),
+            (
+                "name: one\nmerge_method: linear\nmodels: [{model: a}]\n---\nname: two\nmerge_method: linear\nmodels: [{model: one}]\n",
+                "mergekit-multi config (it has several YAML documents",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = parse(text).0.unwrap_err().to_string();
+            assert!(err.contains(expected), "{text:?}: {err}");
+        }
+        // A leading document marker is one document, not mergekit-multi.
+        assert_eq!(documents("---\nmerge_method: linear # x\n...\n"), 1);
     }
 
     #[test]

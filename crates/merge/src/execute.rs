@@ -45,6 +45,9 @@ pub struct BindOptions {
     pub out_dtype: Option<DType>,
     /// `--random-seed`, for methods that draw random numbers.
     pub seed: u64,
+    /// `--unsafe-truncate-embeddings`: cut vocabulary-indexed weights of differing
+    /// vocabularies to the smallest one instead of failing.
+    pub truncate_vocab: bool,
 }
 
 /// Binds every planned tensor, checking that its inputs agree in shape.
@@ -62,7 +65,7 @@ fn bind_one<'a>(
     models: &'a [Model],
     options: BindOptions,
 ) -> Result<Bound<'a>> {
-    let BindOptions { dtype, out_dtype, seed } = options;
+    let BindOptions { dtype, out_dtype, seed, truncate_vocab } = options;
     let mut inputs = Vec::with_capacity(tensor.inputs.len());
     for input in &tensor.inputs {
         let found = models[input.model].tensor(&input.tensor)?.ok_or_else(|| {
@@ -73,9 +76,21 @@ fn bind_one<'a>(
         })?;
         inputs.push(found);
     }
-    let shape = inputs[0].shape().to_vec();
+    let mut shape = inputs[0].shape().to_vec();
     if inputs.iter().any(|i| i.shape() != shape) {
-        return Err(size_mismatch(plan, tensor, &inputs));
+        let rows = inputs.iter().map(|i| i.shape().first().copied().unwrap_or(0)).min();
+        let same_rows = |i: &Input| i.shape().get(1..) == shape.get(1..);
+        match rows {
+            // Rows are the outermost axis, so the cut tensor is a prefix of every input.
+            Some(rows)
+                if truncate_vocab
+                    && tensor.vocab_axis == Some(0)
+                    && inputs.iter().all(same_rows) =>
+            {
+                shape[0] = rows;
+            }
+            _ => return Err(size_mismatch(plan, tensor, &inputs)),
+        }
     }
     let working = dtype.unwrap_or_else(|| {
         inputs.iter().map(Input::dtype).reduce(DType::promote).unwrap_or(DType::F32)
@@ -92,10 +107,12 @@ fn size_mismatch(plan: &Plan, tensor: &TensorPlan, inputs: &[Input]) -> MergeErr
         .zip(inputs)
         .map(|(i, r)| format!("{} {:?}", plan.models[i.model], r.shape()))
         .collect();
-    let hint = if tensor.name.contains("embed_tokens") || tensor.name.contains("lm_head") {
-        " The models have different vocabulary sizes; their embeddings can only be merged \
-         after aligning the vocabularies, which amalgam does not do yet (mergekit's \
-         `tokenizer:` section)."
+    let hint = if tensor.vocab_axis.is_some() {
+        " The models have different vocabulary sizes. Either align them with a tokenizer \
+         section (`tokenizer_source: union`, `base` or a model; amalgam does not build \
+         merged tokenizers yet, mergekit does), or pass --unsafe-truncate-embeddings to cut \
+         every vocabulary-indexed weight to the smallest vocabulary (tokens past it lose \
+         their rows)."
     } else {
         " The models are not the same size; only models of one shape can be merged."
     };

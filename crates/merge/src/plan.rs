@@ -55,6 +55,8 @@ pub struct TensorPlan {
     pub shared: Resolved,
     /// Depth in `[0, 1]` used for gradients (0 for non-layer weights).
     pub t: f64,
+    /// The axis indexed by token id, for embeddings and the output head.
+    pub vocab_axis: Option<usize>,
 }
 
 /// The whole merge, as data.
@@ -398,6 +400,7 @@ impl<'a> Planner<'a> {
             passthrough,
             shared,
             t: origin.t,
+            vocab_axis: weight.vocab_axis,
         });
         Ok(())
     }

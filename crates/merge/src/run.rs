@@ -34,6 +34,9 @@ pub struct MergeOptions {
     pub force: bool,
     /// Plan only; write nothing.
     pub dry_run: bool,
+    /// Cut vocabulary-indexed weights of differing vocabularies to the smallest one
+    /// (`--unsafe-truncate-embeddings`) instead of failing.
+    pub truncate_vocab: bool,
     /// The hub cache to use instead of the environment's.
     pub cache_dir: Option<PathBuf>,
     /// For a `.gguf` output: the llama.cpp mixture (default: the merge dtype, unquantized).
@@ -121,11 +124,13 @@ pub fn run_config(
         dtype: config.dtype,
         out_dtype: config.out_dtype,
         seed: options.random_seed,
+        truncate_vocab: options.truncate_vocab,
     };
     let bound = execute::bind(&plan, &folders, bind)?;
+    let vocab_size = truncated_vocab(&bound, reporter);
     if gguf {
         return merge_to_gguf(
-            &config, &plan, &bound, &folders, &located, out_dir, options, reporter,
+            &config, &plan, &bound, vocab_size, &folders, &located, out_dir, options, reporter,
         );
     }
     let sizes: Vec<u64> = bound.iter().map(|b| b.spec.byte_len() as u64).collect();
@@ -171,6 +176,7 @@ pub fn run_config(
         donor.config(),
         plan.arch,
         plan.out_layers,
+        vocab_size,
         config.out_dtype.or(config.dtype),
     );
     output::write_json(&staging.path.join("config.json"), &Value::Object(out_config))?;
@@ -188,12 +194,33 @@ pub fn run_config(
     Ok(summary)
 }
 
+/// The vocabulary size vocabulary-indexed weights were cut to by
+/// `--unsafe-truncate-embeddings`, if any were; warns about each cut.
+fn truncated_vocab(bound: &[execute::Bound], reporter: &dyn Reporter) -> Option<usize> {
+    let mut vocab = None;
+    for b in bound.iter().filter(|b| b.plan.vocab_axis == Some(0)) {
+        let first = |shape: &[usize]| shape.first().copied().unwrap_or(0);
+        let rows: Vec<usize> = b.inputs.iter().map(|i| first(i.shape())).collect();
+        let kept = first(&b.spec.shape);
+        if rows.iter().any(|r| *r != kept) {
+            reporter.warn(&format!(
+                "--unsafe-truncate-embeddings: {} cut to its first {kept} rows (the inputs have \
+                 {rows:?})",
+                b.spec.name
+            ));
+            vocab = Some(kept);
+        }
+    }
+    vocab
+}
+
 /// The GGUF branch of [`run_config`]: one `.gguf` file instead of a folder.
 #[allow(clippy::too_many_arguments)]
 fn merge_to_gguf(
     config: &MergeConfig,
     plan: &Plan,
     bound: &[execute::Bound],
+    vocab_size: Option<usize>,
     models: &[Model],
     located: &[crate::resolve::Located],
     out_path: &Path,
@@ -202,7 +229,8 @@ fn merge_to_gguf(
 ) -> Result<Summary> {
     let donor = &models[plan.donor];
     let dtype = config.out_dtype.or(config.dtype);
-    let out_config = output::output_config(donor.config(), plan.arch, plan.out_layers, dtype);
+    let out_config =
+        output::output_config(donor.config(), plan.arch, plan.out_layers, vocab_size, dtype);
     let out = GgufOutput {
         path: out_path,
         ftype: to_gguf::file_type(options.quant, dtype),

@@ -102,3 +102,52 @@ pub fn copy_model(from: &Path, to: &Path) {
 pub fn json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap()
 }
+
+/// Cuts a model folder's vocabulary-indexed weights (`model.embed_tokens.weight`,
+/// `lm_head.weight`) to their first `rows` rows, rewriting its safetensors files and
+/// `vocab_size`, to make a model of a smaller vocabulary.
+pub fn shrink_vocab(dir: &Path, rows: usize) {
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "safetensors") {
+            shrink_file(&path, rows);
+        }
+    }
+    let config_path = dir.join("config.json");
+    let mut config = json(&config_path);
+    config["vocab_size"] = rows.into();
+    fs::write(&config_path, config.to_string()).unwrap();
+}
+
+fn shrink_file(path: &Path, rows: usize) {
+    let bytes = fs::read(path).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let data = &bytes[8 + header_len..];
+    let mut entries: Vec<(String, serde_json::Value)> = header.into_iter().collect();
+    entries.sort_by_key(|(_, v)| v["data_offsets"][0].as_u64().unwrap_or(0));
+    let (mut new_header, mut new_data) = (serde_json::Map::new(), Vec::new());
+    for (name, mut info) in entries {
+        if name == "__metadata__" {
+            new_header.insert(name, info);
+            continue;
+        }
+        let [start, end] = [0, 1].map(|i| info["data_offsets"][i].as_u64().unwrap() as usize);
+        let mut tensor = &data[start..end];
+        if name == "model.embed_tokens.weight" || name == "lm_head.weight" {
+            let old_rows = info["shape"][0].as_u64().unwrap() as usize;
+            tensor = &tensor[..tensor.len() / old_rows * rows];
+            info["shape"][0] = rows.into();
+        }
+        info["data_offsets"] = serde_json::json!([new_data.len(), new_data.len() + tensor.len()]);
+        new_data.extend_from_slice(tensor);
+        new_header.insert(name, info);
+    }
+    let mut text = serde_json::to_vec(&new_header).unwrap();
+    text.resize(text.len().next_multiple_of(8), b' ');
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend(text);
+    out.extend(new_data);
+    fs::write(path, out).unwrap();
+}

@@ -128,6 +128,48 @@ fn shapes_that_differ() {
 }
 
 #[test]
+fn vocabularies_that_differ() {
+    let s = Scratch::new();
+    shrink_vocab(&s.path("ft_a"), 500);
+    let yaml = "merge_method: linear\nmodels:\n  - {model: base, parameters: {weight: 1}}\n  - {model: ft_a, parameters: {weight: 1}}\n";
+    s.fails(
+        yaml,
+        &[
+            "Tensor size mismatch for model.embed_tokens.weight",
+            "base [512, 64], ft_a [500, 64]",
+            "different vocabulary sizes",
+            "tokenizer_source: union",
+            "--unsafe-truncate-embeddings",
+        ],
+    );
+
+    // The way out: cut to the smaller vocabulary, with a warning per weight.
+    fs::write(s.path("config.yml"), yaml).unwrap();
+    let output = run_ok(amalgam().current_dir(s.dir.path()).args([
+        "merge",
+        "config.yml",
+        "out",
+        "--quiet",
+        "--unsafe-truncate-embeddings",
+    ]));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("lm_head.weight cut to its first 500 rows"), "{stderr}");
+    let out = read_model(&s.path("out"));
+    let (base, ft) = (read_model(&s.path("base")), read_model(&s.path("ft_a")));
+    for name in ["model.embed_tokens.weight", "lm_head.weight"] {
+        let (dtype, merged) = &out[name];
+        assert_eq!(merged.shape, [500, 64]);
+        let (b, f) = (base[name].1.values(*dtype), ft[name].1.values(*dtype));
+        let want: Vec<f32> = b[..500 * 64].iter().zip(&f).map(|(x, y)| (x + y) / 2.0).collect();
+        let got = merged.values(*dtype);
+        let worst =
+            got.iter().zip(&want).fold(0f32, |m, (g, w)| m.max((g - w).abs() / w.abs().max(1.0)));
+        assert!(worst <= 1e-2, "{name}: {worst}");
+    }
+    assert_eq!(json(&s.path("out/config.json"))["vocab_size"], 500);
+}
+
+#[test]
 fn shard_index_naming_a_file_outside_the_folder() {
     let s = Scratch::new();
     let index_path = s.path("base/model.safetensors.index.json");
@@ -259,4 +301,21 @@ fn mergekit_command_lines_run_unchanged() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("note: --lazy-unpickle"), "{stderr}");
     assert!(Path::new(&s.path("out/tokenizer.json")).exists());
+}
+
+#[test]
+fn other_mergekit_tools_are_named() {
+    let s = Scratch::new();
+    s.fails(
+        "base_model: base\ngate_mode: hidden\nexperts:\n  - source_model: ft_a\n",
+        &["mergekit-moe config (it has `experts:`)", "no mergekit-moe equivalent yet"],
+    );
+    for (command, tool) in
+        [("extract-lora", "mergekit-extract-lora"), ("mergekit-moe", "mergekit-moe")]
+    {
+        let output = run(amalgam().arg(command).arg("--help"));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(&format!("{tool} has no amalgam equivalent yet")), "{stderr}");
+    }
 }

@@ -185,7 +185,12 @@ fn merge_and_bind(
     let bound = execute::bind(
         &plan,
         &models,
-        BindOptions { dtype: config.dtype, out_dtype: config.out_dtype, seed: 0 },
+        BindOptions {
+            dtype: config.dtype,
+            out_dtype: config.out_dtype,
+            seed: 0,
+            truncate_vocab: false,
+        },
     )
     .unwrap();
     let golden = read_model(&data().join(format!("methods/mergekit/{name}")));
