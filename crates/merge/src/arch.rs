@@ -27,6 +27,23 @@ pub struct Architecture {
     pub post_weights: &'static [WeightDef],
     /// The config key holding the layer count (a dotted path for nested configs).
     pub num_layers_key: &'static str,
+    /// How the model's attention type per layer follows from its config when
+    /// `layer_types` is absent.
+    pub layer_types: LayerTypes,
+}
+
+/// The rule transformers uses to derive `layer_types` (sliding or full attention per
+/// layer) for configs that do not list them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LayerTypes {
+    /// Every layer attends the same way; nothing to derive.
+    Uniform,
+    /// Qwen2/Qwen3: sliding from layer `max_window_layers` on, when `use_sliding_window`.
+    MaxWindowLayers,
+    /// Gemma 2: sliding on even layers, full on odd ones.
+    Alternating,
+    /// Gemma 3: full on every `sliding_window_pattern`-th layer (default 6), else sliding.
+    Pattern,
 }
 
 const fn weight(name: &'static str) -> WeightDef {
@@ -47,6 +64,12 @@ const LM_HEAD: WeightDef = WeightDef {
     vocab_axis: Some(0),
 };
 
+const fn optional(name: &'static str) -> WeightDef {
+    WeightDef { name, optional: true, tied_names: &[], vocab_axis: None }
+}
+
+const NORM: WeightDef = weight("model.norm.weight");
+
 /// The nine weights of a Llama-style decoder layer (Mistral shares them).
 const LLAMA_LAYER: &[WeightDef] = &[
     weight("model.layers.{layer}.input_layernorm.weight"),
@@ -60,23 +83,114 @@ const LLAMA_LAYER: &[WeightDef] = &[
     weight("model.layers.{layer}.mlp.down_proj.weight"),
 ];
 
+/// Qwen2: Llama's layer with biases on the q, k and v projections.
+const QWEN2_LAYER: &[WeightDef] = &[
+    weight("model.layers.{layer}.input_layernorm.weight"),
+    weight("model.layers.{layer}.mlp.down_proj.weight"),
+    weight("model.layers.{layer}.mlp.gate_proj.weight"),
+    weight("model.layers.{layer}.mlp.up_proj.weight"),
+    weight("model.layers.{layer}.post_attention_layernorm.weight"),
+    weight("model.layers.{layer}.self_attn.k_proj.bias"),
+    weight("model.layers.{layer}.self_attn.k_proj.weight"),
+    weight("model.layers.{layer}.self_attn.o_proj.weight"),
+    weight("model.layers.{layer}.self_attn.q_proj.bias"),
+    weight("model.layers.{layer}.self_attn.q_proj.weight"),
+    weight("model.layers.{layer}.self_attn.v_proj.bias"),
+    weight("model.layers.{layer}.self_attn.v_proj.weight"),
+];
+
+/// Qwen3: per-head RMS norms on queries and keys; projection biases only with
+/// `attention_bias`.
+const QWEN3_LAYER: &[WeightDef] = &[
+    weight("model.layers.{layer}.input_layernorm.weight"),
+    weight("model.layers.{layer}.mlp.down_proj.weight"),
+    weight("model.layers.{layer}.mlp.gate_proj.weight"),
+    weight("model.layers.{layer}.mlp.up_proj.weight"),
+    weight("model.layers.{layer}.post_attention_layernorm.weight"),
+    weight("model.layers.{layer}.self_attn.k_norm.weight"),
+    weight("model.layers.{layer}.self_attn.k_proj.weight"),
+    weight("model.layers.{layer}.self_attn.q_norm.weight"),
+    weight("model.layers.{layer}.self_attn.q_proj.weight"),
+    weight("model.layers.{layer}.self_attn.v_proj.weight"),
+    weight("model.layers.{layer}.self_attn.o_proj.weight"),
+    optional("model.layers.{layer}.self_attn.q_proj.bias"),
+    optional("model.layers.{layer}.self_attn.k_proj.bias"),
+    optional("model.layers.{layer}.self_attn.v_proj.bias"),
+    optional("model.layers.{layer}.self_attn.o_proj.bias"),
+];
+
+/// Gemma 2: sandwich norms around the attention and the MLP.
+const GEMMA2_LAYER: &[WeightDef] = &[
+    weight("model.layers.{layer}.input_layernorm.weight"),
+    weight("model.layers.{layer}.self_attn.q_proj.weight"),
+    weight("model.layers.{layer}.self_attn.k_proj.weight"),
+    weight("model.layers.{layer}.self_attn.v_proj.weight"),
+    weight("model.layers.{layer}.self_attn.o_proj.weight"),
+    weight("model.layers.{layer}.post_attention_layernorm.weight"),
+    weight("model.layers.{layer}.pre_feedforward_layernorm.weight"),
+    weight("model.layers.{layer}.mlp.up_proj.weight"),
+    weight("model.layers.{layer}.mlp.gate_proj.weight"),
+    weight("model.layers.{layer}.mlp.down_proj.weight"),
+    weight("model.layers.{layer}.post_feedforward_layernorm.weight"),
+];
+
+/// Gemma 3 (text): Gemma 2's layer with query and key norms.
+const GEMMA3_LAYER: &[WeightDef] = &[
+    weight("model.layers.{layer}.input_layernorm.weight"),
+    weight("model.layers.{layer}.self_attn.q_proj.weight"),
+    weight("model.layers.{layer}.self_attn.q_norm.weight"),
+    weight("model.layers.{layer}.self_attn.k_proj.weight"),
+    weight("model.layers.{layer}.self_attn.k_norm.weight"),
+    weight("model.layers.{layer}.self_attn.v_proj.weight"),
+    weight("model.layers.{layer}.self_attn.o_proj.weight"),
+    weight("model.layers.{layer}.post_attention_layernorm.weight"),
+    weight("model.layers.{layer}.pre_feedforward_layernorm.weight"),
+    weight("model.layers.{layer}.mlp.up_proj.weight"),
+    weight("model.layers.{layer}.mlp.gate_proj.weight"),
+    weight("model.layers.{layer}.mlp.down_proj.weight"),
+    weight("model.layers.{layer}.post_feedforward_layernorm.weight"),
+];
+
+/// Phi-3: fused query-key-value and gate-up projections.
+const PHI3_LAYER: &[WeightDef] = &[
+    weight("model.layers.{layer}.input_layernorm.weight"),
+    weight("model.layers.{layer}.post_attention_layernorm.weight"),
+    weight("model.layers.{layer}.self_attn.o_proj.weight"),
+    weight("model.layers.{layer}.self_attn.qkv_proj.weight"),
+    weight("model.layers.{layer}.mlp.gate_up_proj.weight"),
+    weight("model.layers.{layer}.mlp.down_proj.weight"),
+];
+
+/// A decoder-only architecture with the usual embedding, final norm and output head.
+const fn decoder(
+    model_type: &'static str,
+    classes: &'static [&'static str],
+    layer_weights: &'static [WeightDef],
+    layer_types: LayerTypes,
+) -> Architecture {
+    Architecture {
+        model_type,
+        classes,
+        pre_weights: &[EMBED],
+        layer_weights,
+        post_weights: &[NORM, LM_HEAD],
+        num_layers_key: "num_hidden_layers",
+        layer_types,
+    }
+}
+
 /// Every architecture amalgam knows.
 pub static ARCHITECTURES: &[Architecture] = &[
+    decoder("llama", &["LlamaForCausalLM", "LLaMaForCausalLM"], LLAMA_LAYER, LayerTypes::Uniform),
+    decoder("mistral", &["MistralForCausalLM"], LLAMA_LAYER, LayerTypes::Uniform),
+    decoder("qwen2", &["Qwen2ForCausalLM"], QWEN2_LAYER, LayerTypes::MaxWindowLayers),
+    decoder("qwen3", &["Qwen3ForCausalLM"], QWEN3_LAYER, LayerTypes::MaxWindowLayers),
+    decoder("gemma", &["GemmaForCausalLM"], LLAMA_LAYER, LayerTypes::Uniform),
+    decoder("gemma2", &["Gemma2ForCausalLM"], GEMMA2_LAYER, LayerTypes::Alternating),
+    decoder("gemma3_text", &["Gemma3ForCausalLM"], GEMMA3_LAYER, LayerTypes::Pattern),
     Architecture {
-        model_type: "llama",
-        classes: &["LlamaForCausalLM", "LLaMaForCausalLM"],
-        pre_weights: &[EMBED],
-        layer_weights: LLAMA_LAYER,
-        post_weights: &[weight("model.norm.weight"), LM_HEAD],
-        num_layers_key: "num_hidden_layers",
-    },
-    Architecture {
-        model_type: "mistral",
-        classes: &["MistralForCausalLM"],
-        pre_weights: &[EMBED],
-        layer_weights: LLAMA_LAYER,
-        post_weights: &[weight("model.norm.weight"), LM_HEAD],
-        num_layers_key: "num_hidden_layers",
+        post_weights: &[WeightDef { optional: false, tied_names: &[], ..LM_HEAD }, NORM],
+        ..decoder("phi3", &["Phi3ForCausalLM"], PHI3_LAYER, LayerTypes::Uniform)
     },
 ];
 

@@ -27,6 +27,8 @@ pub struct CardInput<'a> {
     /// The layer count of the donor, for "N layers into M".
     pub source_layers: Option<usize>,
     pub random_seed: u64,
+    /// Settings of `config.json` that were changed to follow the new layers.
+    pub config_notes: &'a [String],
 }
 
 /// Renders the card.
@@ -49,6 +51,12 @@ pub fn render(input: &CardInput) -> String {
         let _ = writeln!(out, "* {}", link(input, &m.model));
     }
     out += &layer_table(input);
+    if !input.config_notes.is_empty() {
+        out += "\n### Config changes\n\nPer-layer settings in `config.json` follow the merged layers:\n\n";
+        for note in input.config_notes {
+            let _ = writeln!(out, "* {note}");
+        }
+    }
     out += "\n### Configuration\n\nThe following YAML configuration was used to produce this model:\n\n```yaml\n";
     out += input.config_text.trim_end();
     let _ = writeln!(

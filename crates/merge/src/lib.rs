@@ -7,6 +7,7 @@ pub mod card;
 pub mod config;
 pub mod error;
 pub mod execute;
+pub mod layer_config;
 pub mod methods;
 pub mod model_ref;
 pub mod output;

@@ -27,20 +27,30 @@ pub const TOKENIZER_FILES: &[&str] = &[
     "video_preprocessor_config.json",
 ];
 
-/// The output `config.json`: the donor's, with only the layer count, vocabulary size
-/// and dtype changed.
+/// The output `config.json`: the donor's, with only the layer count (and the per-layer
+/// settings that follow it; their notes are pushed to `notes`), vocabulary size and
+/// dtype changed.
 /// Keys keep their order and style: a config with `torch_dtype` keeps `torch_dtype`, one
 /// with `dtype` keeps `dtype`.
 pub fn output_config(
     donor: &Map<String, Value>,
     arch: &Architecture,
-    layers: Option<usize>,
+    layer_origins: Option<&[usize]>,
     vocab_size: Option<usize>,
     dtype: Option<DType>,
+    notes: &mut Vec<String>,
 ) -> Map<String, Value> {
     let mut config = donor.clone();
-    if let Some(layers) = layers {
-        arch::set(&mut config, arch.num_layers_key, json!(layers));
+    if let Some(origins) = layer_origins {
+        if let Some(source_layers) = arch.num_layers(&config) {
+            notes.extend(crate::layer_config::map_layers(
+                &mut config,
+                arch,
+                source_layers,
+                origins,
+            ));
+        }
+        arch::set(&mut config, arch.num_layers_key, json!(origins.len()));
     }
     if let Some(vocab_size) = vocab_size {
         arch::set(&mut config, "vocab_size", json!(vocab_size));
@@ -116,8 +126,15 @@ mod tests {
         let llama = &arch::ARCHITECTURES[0];
         let donor = json!({"architectures": ["LlamaForCausalLM"], "num_hidden_layers": 80,
                            "rope_theta": 500000.0, "torch_dtype": "bfloat16"});
-        let out =
-            output_config(donor.as_object().unwrap(), llama, Some(140), None, Some(DType::F16));
+        let origins: Vec<usize> = (0..7).flat_map(|s| s * 10..s * 10 + 20).collect();
+        let out = output_config(
+            donor.as_object().unwrap(),
+            llama,
+            Some(&origins),
+            None,
+            Some(DType::F16),
+            &mut Vec::new(),
+        );
         assert_eq!(out["num_hidden_layers"], json!(140));
         assert_eq!(out["torch_dtype"], json!("float16"));
         assert_eq!(out["rope_theta"], json!(500000.0));
@@ -126,7 +143,14 @@ mod tests {
         assert_eq!(keys, ["architectures", "num_hidden_layers", "rope_theta", "torch_dtype"]);
 
         let v5 = json!({"dtype": "bfloat16", "num_hidden_layers": 6});
-        let out = output_config(v5.as_object().unwrap(), llama, None, None, Some(DType::F32));
+        let out = output_config(
+            v5.as_object().unwrap(),
+            llama,
+            None,
+            None,
+            Some(DType::F32),
+            &mut Vec::new(),
+        );
         assert_eq!(out["dtype"], json!("float32"));
         assert_eq!(out["num_hidden_layers"], json!(6));
         assert!(!out.contains_key("torch_dtype"));

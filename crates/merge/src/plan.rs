@@ -68,6 +68,9 @@ pub struct Plan {
     pub tensors: Vec<TensorPlan>,
     /// The output layer count, when slices change it.
     pub out_layers: Option<usize>,
+    /// For each output layer, the layer of the first source it comes from (set with
+    /// `out_layers`), to carry per-layer config settings over.
+    pub layer_origins: Option<Vec<usize>>,
     /// The model whose `config.json` (and tokenizer) the output takes.
     pub donor: usize,
     /// Notes for the user about surprising-but-mergekit-compatible behaviour.
@@ -86,14 +89,22 @@ pub fn plan(config: &MergeConfig, catalog: &dyn Catalog, allow_crimes: bool) -> 
         planner.check_contract(slice, &format!("slices[{i}]"))?;
     }
     planner.plan_all(&slices, &mut notes)?;
-    let out_layers = (!config.from_models)
-        .then(|| slices.iter().map(|s| s.sources[0].range().1 - s.sources[0].range().0).sum());
+    let layer_origins: Option<Vec<usize>> = (!config.from_models).then(|| {
+        slices
+            .iter()
+            .flat_map(|s| {
+                let (start, end) = s.sources[0].range();
+                start..end
+            })
+            .collect()
+    });
     Ok(Plan {
         tensors: planner.tensors,
         models,
         arch,
         method: config.merge_method,
-        out_layers,
+        out_layers: layer_origins.as_ref().map(Vec::len),
+        layer_origins,
         donor,
         notes,
     })

@@ -128,9 +128,29 @@ pub fn run_config(
     };
     let bound = execute::bind(&plan, &folders, bind)?;
     let vocab_size = truncated_vocab(&bound, reporter);
+    let mut config_notes = Vec::new();
+    let out_config = output::output_config(
+        folders[plan.donor].config(),
+        plan.arch,
+        plan.layer_origins.as_deref(),
+        vocab_size,
+        config.out_dtype.or(config.dtype),
+        &mut config_notes,
+    );
+    for note in &config_notes {
+        reporter.warn(&format!("config.json: {note}"));
+    }
     if gguf {
         return merge_to_gguf(
-            &config, &plan, &bound, vocab_size, &folders, &located, out_dir, options, reporter,
+            &config,
+            &plan,
+            &bound,
+            &out_config,
+            &folders,
+            &located,
+            out_dir,
+            options,
+            reporter,
         );
     }
     let sizes: Vec<u64> = bound.iter().map(|b| b.spec.byte_len() as u64).collect();
@@ -172,13 +192,6 @@ pub fn run_config(
         output::write_index(&staging.path, &weight_map, summary.bytes_written)?;
     }
     let donor = &folders[plan.donor];
-    let out_config = output::output_config(
-        donor.config(),
-        plan.arch,
-        plan.out_layers,
-        vocab_size,
-        config.out_dtype.or(config.dtype),
-    );
     output::write_json(&staging.path.join("config.json"), &Value::Object(out_config))?;
     if options.copy_tokenizer && output::copy_tokenizer(donor, &staging.path)?.is_empty() {
         reporter.warn(&format!(
@@ -188,7 +201,8 @@ pub fn run_config(
         ));
     }
     if options.write_model_card {
-        write_card(&staging.path, out_dir, &config, text, &plan, &folders, &located, options)?;
+        let card = CardContext { config: &config, text, plan: &plan, config_notes: &config_notes };
+        write_card(&staging.path, out_dir, &card, &folders, &located, options)?;
     }
     staging.commit(out_dir, options.force)?;
     Ok(summary)
@@ -220,7 +234,7 @@ fn merge_to_gguf(
     config: &MergeConfig,
     plan: &Plan,
     bound: &[execute::Bound],
-    vocab_size: Option<usize>,
+    out_config: &Map<String, Value>,
     models: &[Model],
     located: &[crate::resolve::Located],
     out_path: &Path,
@@ -229,12 +243,10 @@ fn merge_to_gguf(
 ) -> Result<Summary> {
     let donor = &models[plan.donor];
     let dtype = config.out_dtype.or(config.dtype);
-    let out_config =
-        output::output_config(donor.config(), plan.arch, plan.out_layers, vocab_size, dtype);
     let out = GgufOutput {
         path: out_path,
         ftype: to_gguf::file_type(options.quant, dtype),
-        config: &out_config,
+        config: out_config,
         donor,
         tokenizer_pre: options.tokenizer_pre.as_deref(),
         license: license(donor),
@@ -316,16 +328,24 @@ fn check_output(out_dir: &Path, force: bool) -> Result<()> {
 }
 
 #[allow(clippy::too_many_arguments)]
+/// What the card describes: the config (parsed and verbatim), the plan and the changes
+/// made to `config.json`.
+struct CardContext<'a> {
+    config: &'a MergeConfig,
+    text: &'a str,
+    plan: &'a Plan,
+    config_notes: &'a [String],
+}
+
 fn write_card(
     dir: &Path,
     out_dir: &Path,
-    config: &MergeConfig,
-    text: &str,
-    plan: &Plan,
+    card: &CardContext,
     folders: &[Model],
     located: &[crate::resolve::Located],
     options: &MergeOptions,
 ) -> Result<()> {
+    let CardContext { config, text, plan, config_notes } = *card;
     let models: Vec<CardModel> = plan
         .models
         .iter()
@@ -349,6 +369,7 @@ fn write_card(
         models: &models,
         source_layers: plan.arch.num_layers(folders[plan.donor].config()),
         random_seed: options.random_seed,
+        config_notes,
     });
     let readme = dir.join("README.md");
     fs::write(&readme, card).map_err(|e| MergeError::io("write", &readme, e))?;

@@ -151,3 +151,28 @@ fn shrink_file(path: &Path, rows: usize) {
     out.extend(new_data);
     fs::write(path, out).unwrap();
 }
+
+/// Writes a float32 model folder: `config.json` and one `model.safetensors` holding
+/// `tensors` (name, shape), each filled with values that differ per tensor and element.
+pub fn write_model(dir: &Path, config: &serde_json::Value, tensors: &[(String, Vec<usize>)]) {
+    fs::create_dir_all(dir).unwrap();
+    fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let (mut header, mut data) = (serde_json::Map::new(), Vec::new());
+    for (t, (name, shape)) in tensors.iter().enumerate() {
+        let start = data.len();
+        for e in 0..shape.iter().product::<usize>() {
+            let value = ((t * 131 + e * 17) % 97) as f32 / 97.0 - 0.5;
+            data.extend_from_slice(&value.to_le_bytes());
+        }
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [start, data.len()]}),
+        );
+    }
+    let mut text = serde_json::to_vec(&header).unwrap();
+    text.resize(text.len().next_multiple_of(8), b' ');
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend(text);
+    out.extend(data);
+    fs::write(dir.join("model.safetensors"), out).unwrap();
+}

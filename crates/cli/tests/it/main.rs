@@ -2,6 +2,7 @@
 //! `tests/data` (copied from the project's shared fixtures by
 //! `scripts/import-fixtures.sh`).
 
+mod architectures;
 mod card;
 mod common;
 mod errors;
