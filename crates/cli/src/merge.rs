@@ -162,7 +162,8 @@ impl IgnoredFlags {
             ),
             (
                 self.lora_merge_cache.is_some() || self.lora_merge_dtype.is_some(),
-                "--lora-merge-*: LoRA inputs are not supported yet",
+                "--lora-merge-*: not needed; LoRA adapters are applied as weights are read, \
+                 with no merged copy on disk",
             ),
             (self.verbose > 0, "-v: amalgam prints warnings always and has no debug log"),
         ];

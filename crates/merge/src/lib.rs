@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod execute;
 pub mod layer_config;
+pub mod lora;
 pub mod methods;
 pub mod model_ref;
 pub mod output;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use amalgam_tensors::hub;
 
 use crate::error::{MergeError, Result};
-use crate::model_ref::ModelRef;
+use crate::model_ref::{ModelPath, ModelRef};
 
 /// Where models are looked for.
 pub struct Resolver<'a> {
@@ -24,25 +24,30 @@ pub struct Located {
     pub folder: PathBuf,
     /// Whether it came from the hub (so the card links it).
     pub from_hub: bool,
+    /// The LoRA adapter folder of a `model+adapter` reference.
+    pub adapter: Option<PathBuf>,
 }
 
 impl Resolver<'_> {
     /// Locates `model`, downloading it if allowed and needed.
     pub fn locate(&self, model: &ModelRef) -> Result<Located> {
-        if model.lora.is_some() {
-            return Err(MergeError::Unsupported(format!(
-                "{model}: LoRA inputs (`model+adapter`) are not supported yet; merge the adapter \
-                 into its base with PEFT's merge_and_unload() and use that folder"
-            )));
+        let mut found = self.locate_path(model, &model.model)?;
+        if let Some(lora) = &model.lora {
+            found.adapter = Some(self.locate_path(model, lora)?.folder);
         }
-        let path = &model.model.path;
+        Ok(found)
+    }
+
+    /// Locates one side (`which`) of `model`.
+    fn locate_path(&self, model: &ModelRef, which: &ModelPath) -> Result<Located> {
+        let path = &which.path;
         let local = Path::new(path);
         if local.is_dir() {
-            return Ok(Located { folder: local.to_owned(), from_hub: false });
+            return Ok(Located { folder: local.to_owned(), from_hub: false, adapter: None });
         }
         if local.is_file() {
             if local.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
-                return Ok(Located { folder: local.to_owned(), from_hub: false });
+                return Ok(Located { folder: local.to_owned(), from_hub: false, adapter: None });
             }
             return Err(MergeError::Model {
                 model: model.to_string(),
@@ -60,33 +65,38 @@ impl Resolver<'_> {
                 ),
             });
         }
-        let revision = model.model.revision.as_deref();
+        let revision = which.revision.as_deref();
         if let Some(snapshot) = hub::find_cached(&self.cache, path, revision) {
-            return Ok(Located { folder: snapshot, from_hub: true });
+            return Ok(Located { folder: snapshot, from_hub: true, adapter: None });
         }
-        self.download(model, revision)
+        self.download(model, which)
     }
 
     #[cfg(feature = "hub-download")]
-    fn download(&self, model: &ModelRef, revision: Option<&str>) -> Result<Located> {
+    fn download(&self, model: &ModelRef, which: &ModelPath) -> Result<Located> {
         if self.offline {
-            return Err(self.not_found(model, "HF_HUB_OFFLINE is set, so nothing is downloaded"));
+            return Err(self.not_found(
+                model,
+                which,
+                "HF_HUB_OFFLINE is set, so nothing is downloaded",
+            ));
         }
         let mut options = hub::DownloadOptions::from_env();
         options.progress = self.progress;
-        let folder = hub::download(&self.cache, &model.model.path, revision, &options)?;
-        Ok(Located { folder, from_hub: true })
+        let revision = which.revision.as_deref();
+        let folder = hub::download(&self.cache, &which.path, revision, &options)?;
+        Ok(Located { folder, from_hub: true, adapter: None })
     }
 
     #[cfg(not(feature = "hub-download"))]
-    fn download(&self, model: &ModelRef, _revision: Option<&str>) -> Result<Located> {
-        Err(self.not_found(model, "this amalgam was built without the hub-download feature"))
+    fn download(&self, model: &ModelRef, which: &ModelPath) -> Result<Located> {
+        Err(self.not_found(model, which, "this amalgam was built without the hub-download feature"))
     }
 
     /// The error for a model that is neither local nor cached, naming where it looked.
-    fn not_found(&self, model: &ModelRef, why: &str) -> MergeError {
-        let path = &model.model.path;
-        let revision = model.model.revision.as_deref().unwrap_or("main");
+    fn not_found(&self, model: &ModelRef, which: &ModelPath, why: &str) -> MergeError {
+        let path = &which.path;
+        let revision = which.revision.as_deref().unwrap_or("main");
         MergeError::Model {
             model: model.to_string(),
             message: format!(

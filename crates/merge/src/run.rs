@@ -113,7 +113,10 @@ pub fn run_config(
     let mut folders = Vec::with_capacity(models.len());
     for model in &models {
         let found = resolver.locate(model)?;
-        folders.push(Model::open(&found.folder)?);
+        folders.push(match &found.adapter {
+            Some(adapter) => Model::open_adapted(&found.folder, adapter)?,
+            None => Model::open(&found.folder)?,
+        });
         located.push(found);
     }
     let plan = plan::plan(&config, &Folders(&folders), options.allow_crimes)?;
@@ -387,6 +390,7 @@ fn license(model: &Model) -> Option<String> {
         Model::Gguf(g) => {
             g.file().header.get("general.license").and_then(|v| v.as_str()).map(str::to_owned)
         }
+        Model::Adapted(base, _) => license(base),
     }
 }
 

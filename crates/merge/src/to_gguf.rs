@@ -84,7 +84,18 @@ fn tokenizer_metadata(
     vocab: usize,
     reporter: &dyn Reporter,
 ) -> Result<Vec<(String, Value)>> {
-    match out.donor {
+    donor_tokenizer(out.donor, out, vocab, reporter)
+}
+
+/// [`tokenizer_metadata`] of `donor` (an adapted model's tokenizer is its base's).
+fn donor_tokenizer(
+    donor: &Model,
+    out: &GgufOutput,
+    vocab: usize,
+    reporter: &dyn Reporter,
+) -> Result<Vec<(String, Value)>> {
+    match donor {
+        Model::Adapted(base, _) => donor_tokenizer(base, out, vocab, reporter),
         Model::Gguf(g) => Ok(g
             .file()
             .header

@@ -54,7 +54,8 @@ fn is_commit(revision: &str) -> bool {
     revision.len() == 40 && revision.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// The cached snapshot of `repo` at `revision` (default `main`), if it is in `cache`.
+/// The cached snapshot of `repo` at `revision` (default `main`), if it is in `cache`
+/// with its `config.json` (a model) or `adapter_config.json` (a LoRA adapter).
 pub fn find_cached(cache: &Path, repo: &str, revision: Option<&str>) -> Option<PathBuf> {
     let revision = revision.unwrap_or("main");
     let dir = repo_dir(cache, repo);
@@ -67,7 +68,8 @@ pub fn find_cached(cache: &Path, repo: &str, revision: Option<&str>) -> Option<P
         return None;
     }
     let snapshot = dir.join("snapshots").join(commit);
-    snapshot.join("config.json").exists().then_some(snapshot)
+    let complete = ["config.json", "adapter_config.json"].iter().any(|f| snapshot.join(f).exists());
+    complete.then_some(snapshot)
 }
 
 /// The token for gated repositories: `$HF_TOKEN`, else the file `huggingface-cli login`

@@ -157,13 +157,27 @@ fn shrink_file(path: &Path, rows: usize) {
 pub fn write_model(dir: &Path, config: &serde_json::Value, tensors: &[(String, Vec<usize>)]) {
     fs::create_dir_all(dir).unwrap();
     fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let filled: Vec<(String, Vec<usize>, Vec<f32>)> = tensors
+        .iter()
+        .enumerate()
+        .map(|(t, (name, shape))| (name.clone(), shape.clone(), pattern(t, shape)))
+        .collect();
+    write_safetensors(&dir.join("model.safetensors"), &filled);
+}
+
+/// Values in [-0.5, 0.5) that differ per `seed` and element.
+pub fn pattern(seed: usize, shape: &[usize]) -> Vec<f32> {
+    (0..shape.iter().product::<usize>())
+        .map(|e| ((seed * 131 + e * 17) % 97) as f32 / 97.0 - 0.5)
+        .collect()
+}
+
+/// Writes a float32 safetensors file of (name, shape, values).
+pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]) {
     let (mut header, mut data) = (serde_json::Map::new(), Vec::new());
-    for (t, (name, shape)) in tensors.iter().enumerate() {
+    for (name, shape, values) in tensors {
         let start = data.len();
-        for e in 0..shape.iter().product::<usize>() {
-            let value = ((t * 131 + e * 17) % 97) as f32 / 97.0 - 0.5;
-            data.extend_from_slice(&value.to_le_bytes());
-        }
+        values.iter().for_each(|v| data.extend_from_slice(&v.to_le_bytes()));
         header.insert(
             name.clone(),
             serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [start, data.len()]}),
@@ -174,5 +188,5 @@ pub fn write_model(dir: &Path, config: &serde_json::Value, tensors: &[(String, V
     let mut out = (text.len() as u64).to_le_bytes().to_vec();
     out.extend(text);
     out.extend(data);
-    fs::write(dir.join("model.safetensors"), out).unwrap();
+    fs::write(path, out).unwrap();
 }

@@ -9,5 +9,6 @@ mod errors;
 mod gguf;
 mod gguf_merge;
 mod hub;
+mod lora;
 mod methods;
 mod seed;
