@@ -160,19 +160,13 @@ fn sparsify(
     let keep: Vec<bool> = match how {
         Sparsifier::Magnitude => {
             let k = ((task.density as f64 * n as f64) as usize).max(1);
-            let order = by_magnitude(delta, true);
-            let mut keep = vec![false; n];
-            order[..k.min(n)].iter().for_each(|&i| keep[i] = true);
-            keep
+            largest(delta, k)
         }
         Sparsifier::MagnitudeOutliers => {
             let target = (task.density as f64 * n as f64) as usize;
             let top = (task.gamma as f64 * n as f64) as usize;
             let bottom = n.saturating_sub(target + top);
-            let order = by_magnitude(delta, false);
-            let mut keep = vec![false; n];
-            order[bottom..(bottom + target).min(n)].iter().for_each(|&i| keep[i] = true);
-            keep
+            ascending_ranks(delta, bottom, (bottom + target).min(n))
         }
         Sparsifier::Random => (0..n).map(|_| rng.next_f64() < f64::from(task.density)).collect(),
         Sparsifier::DellaMagprune => della_keep(delta, task, cols, rng),
@@ -180,15 +174,69 @@ fn sparsify(
     delta.iter().zip(keep).map(|(d, k)| if k { *d } else { 0.0 }).collect()
 }
 
-/// Indices ordered by magnitude (descending or ascending); equal magnitudes keep index
-/// order, where torch's sort leaves them in an unspecified order.
-fn by_magnitude(delta: &[f32], descending: bool) -> Vec<usize> {
+/// The `k` elements of largest magnitude, equal magnitudes taken in index order (as a
+/// stable descending sort would), found by selection in linear time.
+fn largest(delta: &[f32], k: usize) -> Vec<bool> {
+    let n = delta.len();
+    if k >= n {
+        return vec![true; n];
+    }
+    let mut mags: Vec<f32> = delta.iter().map(|d| d.abs()).collect();
+    let (_, cut, _) = mags.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+    let cut = *cut;
+    let above = delta.iter().filter(|d| d.abs().total_cmp(&cut).is_gt()).count();
+    let mut equal_places = k - above;
+    delta
+        .iter()
+        .map(|d| match d.abs().total_cmp(&cut) {
+            std::cmp::Ordering::Greater => true,
+            std::cmp::Ordering::Equal if equal_places > 0 => {
+                equal_places -= 1;
+                true
+            }
+            _ => false,
+        })
+        .collect()
+}
+
+/// The elements whose rank in a stable ascending sort by magnitude lies in
+/// `from..to`, found by selection in linear time.
+fn ascending_ranks(delta: &[f32], from: usize, to: usize) -> Vec<bool> {
+    let n = delta.len();
+    if from >= to {
+        return vec![false; n];
+    }
+    let mut mags: Vec<f32> = delta.iter().map(|d| d.abs()).collect();
+    let low = *mags.select_nth_unstable_by(from, f32::total_cmp).1;
+    let high = *mags.select_nth_unstable_by(to - 1, f32::total_cmp).1;
+    // Stable ranks of the next element equal to `low` / `high`, in index order.
+    let below = |v: f32| delta.iter().filter(|d| d.abs().total_cmp(&v).is_lt()).count();
+    let (mut low_rank, mut high_rank) = (below(low), below(high));
+    delta
+        .iter()
+        .map(|d| {
+            let m = d.abs();
+            let rank = if m.total_cmp(&low).is_eq() {
+                low_rank += 1;
+                low_rank - 1
+            } else if m.total_cmp(&high).is_eq() {
+                high_rank += 1;
+                high_rank - 1
+            } else if m.total_cmp(&low).is_gt() && m.total_cmp(&high).is_lt() {
+                from
+            } else {
+                n
+            };
+            (from..to).contains(&rank)
+        })
+        .collect()
+}
+
+/// Indices in ascending order of magnitude; equal magnitudes keep index order, where
+/// torch's sort leaves them in an unspecified order.
+fn by_magnitude(delta: &[f32]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..delta.len()).collect();
-    order.sort_by(|&a, &b| {
-        let (x, y) = (delta[a].abs(), delta[b].abs());
-        let ord = x.total_cmp(&y);
-        if descending { ord.reverse() } else { ord }
-    });
+    order.sort_by(|&a, &b| delta[a].abs().total_cmp(&delta[b].abs()));
     order
 }
 
@@ -199,7 +247,7 @@ fn della_keep(delta: &[f32], task: &TaskInput, cols: usize, rng: &mut SplitMix64
     let mut keep = vec![false; delta.len()];
     for start in (0..delta.len()).step_by(cols.max(1)) {
         let row = &delta[start..(start + cols).min(delta.len())];
-        let order = by_magnitude(row, false);
+        let order = by_magnitude(row);
         let last = (row.len().max(2) - 1) as f64;
         let mut rank = vec![0usize; row.len()];
         order.iter().enumerate().for_each(|(r, &i)| rank[i] = r);
@@ -281,6 +329,35 @@ mod tests {
         // Element 0: both positive, mean 1.5. Element 1: sum +2, only b agrees: 3.
         // Element 2: sum 0 counts as positive, only a agrees: 0.5.
         assert_eq!(out, vec![1.5, 3.0, 0.5]);
+    }
+
+    #[test]
+    fn selection_equals_a_stable_sort() {
+        let mut rng = SplitMix64(7);
+        for case in 0..200 {
+            let n = 1 + case % 37;
+            // Few distinct magnitudes, both signs: ties everywhere.
+            let delta: Vec<f32> = (0..n)
+                .map(|_| {
+                    (rng.next_u64() % 5) as f32 * if rng.next_f64() < 0.5 { -1.0 } else { 1.0 }
+                })
+                .collect();
+            let ascending = by_magnitude(&delta);
+            let mut descending: Vec<usize> = (0..n).collect();
+            descending.sort_by(|&a, &b| delta[b].abs().total_cmp(&delta[a].abs()));
+            for k in 1..=n {
+                let mut want = vec![false; n];
+                descending[..k].iter().for_each(|&i| want[i] = true);
+                assert_eq!(largest(&delta, k), want, "{delta:?} k={k}");
+            }
+            for from in 0..=n {
+                for to in from..=n {
+                    let mut want = vec![false; n];
+                    ascending[from..to].iter().for_each(|&i| want[i] = true);
+                    assert_eq!(ascending_ranks(&delta, from, to), want, "{delta:?} {from}..{to}");
+                }
+            }
+        }
     }
 
     #[test]
