@@ -371,6 +371,11 @@ mod tests {
             sparsify(&[1.0, 2.0], &zero, Sparsifier::Magnitude, 2, &mut SplitMix64(1)),
             vec![0.0, 0.0]
         );
+        // Density 1 keeps everything, whatever the sparsifier.
+        let all = task(1, 1.0, 1.0);
+        for how in [Sparsifier::Magnitude, Sparsifier::Random, Sparsifier::MagnitudeOutliers] {
+            assert_eq!(sparsify(&[1.0, -2.0], &all, how, 2, &mut SplitMix64(1)), vec![1.0, -2.0]);
+        }
     }
 
     #[test]

@@ -513,6 +513,31 @@ mod tests {
     }
 
     #[test]
+    fn sce_by_hand() {
+        let inputs = [vec![0.0; 4], vec![1.0, -1.0, 2.0, 0.0], vec![3.0, 1.0, -1.0, 0.0]];
+        // Weights mean(tau^2): 1.5 and 2.75, normalised. Element 0: both positive, weighted
+        // mean; 1: sum 0 counts as positive, so only +1; 2: sum 1, only +2; 3: nothing.
+        let (c1, c2) = (1.5 / 4.25, 2.75 / 4.25);
+        let expected = [(c1 + 3.0 * c2) / (c1 + c2), 1.0, 2.0, 0.0];
+        let out = sce(&inputs, 0, 1.0, |_| true);
+        assert!(out.iter().zip(expected).all(|(a, b)| (f64::from(*a) - b).abs() < 1e-6), "{out:?}");
+        // select_topk 0.5 of 3 non-zero variances keeps one position: element 2 (2.25).
+        assert_eq!(sce(&inputs, 0, 0.5, |_| true), [0.0, 0.0, 2.0, 0.0]);
+        assert_eq!(sce(&inputs[..1], 0, 0.5, |_| true), [0.0; 4], "no task vectors");
+    }
+
+    #[test]
+    fn arcee_fusion_keeps_only_the_outlier_change() {
+        // One row: importance is |change| times the row's KL divergence, so the
+        // threshold is median + 1.5 IQR of the changes: 0.4 + 1.5 * (0.6 - 0.2) = 1.0.
+        let b = vec![0.0f32; 8];
+        let x = vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 5.0];
+        let out = arcee_fusion(&b, &x, 8, 0);
+        assert_eq!(out, [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 5.0]);
+        assert_eq!(arcee_fusion(&b, &b, 8, 0), b, "no change, nothing kept");
+    }
+
+    #[test]
     fn karcher_of_equal_norm_orthogonal_vectors_bisects() {
         let out = karcher(&[vec![1.0, 0.0], vec![0.0, 1.0]], 20, 1e-7);
         let h = std::f32::consts::FRAC_1_SQRT_2;
