@@ -567,7 +567,11 @@ fn tokenizer_fields(map: &Mapping, cx: &mut Context) -> Result<(Option<String>, 
     };
     let chat_template = match map.get("chat_template") {
         None | Some(Yaml::Null) => None,
-        Some(Yaml::String(s)) => Some(s.clone()),
+        Some(Yaml::String(s)) => {
+            crate::chat_template::validate(s)
+                .map_err(|e| MergeError::config("chat_template", e))?;
+            Some(s.clone())
+        }
         Some(other) => {
             return Err(MergeError::config(
                 "chat_template",

@@ -4,6 +4,7 @@
 
 pub mod arch;
 pub mod card;
+pub mod chat_template;
 pub mod config;
 pub mod error;
 pub mod execute;

@@ -9,6 +9,7 @@ use amalgam_tensors::hub;
 use serde_json::{Map, Value};
 
 use crate::card::{self, CardInput, CardModel};
+use crate::chat_template;
 use crate::config::{Diagnostics, MergeConfig};
 use crate::error::{MergeError, Result};
 use crate::execute::{self, Progress};
@@ -196,12 +197,24 @@ pub fn run_config(
     }
     let donor = &folders[plan.donor];
     output::write_json(&staging.path.join("config.json"), &Value::Object(out_config))?;
-    if options.copy_tokenizer && output::copy_tokenizer(donor, &staging.path)?.is_empty() {
+    let copied = if options.copy_tokenizer {
+        output::copy_tokenizer(donor, &staging.path)?
+    } else {
+        Vec::new()
+    };
+    if options.copy_tokenizer && copied.is_empty() {
         reporter.warn(&format!(
             "{} has no tokenizer (tokenizer_config.json with tokenizer.json or tokenizer.model); \
              the output has none either: copy one in before using the model",
             models[plan.donor]
         ));
+    }
+    if let Some(template) = chat_template(&config, &folders, reporter) {
+        if copied.is_empty() {
+            reporter.warn("chat_template: the output has no tokenizer, so the template is dropped");
+        } else {
+            chat_template::apply(&staging.path, &template)?;
+        }
     }
     if options.write_model_card {
         let card = CardContext { config: &config, text, plan: &plan, config_notes: &config_notes };
@@ -257,7 +270,12 @@ fn merge_to_gguf(
         split_max: options.split_max_size,
         detect_pre: options.detect_pre,
     };
-    let (metadata, tensors) = to_gguf::prepare(&out, bound, reporter)?;
+    let (mut metadata, tensors) = to_gguf::prepare(&out, bound, reporter)?;
+    if let Some(template) = chat_template(config, models, reporter) {
+        let key = "tokenizer.chat_template";
+        metadata.retain(|(k, _)| k != key);
+        metadata.push((key.to_owned(), amalgam_gguf::Value::String(template)));
+    }
     let bytes: u64 = tensors.iter().map(|t| t.spec.size()).sum();
     let file = out_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let summary = Summary {
@@ -293,7 +311,7 @@ impl Catalog for Folders<'_> {
     }
 }
 
-/// Tokenizer merging and chat templates come later; say what happens meanwhile.
+/// Tokenizer merging comes later; say what happens meanwhile.
 fn warn_tokenizer_settings(config: &MergeConfig, reporter: &dyn Reporter) {
     if let Some(source) = &config.tokenizer_source {
         reporter.warn(&format!(
@@ -303,12 +321,20 @@ fn warn_tokenizer_settings(config: &MergeConfig, reporter: &dyn Reporter) {
              mismatch on the embeddings"
         ));
     }
-    if config.chat_template.is_some() {
-        reporter.warn(
-            "chat_template is not applied yet: the output keeps the base (or first) model's \
-             template",
-        );
+}
+
+/// The config's chat template, resolved against the input models (`auto` votes).
+fn chat_template(
+    config: &MergeConfig,
+    models: &[Model],
+    reporter: &dyn Reporter,
+) -> Option<String> {
+    let value = config.chat_template.as_deref()?;
+    let template = chat_template::resolve(value, models);
+    if template.is_none() {
+        reporter.warn("chat_template: auto, but no input model has a chat template; none is set");
     }
+    template
 }
 
 /// Refuses an output path that is a file, or a non-empty folder without `--force`.

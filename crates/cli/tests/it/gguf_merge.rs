@@ -273,3 +273,26 @@ fn whole_tensor_methods_write_the_same_gguf_in_one_pass() {
         a.iter().zip(&b).filter(|(x, y)| x != y).map(|(x, _)| &x.0).collect();
     assert!(differing.is_empty(), "one-pass and two-pass differ in {differing:?}");
 }
+
+#[test]
+fn config_chat_template_reaches_the_gguf_either_way() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = self_merge_config(tmp.path(), &data().join("gguf/tiny-kq"));
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("chat_template: llama3\n");
+    std::fs::write(&config, text).unwrap();
+    let llama3 = amalgam_merge::chat_template::BUILT_IN[2].1;
+
+    let direct = tmp.path().join("direct.gguf");
+    let flags = ["--quant", "Q8_0", "--quiet", "--tokenizer-pre", "llama-bpe"];
+    run_ok(amalgam().arg("merge").arg(&config).arg(&direct).args(flags));
+    let folder = tmp.path().join("merged");
+    run_ok(amalgam().arg("merge").arg(&config).arg(&folder).arg("--quiet"));
+    let two_step = tmp.path().join("two-step.gguf");
+    run_ok(amalgam().arg("quantize").arg(&folder).arg(&two_step).args(flags));
+    for path in [&direct, &two_step] {
+        let file = GgufFile::open(path).unwrap();
+        let template = file.header.get("tokenizer.chat_template");
+        assert_eq!(template, Some(&Value::String(llama3.to_owned())), "{}", path.display());
+    }
+}

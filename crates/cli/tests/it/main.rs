@@ -12,3 +12,4 @@ mod hub;
 mod lora;
 mod methods;
 mod seed;
+mod templates;
