@@ -24,9 +24,55 @@ pub struct MergeConfig {
     pub parameters: Params,
     pub dtype: Option<DType>,
     pub out_dtype: Option<DType>,
-    /// `tokenizer_source` or `tokenizer.source`, as written.
-    pub tokenizer_source: Option<String>,
+    /// `tokenizer_source`, or the `tokenizer:` section.
+    pub tokenizer: Option<TokenizerConfig>,
     pub chat_template: Option<String>,
+}
+
+/// How the output vocabulary is built and the embeddings aligned to it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenizerConfig {
+    pub source: VocabSource,
+    /// Per-token settings, in config order.
+    pub tokens: Vec<(String, TokenSetting)>,
+    pub pad_to_multiple_of: Option<usize>,
+}
+
+/// Where the output vocabulary comes from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum VocabSource {
+    /// The base model's tokenizer plus every other model's tokens.
+    Union,
+    /// The base model's tokenizer.
+    Base,
+    /// This model's tokenizer.
+    Model(ModelRef),
+}
+
+/// A `tokens:` entry: where the token's embedding row comes from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenSetting {
+    pub source: Option<RowSource>,
+    /// Use `source` even for models that have the token.
+    pub force: bool,
+}
+
+/// An embedding row chosen in the config.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RowSource {
+    /// This model's row for the same token.
+    Model(ModelRef),
+    /// This model's row for another token, by text or id.
+    ModelToken { model: ModelRef, token: TokenRef },
+    /// A row of zeros.
+    Zero,
+}
+
+/// A token named by its text or its id in a model's vocabulary.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TokenRef {
+    Text(String),
+    Id(usize),
 }
 
 /// One output slice: layers taken in step from each source.
@@ -117,7 +163,7 @@ impl MergeConfig {
             (parse_slices(map, &mut cx)?, false)
         };
         let parameters = params(map.get("parameters"), "parameters", &mut cx)?;
-        let (tokenizer_source, chat_template) = tokenizer_fields(map, &mut cx)?;
+        let (tokenizer, chat_template) = tokenizer_fields(map, &mut cx)?;
         Ok(MergeConfig {
             merge_method,
             slices,
@@ -126,7 +172,7 @@ impl MergeConfig {
             parameters,
             dtype: dtype(map, "dtype")?,
             out_dtype: dtype(map, "out_dtype")?,
-            tokenizer_source,
+            tokenizer,
             chat_template,
         })
     }
@@ -539,7 +585,10 @@ fn conditional(value: &Yaml, location: &str) -> Result<Conditional> {
 
 /// `tokenizer_source`, `tokenizer` and `chat_template`: parsed and checked here, applied
 /// by the merge run.
-fn tokenizer_fields(map: &Mapping, cx: &mut Context) -> Result<(Option<String>, Option<String>)> {
+fn tokenizer_fields(
+    map: &Mapping,
+    cx: &mut Context,
+) -> Result<(Option<TokenizerConfig>, Option<String>)> {
     let legacy = map.get("tokenizer_source").filter(|v| !v.is_null());
     let section = map.get("tokenizer").filter(|v| !v.is_null());
     if legacy.is_some() && section.is_some() {
@@ -548,21 +597,13 @@ fn tokenizer_fields(map: &Mapping, cx: &mut Context) -> Result<(Option<String>, 
             "Cannot specify both tokenizer_source and tokenizer",
         ));
     }
-    let source = match (legacy, section) {
-        (Some(v), _) => Some(tokenizer_source(v, "tokenizer_source")?),
-        (None, Some(v)) => {
-            let m = mapping(v, "tokenizer")?;
-            check_keys(
-                m,
-                &["source", "tokens", "pad_to_multiple_of"],
-                "tokenizer",
-                cx.diagnostics,
-            )?;
-            match m.get("source").filter(|v| !v.is_null()) {
-                Some(s) => Some(tokenizer_source(s, "tokenizer.source")?),
-                None => Some("union".to_owned()),
-            }
-        }
+    let tokenizer = match (legacy, section) {
+        (Some(v), _) => Some(TokenizerConfig {
+            source: vocab_source(v, "tokenizer_source")?,
+            tokens: Vec::new(),
+            pad_to_multiple_of: None,
+        }),
+        (None, Some(v)) => Some(tokenizer_section(v, cx)?),
         (None, None) => None,
     };
     let chat_template = match map.get("chat_template") {
@@ -579,13 +620,106 @@ fn tokenizer_fields(map: &Mapping, cx: &mut Context) -> Result<(Option<String>, 
             ));
         }
     };
-    Ok((source, chat_template))
+    Ok((tokenizer, chat_template))
 }
 
-fn tokenizer_source(value: &Yaml, location: &str) -> Result<String> {
-    match value {
-        Yaml::String(s) => Ok(s.clone()),
-        other => model_ref(other, location).map(|m| m.to_string()),
+/// The `tokenizer:` section: `source` (default `union`), `tokens`, `pad_to_multiple_of`.
+fn tokenizer_section(value: &Yaml, cx: &mut Context) -> Result<TokenizerConfig> {
+    let m = mapping(value, "tokenizer")?;
+    check_keys(m, &["source", "tokens", "pad_to_multiple_of"], "tokenizer", cx.diagnostics)?;
+    let source = match m.get("source").filter(|v| !v.is_null()) {
+        Some(s) => vocab_source(s, "tokenizer.source")?,
+        None => VocabSource::Union,
+    };
+    let pad_to_multiple_of = match m.get("pad_to_multiple_of").filter(|v| !v.is_null()) {
+        Some(v) => match v.as_u64() {
+            Some(n) if n > 0 => Some(n as usize),
+            _ => {
+                return Err(MergeError::config(
+                    "tokenizer.pad_to_multiple_of",
+                    "expected a positive integer",
+                ));
+            }
+        },
+        None => None,
+    };
+    let mut tokens = Vec::new();
+    if let Some(v) = m.get("tokens").filter(|v| !v.is_null()) {
+        for (key, setting) in mapping(v, "tokenizer.tokens")? {
+            let Some(token) = key.as_str() else {
+                return Err(MergeError::config("tokenizer.tokens", "token keys must be strings"));
+            };
+            let location = format!("tokenizer.tokens[{token:?}]");
+            tokens.push((token.to_owned(), token_setting(setting, &location, cx)?));
+        }
+    }
+    Ok(TokenizerConfig { source, tokens, pad_to_multiple_of })
+}
+
+fn token_setting(value: &Yaml, location: &str, cx: &mut Context) -> Result<TokenSetting> {
+    let m = mapping(value, location)?;
+    check_keys(m, &["source", "force"], location, cx.diagnostics)?;
+    let force = match m.get("force") {
+        None | Some(Yaml::Null) => false,
+        Some(Yaml::Bool(b)) => *b,
+        Some(other) => {
+            return Err(MergeError::config(
+                format!("{location}.force"),
+                format!("expected true or false, found {}", kind(other)),
+            ));
+        }
+    };
+    let source = match m.get("source").filter(|v| !v.is_null()) {
+        Some(s) => Some(row_source(s, &format!("{location}.source"), cx)?),
+        None => None,
+    };
+    Ok(TokenSetting { source, force })
+}
+
+/// A token's row source: a model reference, `{kind: zero}`, or
+/// `{kind: model_token, model, token | token_id}`.
+fn row_source(value: &Yaml, location: &str, cx: &mut Context) -> Result<RowSource> {
+    let Some(m) = value.as_mapping().filter(|m| m.get("kind").is_some()) else {
+        return model_ref(value, location).map(RowSource::Model);
+    };
+    match m.get("kind").and_then(Yaml::as_str) {
+        Some("zero") => {
+            check_keys(m, &["kind"], location, cx.diagnostics)?;
+            Ok(RowSource::Zero)
+        }
+        Some("model_token") => {
+            check_keys(m, &["kind", "model", "token", "token_id"], location, cx.diagnostics)?;
+            let model_value = m
+                .get("model")
+                .ok_or_else(|| MergeError::config(location, "`model` is required"))?;
+            let model = model_ref(model_value, &format!("{location}.model"))?;
+            let token = match (
+                m.get("token").and_then(Yaml::as_str),
+                m.get("token_id").and_then(Yaml::as_u64),
+            ) {
+                (Some(text), None) => TokenRef::Text(text.to_owned()),
+                (None, Some(id)) => TokenRef::Id(id as usize),
+                _ => {
+                    return Err(MergeError::config(
+                        location,
+                        "give exactly one of `token` (text) or `token_id` (a number)",
+                    ));
+                }
+            };
+            Ok(RowSource::ModelToken { model, token })
+        }
+        other => Err(MergeError::config(
+            format!("{location}.kind"),
+            format!("unknown kind {other:?}; expected zero or model_token"),
+        )),
+    }
+}
+
+fn vocab_source(value: &Yaml, location: &str) -> Result<VocabSource> {
+    match value.as_str() {
+        Some("union") => Ok(VocabSource::Union),
+        Some("base") => Ok(VocabSource::Base),
+        _ => model_ref(value, location).map(VocabSource::Model),
     }
 }
 

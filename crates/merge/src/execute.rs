@@ -13,7 +13,8 @@ use rayon::prelude::*;
 use crate::error::{MergeError, Result};
 use crate::methods::{Kernel, Stats};
 use crate::plan::{Plan, TensorPlan};
-use crate::source::{Input, Model};
+use crate::source::{AlignedSet, Input, Model};
+use crate::vocab::Vocabulary;
 
 /// Elements merged per work item: small enough that a few buffers per thread stay in
 /// cache, large enough that per-chunk overhead vanishes.
@@ -39,7 +40,7 @@ pub trait Progress: Sync {
 
 /// What binding needs from the config and options.
 #[derive(Clone, Copy, Debug)]
-pub struct BindOptions {
+pub struct BindOptions<'v> {
     /// The config's `dtype` (inputs are cast to it) and `out_dtype`.
     pub dtype: Option<DType>,
     pub out_dtype: Option<DType>,
@@ -48,13 +49,16 @@ pub struct BindOptions {
     /// `--unsafe-truncate-embeddings`: cut vocabulary-indexed weights of differing
     /// vocabularies to the smallest one instead of failing.
     pub truncate_vocab: bool,
+    /// The merged vocabulary that vocabulary-indexed weights are aligned to, when the
+    /// config has a tokenizer section.
+    pub vocab: Option<&'v Vocabulary>,
 }
 
 /// Binds every planned tensor, checking that its inputs agree in shape.
 pub fn bind<'a>(
     plan: &'a Plan,
     models: &'a [Model],
-    options: BindOptions,
+    options: BindOptions<'a>,
 ) -> Result<Vec<Bound<'a>>> {
     plan.tensors.iter().map(|t| bind_one(plan, t, models, options)).collect()
 }
@@ -63,9 +67,9 @@ fn bind_one<'a>(
     plan: &Plan,
     tensor: &'a TensorPlan,
     models: &'a [Model],
-    options: BindOptions,
+    options: BindOptions<'a>,
 ) -> Result<Bound<'a>> {
-    let BindOptions { dtype, out_dtype, seed, truncate_vocab } = options;
+    let BindOptions { dtype, out_dtype, seed, truncate_vocab, vocab } = options;
     let mut inputs = Vec::with_capacity(tensor.inputs.len());
     for input in &tensor.inputs {
         let found = models[input.model].tensor(&input.tensor)?.ok_or_else(|| {
@@ -75,6 +79,10 @@ fn bind_one<'a>(
             ))
         })?;
         inputs.push(found);
+    }
+    if let (Some(vocab), Some(0)) = (vocab, tensor.vocab_axis) {
+        let merge_index: Vec<usize> = tensor.inputs.iter().map(|i| i.model).collect();
+        inputs = AlignedSet::align(&tensor.name, inputs, &merge_index, vocab)?;
     }
     let mut shape = inputs[0].shape().to_vec();
     if inputs.iter().any(|i| i.shape() != shape) {
@@ -109,10 +117,9 @@ fn size_mismatch(plan: &Plan, tensor: &TensorPlan, inputs: &[Input]) -> MergeErr
         .collect();
     let hint = if tensor.vocab_axis.is_some() {
         " The models have different vocabulary sizes. Either align them with a tokenizer \
-         section (`tokenizer_source: union`, `base` or a model; amalgam does not build \
-         merged tokenizers yet, mergekit does), or pass --unsafe-truncate-embeddings to cut \
-         every vocabulary-indexed weight to the smallest vocabulary (tokens past it lose \
-         their rows)."
+         section (`tokenizer_source: union`, `base` or a model), or pass \
+         --unsafe-truncate-embeddings to cut every vocabulary-indexed weight to the smallest \
+         vocabulary (tokens past it lose their rows)."
     } else {
         " The models are not the same size; only models of one shape can be merged."
     };

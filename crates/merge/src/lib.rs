@@ -19,6 +19,7 @@ pub mod resolve;
 pub mod run;
 pub mod source;
 pub mod to_gguf;
+pub mod vocab;
 
 pub use config::{Diagnostics, MergeConfig};
 pub use error::{MergeError, Result};

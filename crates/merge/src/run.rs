@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 use crate::card::{self, CardInput, CardModel};
 use crate::chat_template;
 use crate::config::{Diagnostics, MergeConfig};
+use crate::config::{TokenizerConfig, VocabSource};
 use crate::error::{MergeError, Result};
 use crate::execute::{self, Progress};
 use crate::output;
@@ -18,6 +19,7 @@ use crate::plan::{self, Catalog, Plan};
 use crate::resolve::Resolver;
 use crate::source::Model;
 use crate::to_gguf::{self, GgufOutput};
+use crate::vocab::{self, ModelTokenizer, Vocabulary};
 
 /// mergekit-yaml's options, where they mean something here.
 #[derive(Clone, Debug)]
@@ -99,7 +101,6 @@ pub fn run_config(
     for w in &diagnostics.warnings {
         reporter.warn(&format!("{label}: {w}"));
     }
-    warn_tokenizer_settings(&config, reporter);
     let gguf = to_gguf::is_gguf_path(out_dir);
     if !options.dry_run && !gguf {
         check_output(out_dir, options.force)?;
@@ -124,14 +125,29 @@ pub fn run_config(
     for note in &plan.notes {
         reporter.warn(note);
     }
+    let vocabulary = match &config.tokenizer {
+        Some(_) if gguf => {
+            return Err(MergeError::Unsupported(
+                "a tokenizer section with a .gguf output is not supported yet; merge to a \
+                 folder, then `amalgam quantize` it"
+                    .into(),
+            ));
+        }
+        Some(tokenizer) => {
+            Some(merged_vocabulary(tokenizer, &plan, &folders, &resolver, reporter)?)
+        }
+        None => None,
+    };
     let bind = execute::BindOptions {
         dtype: config.dtype,
         out_dtype: config.out_dtype,
         seed: options.random_seed,
         truncate_vocab: options.truncate_vocab,
+        vocab: vocabulary.as_ref(),
     };
     let bound = execute::bind(&plan, &folders, bind)?;
-    let vocab_size = truncated_vocab(&bound, reporter);
+    let vocab_size =
+        vocabulary.as_ref().map(|v| v.padded).or_else(|| truncated_vocab(&bound, reporter));
     let mut config_notes = Vec::new();
     let out_config = output::output_config(
         folders[plan.donor].config(),
@@ -197,10 +213,10 @@ pub fn run_config(
     }
     let donor = &folders[plan.donor];
     output::write_json(&staging.path.join("config.json"), &Value::Object(out_config))?;
-    let copied = if options.copy_tokenizer {
-        output::copy_tokenizer(donor, &staging.path)?
-    } else {
-        Vec::new()
+    let copied = match &vocabulary {
+        Some(v) => write_tokenizer(v, donor, &staging.path)?,
+        None if options.copy_tokenizer => output::copy_tokenizer(donor, &staging.path)?,
+        None => Vec::new(),
     };
     if options.copy_tokenizer && copied.is_empty() {
         reporter.warn(&format!(
@@ -311,16 +327,88 @@ impl Catalog for Folders<'_> {
     }
 }
 
-/// Tokenizer merging comes later; say what happens meanwhile.
-fn warn_tokenizer_settings(config: &MergeConfig, reporter: &dyn Reporter) {
-    if let Some(source) = &config.tokenizer_source {
+/// Builds the merged vocabulary from the models' tokenizers (and a `source:` model's).
+fn merged_vocabulary(
+    tokenizer: &TokenizerConfig,
+    plan: &Plan,
+    models: &[Model],
+    resolver: &Resolver,
+    reporter: &dyn Reporter,
+) -> Result<Vocabulary> {
+    let tokenizers: Vec<Option<ModelTokenizer>> = models
+        .iter()
+        .map(|m| model_tokenizer(|name| m.tokenizer_file(name), m.config()))
+        .collect::<Result<_>>()?;
+    for (model, t) in plan.models.iter().zip(&tokenizers) {
+        if t.is_none() {
+            reporter.warn(&format!(
+                "{model} has no tokenizer.json; its vocabulary is taken to be the base model's"
+            ));
+        }
+    }
+    let source = match &tokenizer.source {
+        VocabSource::Model(model) => {
+            let folder = resolver.locate(model)?.folder;
+            let read = |name: &str| fs::read(folder.join(name)).ok();
+            let config = fs::read(folder.join("config.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Map<String, Value>>(&b).ok())
+                .unwrap_or_default();
+            Some(model_tokenizer(read, &config)?.ok_or_else(|| MergeError::Model {
+                model: model.to_string(),
+                message: "has no tokenizer.json to take the vocabulary from".into(),
+            })?)
+        }
+        _ => None,
+    };
+    let vocab = vocab::build(tokenizer, &plan.models, &tokenizers, plan.donor, source.as_ref())?;
+    if !vocab.missing.is_empty() {
         reporter.warn(&format!(
-            "tokenizer source `{source}`: amalgam does not build merged tokenizers yet, so the \
-             tokenizer of the base (or first) model is copied. That matches mergekit when all \
-             models share one vocabulary; differing vocabularies stop the merge with a size \
-             mismatch on the embeddings"
+            "no input model has {} of the merged vocabulary's tokens (e.g. {:?}); their \
+             embedding rows are zero",
+            vocab.missing.len(),
+            vocab.missing[0]
         ));
     }
+    Ok(vocab)
+}
+
+/// A model's tokenizer from its files (`read` returns a file's bytes) and config.
+fn model_tokenizer(
+    read: impl Fn(&str) -> Option<Vec<u8>>,
+    config: &Map<String, Value>,
+) -> Result<Option<ModelTokenizer>> {
+    let Some(bytes) = read("tokenizer.json") else { return Ok(None) };
+    let json: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| MergeError::Output(format!("tokenizer.json does not parse as JSON: {e}")))?;
+    let tokenizer_config =
+        read("tokenizer_config.json").and_then(|b| serde_json::from_slice(&b).ok());
+    let size = crate::arch::lookup(config, "vocab_size")
+        .or_else(|| crate::arch::lookup(config, "text_config.vocab_size"))
+        .and_then(Value::as_u64)
+        .map(|n| n as usize);
+    let vocab_size = match size {
+        Some(n) => n,
+        None => vocab::full_vocab(&json).map(|v| v.len()).unwrap_or(0),
+    };
+    Ok(Some(ModelTokenizer { json, config: tokenizer_config, vocab_size }))
+}
+
+/// Writes the merged tokenizer (`tokenizer.json`, `tokenizer_config.json`, and the
+/// donor's `special_tokens_map.json`); returns the files written.
+fn write_tokenizer(vocab: &Vocabulary, donor: &Model, dir: &Path) -> Result<Vec<&'static str>> {
+    let mut written = vec!["tokenizer.json"];
+    output::write_json(&dir.join("tokenizer.json"), &vocab.tokenizer)?;
+    if let Some(config) = vocab::output_config(vocab) {
+        output::write_json(&dir.join("tokenizer_config.json"), &config)?;
+        written.push("tokenizer_config.json");
+    }
+    if let Some(bytes) = donor.tokenizer_file("special_tokens_map.json") {
+        let path = dir.join("special_tokens_map.json");
+        fs::write(&path, bytes).map_err(|e| MergeError::io("write", &path, e))?;
+        written.push("special_tokens_map.json");
+    }
+    Ok(written)
 }
 
 /// The config's chat template, resolved against the input models (`auto` votes).

@@ -103,14 +103,14 @@ pub fn json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&fs::read_to_string(path).unwrap()).unwrap()
 }
 
-/// Cuts a model folder's vocabulary-indexed weights (`model.embed_tokens.weight`,
-/// `lm_head.weight`) to their first `rows` rows, rewriting its safetensors files and
-/// `vocab_size`, to make a model of a smaller vocabulary.
-pub fn shrink_vocab(dir: &Path, rows: usize) {
+/// Resizes a model folder's vocabulary-indexed weights (`model.embed_tokens.weight`,
+/// `lm_head.weight`) to `rows` rows — cut, or extended with rows of [`pattern`] values
+/// (seeded by the row index) — rewriting its safetensors files and `vocab_size`.
+pub fn resize_vocab(dir: &Path, rows: usize) {
     for entry in fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "safetensors") {
-            shrink_file(&path, rows);
+            resize_file(&path, rows);
         }
     }
     let config_path = dir.join("config.json");
@@ -119,7 +119,7 @@ pub fn shrink_vocab(dir: &Path, rows: usize) {
     fs::write(&config_path, config.to_string()).unwrap();
 }
 
-fn shrink_file(path: &Path, rows: usize) {
+fn resize_file(path: &Path, rows: usize) {
     let bytes = fs::read(path).unwrap();
     let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let header: serde_json::Map<String, serde_json::Value> =
@@ -134,14 +134,25 @@ fn shrink_file(path: &Path, rows: usize) {
             continue;
         }
         let [start, end] = [0, 1].map(|i| info["data_offsets"][i].as_u64().unwrap() as usize);
-        let mut tensor = &data[start..end];
+        let mut tensor = data[start..end].to_vec();
         if name == "model.embed_tokens.weight" || name == "lm_head.weight" {
             let old_rows = info["shape"][0].as_u64().unwrap() as usize;
-            tensor = &tensor[..tensor.len() / old_rows * rows];
+            let cols = info["shape"][1].as_u64().unwrap() as usize;
+            let dtype = match info["dtype"].as_str().unwrap() {
+                "BF16" => amalgam_tensors::DType::BF16,
+                "F16" => amalgam_tensors::DType::F16,
+                _ => amalgam_tensors::DType::F32,
+            };
+            tensor.truncate(tensor.len() / old_rows * rows.min(old_rows));
+            for row in old_rows..rows {
+                let mut bytes = vec![0u8; cols * dtype.size()];
+                amalgam_tensors::dtype::encode_f32(dtype, &pattern(row, &[cols]), &mut bytes);
+                tensor.extend(bytes);
+            }
             info["shape"][0] = rows.into();
         }
         info["data_offsets"] = serde_json::json!([new_data.len(), new_data.len() + tensor.len()]);
-        new_data.extend_from_slice(tensor);
+        new_data.extend_from_slice(&tensor);
         new_header.insert(name, info);
     }
     let mut text = serde_json::to_vec(&new_header).unwrap();

@@ -130,7 +130,7 @@ fn shapes_that_differ() {
 #[test]
 fn vocabularies_that_differ() {
     let s = Scratch::new();
-    shrink_vocab(&s.path("ft_a"), 500);
+    resize_vocab(&s.path("ft_a"), 500);
     let yaml = "merge_method: linear\nmodels:\n  - {model: base, parameters: {weight: 1}}\n  - {model: ft_a, parameters: {weight: 1}}\n";
     s.fails(
         yaml,

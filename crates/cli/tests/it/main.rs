@@ -13,3 +13,4 @@ mod lora;
 mod methods;
 mod seed;
 mod templates;
+mod vocab;

@@ -190,6 +190,7 @@ fn merge_and_bind(
             out_dtype: config.out_dtype,
             seed: 0,
             truncate_vocab: false,
+            vocab: None,
         },
     )
     .unwrap();
