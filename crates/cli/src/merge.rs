@@ -18,6 +18,18 @@ use crate::progress::Bar;
 /// no network access; models not in the cache are downloaded into it (set HF_TOKEN for
 /// gated models, HF_HUB_OFFLINE=1 to forbid downloads). The output is written beside
 /// OUT_DIR and renamed into place only when complete.
+///
+/// Methods: every mergekit method — linear, slerp, nuslerp, multislerp, karcher,
+/// passthrough, task_arithmetic, ties, dare_ties, dare_linear, breadcrumbs,
+/// breadcrumbs_ties, della, della_linear, sce, model_stock, nearswap, arcee_fusion, ram,
+/// ramplus_tl — with mergekit's parameters and defaults. Inputs may be `model+adapter`
+/// (a PEFT LoRA, applied as weights are read) and `.gguf` files; `tokenizer:` /
+/// `tokenizer_source:` and `chat_template:` work as in mergekit.
+///
+/// Where mergekit has a bug, amalgam does the right thing: arcee_fusion writes the
+/// configured dtype (mergekit writes float32, its issue #604), per-layer config lists such
+/// as `layer_types` follow the layers a slice config builds, and the donor of config.json
+/// and the tokenizer does not depend on Python's set order.
 #[derive(Args)]
 #[command(after_help = "mergekit-yaml flags with no meaning here (--cuda, --lazy-unpickle, \
     --low-cpu-memory, --read-to-gpu, --multi-gpu, --gpu-rich, --async-write, --clone-tensors, \
