@@ -155,11 +155,16 @@ fn resize_file(path: &Path, rows: usize) {
         new_data.extend_from_slice(&tensor);
         new_header.insert(name, info);
     }
-    let mut text = serde_json::to_vec(&new_header).unwrap();
+    write_raw(path, &new_header, &new_data);
+}
+
+/// Writes a safetensors file from its header and data.
+fn write_raw(path: &Path, header: &serde_json::Map<String, serde_json::Value>, data: &[u8]) {
+    let mut text = serde_json::to_vec(header).unwrap();
     text.resize(text.len().next_multiple_of(8), b' ');
     let mut out = (text.len() as u64).to_le_bytes().to_vec();
     out.extend(text);
-    out.extend(new_data);
+    out.extend(data);
     fs::write(path, out).unwrap();
 }
 
@@ -194,10 +199,5 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]
             serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [start, data.len()]}),
         );
     }
-    let mut text = serde_json::to_vec(&header).unwrap();
-    text.resize(text.len().next_multiple_of(8), b' ');
-    let mut out = (text.len() as u64).to_le_bytes().to_vec();
-    out.extend(text);
-    out.extend(data);
-    fs::write(path, out).unwrap();
+    write_raw(path, &header, &data);
 }
