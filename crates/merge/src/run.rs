@@ -126,13 +126,6 @@ pub fn run_config(
         reporter.warn(note);
     }
     let vocabulary = match &config.tokenizer {
-        Some(_) if gguf => {
-            return Err(MergeError::Unsupported(
-                "a tokenizer section with a .gguf output is not supported yet; merge to a \
-                 folder, then `amalgam quantize` it"
-                    .into(),
-            ));
-        }
         Some(tokenizer) => {
             Some(merged_vocabulary(tokenizer, &plan, &folders, &resolver, reporter)?)
         }
@@ -166,6 +159,7 @@ pub fn run_config(
             &plan,
             &bound,
             &out_config,
+            vocabulary.as_ref(),
             &folders,
             &located,
             out_dir,
@@ -267,6 +261,7 @@ fn merge_to_gguf(
     plan: &Plan,
     bound: &[execute::Bound],
     out_config: &Map<String, Value>,
+    vocabulary: Option<&Vocabulary>,
     models: &[Model],
     located: &[crate::resolve::Located],
     out_path: &Path,
@@ -285,6 +280,13 @@ fn merge_to_gguf(
         force: options.force,
         split_max: options.split_max_size,
         detect_pre: options.detect_pre,
+        merged_tokenizer: vocabulary.map(|v| amalgam_gguf::tokenizer::TokenizerFiles {
+            tokenizer: v.tokenizer.clone(),
+            sentencepiece: None,
+            config: vocab::output_config(v),
+            added_tokens: None,
+            chat_template_file: None,
+        }),
     };
     let (mut metadata, tensors) = to_gguf::prepare(&out, bound, reporter)?;
     if let Some(template) = chat_template(config, models, reporter) {

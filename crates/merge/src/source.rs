@@ -147,6 +147,14 @@ impl Model {
         })
     }
 
+    /// The model without its adapter, if it has one.
+    pub fn unadapted(&self) -> &Model {
+        match self {
+            Model::Adapted(base, _) => base.unadapted(),
+            other => other,
+        }
+    }
+
     /// A tokenizer file's bytes: read from a folder, or rebuilt from GGUF metadata.
     pub fn tokenizer_file(&self, name: &str) -> Option<Vec<u8>> {
         match self {

@@ -52,6 +52,8 @@ pub struct GgufOutput<'a> {
     pub split_max: Option<u64>,
     /// Finds the pre-tokenizer of a model folder by its probe encoding.
     pub detect_pre: Option<fn(&Path) -> Option<String>>,
+    /// A merged tokenizer (a config's tokenizer section), replacing the donor's.
+    pub merged_tokenizer: Option<tokenizer::TokenizerFiles>,
 }
 
 /// The GGUF tensors and metadata of a merge, without writing anything.
@@ -94,6 +96,14 @@ fn donor_tokenizer(
     vocab: usize,
     reporter: &dyn Reporter,
 ) -> Result<Vec<(String, Value)>> {
+    if let Some(files) = &out.merged_tokenizer {
+        // Adding tokens leaves the pre-tokenizer as it is: detect it on the donor's files.
+        let root = match donor.unadapted() {
+            Model::Folder(f) => Some(f.root()),
+            _ => None,
+        };
+        return folder_metadata(files, root, out, vocab, reporter);
+    }
     match donor {
         Model::Adapted(base, _) => donor_tokenizer(base, out, vocab, reporter),
         Model::Gguf(g) => Ok(g
@@ -109,21 +119,33 @@ fn donor_tokenizer(
                 reporter.warn("the base model has no tokenizer.json; the GGUF has no tokenizer and llama.cpp will not load it");
                 return Ok(Vec::new());
             };
-            let detected = out.detect_pre.and_then(|detect| detect(f.root()));
-            let pre = match out.tokenizer_pre.map(str::to_owned).or(detected) {
-                Some(p) => p,
-                None => {
-                    let guess = tokenizer::guess_pre(&files.tokenizer).unwrap_or("default");
-                    reporter.warn(&format!(
-                        "tokenizer.ggml.pre = {guess:?} was guessed from the pre-tokenizer definition; \
-                         pass --tokenizer-pre to set it"
-                    ));
-                    guess.to_owned()
-                }
-            };
-            Ok(tokenizer::metadata(&files, out.config, vocab, &pre)?)
+            folder_metadata(&files, Some(f.root()), out, vocab, reporter)
         }
     }
+}
+
+/// GGUF tokenizer metadata from Hugging Face tokenizer files, with `tokenizer.ggml.pre`
+/// from `--tokenizer-pre`, else detected on the folder `root`, else guessed.
+fn folder_metadata(
+    files: &tokenizer::TokenizerFiles,
+    root: Option<&Path>,
+    out: &GgufOutput,
+    vocab: usize,
+    reporter: &dyn Reporter,
+) -> Result<Vec<(String, Value)>> {
+    let detected = out.detect_pre.zip(root).and_then(|(detect, root)| detect(root));
+    let pre = match out.tokenizer_pre.map(str::to_owned).or(detected) {
+        Some(p) => p,
+        None => {
+            let guess = tokenizer::guess_pre(&files.tokenizer).unwrap_or("default");
+            reporter.warn(&format!(
+                "tokenizer.ggml.pre = {guess:?} was guessed from the pre-tokenizer definition; \
+                 pass --tokenizer-pre to set it"
+            ));
+            guess.to_owned()
+        }
+    };
+    Ok(tokenizer::metadata(files, out.config, vocab, &pre)?)
 }
 
 /// Merged rows, computed on demand for the GGUF writer. A tensor's statistics (for

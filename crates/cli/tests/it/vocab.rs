@@ -135,3 +135,20 @@ fn base_vocabulary_and_token_settings() {
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("base has no token \"<tool>\""), "{stderr}");
 }
+
+#[test]
+fn merged_vocabulary_reaches_a_gguf_output() {
+    let tmp = scratch();
+    let section = "tokenizer:\n  source: union\n  pad_to_multiple_of: 8";
+    let output = merge(tmp.path(), section, "out.gguf");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let file = amalgam_gguf::GgufFile::open(&tmp.path().join("out.gguf")).unwrap();
+    let Some(amalgam_gguf::Value::Array(_, tokens)) = file.header.get("tokenizer.ggml.tokens")
+    else {
+        panic!("no token list")
+    };
+    assert_eq!(tokens.len(), 520, "one token per embedding row, padding included");
+    for (i, token) in NEW.iter().enumerate() {
+        assert_eq!(tokens[512 + i], amalgam_gguf::Value::String((*token).into()));
+    }
+}
