@@ -351,6 +351,7 @@ fn gta(
         rescale,
         lambda: 1.0,
         seed,
+        working: amalgam_tensors::DType::F32,
     }
 }
 

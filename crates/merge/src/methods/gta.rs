@@ -3,6 +3,9 @@
 //! consensus are data. Task vectors `x_i - base` are sparsified, weighted, optionally
 //! sign-elected (TIES), summed, normalised, scaled by lambda and added to the base.
 
+use amalgam_tensors::DType;
+use amalgam_tensors::dtype::round_to;
+
 /// How task vectors are thinned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sparsifier {
@@ -41,15 +44,24 @@ pub struct Gta {
     pub lambda: f32,
     /// Seed of this tensor's random stream (from `--random-seed` and the tensor name).
     pub seed: u64,
+    /// The dtype mergekit computes in; every tensor operation's result is rounded to it.
+    pub working: DType,
 }
 
 impl Gta {
     /// Merges whole tensors (`cols` elements per row, for DELLA's row ranks).
+    ///
+    /// Each torch operation's result is rounded to the working dtype (a no-op in
+    /// float32): the task vectors, the weighted task vectors, the sums over models
+    /// (accumulated in f32), the normalisation, lambda and the final add.
     pub fn merge(&self, inputs: &[Vec<f32>], cols: usize) -> Vec<f32> {
+        let working = self.working;
+        let round = |x: f32| round_to(working, x);
         let base = &inputs[self.base];
         let mut deltas: Vec<Vec<f32>> = Vec::with_capacity(self.tasks.len());
         for (k, task) in self.tasks.iter().enumerate() {
-            let delta: Vec<f32> = inputs[task.index].iter().zip(base).map(|(x, b)| x - b).collect();
+            let delta: Vec<f32> =
+                inputs[task.index].iter().zip(base).map(|(x, b)| round(x - b)).collect();
             let mut rng =
                 SplitMix64(self.seed ^ (k as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
             let mut delta = match self.sparsifier {
@@ -60,38 +72,42 @@ impl Gta {
                 let original = inputs[task.index]
                     .iter()
                     .zip(base)
-                    .map(|(x, b)| f64::from((x - b).abs()))
+                    .map(|(x, b)| f64::from(round(x - b).abs()))
                     .sum::<f64>();
-                rescale_l1(&mut delta, original);
+                rescale_l1(&mut delta, original, working);
             }
-            delta.iter_mut().for_each(|d| *d *= task.weight);
+            // torch.tensor(weights, dtype=...) rounds the weights to the working dtype.
+            let weight = round(task.weight);
+            delta.iter_mut().for_each(|d| *d = round(*d * weight));
             deltas.push(delta);
         }
+        let weights: Vec<f32> = self.tasks.iter().map(|t| round(t.weight)).collect();
         let mut out = base.clone();
         for (e, o) in out.iter_mut().enumerate() {
             let (mut mixed, mut divisor) = (0f32, 0f32);
             let sign = deltas.iter().map(|d| d[e]).sum::<f32>() >= 0.0;
-            for (d, task) in deltas.iter().zip(&self.tasks) {
+            for (d, weight) in deltas.iter().zip(&weights) {
                 let v = d[e];
                 let agrees = v != 0.0 && (v > 0.0) == sign;
                 if !self.consensus || agrees {
                     mixed += v;
-                    divisor += task.weight;
+                    divisor += weight;
                 }
             }
+            let (mut mixed, divisor) = (round(mixed), round(divisor));
             let divisor = if self.consensus {
                 if divisor == 0.0 { 1.0 } else { divisor }
             } else {
-                let total: f32 = self.tasks.iter().map(|t| t.weight).sum();
+                let total = round(weights.iter().sum::<f32>());
                 if total.abs() < 1e-8 { 1.0 } else { total }
             };
             if self.normalize {
-                mixed /= divisor;
+                mixed = round(mixed / divisor);
             }
             if self.lambda != 1.0 {
-                mixed *= self.lambda;
+                mixed = round(mixed * self.lambda);
             }
-            *o += mixed;
+            *o = round(*o + mixed);
         }
         out
     }
@@ -260,14 +276,17 @@ fn della_keep(delta: &[f32], task: &TaskInput, cols: usize, rng: &mut SplitMix64
     keep
 }
 
-/// Scales `masked` so its L1 norm equals `original`, unless either is below 1e-7.
-fn rescale_l1(masked: &mut [f32], original: f64) {
-    let after: f64 = masked.iter().map(|v| f64::from(v.abs())).sum();
+/// Scales `masked` so its L1 norm equals `original`, unless either is below 1e-7; the
+/// norms, their ratio and the product are rounded to `working` as torch's are.
+fn rescale_l1(masked: &mut [f32], original: f64, working: DType) {
+    let round = |x: f32| round_to(working, x);
+    let after = round(masked.iter().map(|v| f64::from(v.abs())).sum::<f64>() as f32);
+    let original = round(original as f32);
     if original < 1e-7 || after < 1e-7 {
         return;
     }
-    let scale = (original / after) as f32;
-    masked.iter_mut().for_each(|v| *v *= scale);
+    let scale = round(original / after);
+    masked.iter_mut().for_each(|v| *v = round(*v * scale));
 }
 
 /// A small, fast, well-mixed generator; each tensor and model gets its own stream, so
@@ -316,7 +335,32 @@ mod tests {
             rescale: false,
             lambda: 1.0,
             seed: 7,
+            working: DType::F32,
         }
+    }
+
+    #[test]
+    fn bf16_rounds_like_the_task_arithmetic_kernel() {
+        // Without sparsifier or consensus, GTA is task arithmetic, whose bf16 kernel
+        // equals mergekit bit for bit; the two must agree on bf16 inputs.
+        let mut rng = SplitMix64(3);
+        let mut value = || round_to(DType::BF16, (rng.next_f64() as f32 - 0.5) * 0.2);
+        let inputs: Vec<Vec<f32>> = (0..3).map(|_| (0..257).map(|_| value()).collect()).collect();
+        let mut merge = gta(None, false, vec![task(1, 0.3, 1.0), task(2, 0.7, 1.0)]);
+        merge.working = DType::BF16;
+        merge.lambda = 0.9;
+        let ours = merge.merge(&inputs, 257);
+        let kernel = crate::methods::Kernel::TaskArithmetic {
+            base: 0,
+            weights: vec![(1, round_to(DType::BF16, 0.3)), (2, round_to(DType::BF16, 0.7))],
+            divisor: None,
+            lambda: Some(0.9),
+        };
+        let mut want = vec![0f32; 257];
+        let views: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
+        kernel.apply(DType::BF16, &crate::methods::Stats::None, &views, &mut want);
+        assert_eq!(ours, want);
+        assert!(ours.iter().all(|v| round_to(DType::BF16, *v) == *v), "results are bf16 values");
     }
 
     #[test]

@@ -119,7 +119,7 @@ impl Kernel {
             "ties" | "dare_ties" | "dare_linear" | "breadcrumbs" | "breadcrumbs_ties" | "della"
             | "della_linear" => {
                 let base = plan.base.ok_or_else(|| missing_base(plan))?;
-                Kernel::Whole(super::whole::Whole::Gta(gta_kernel(method, plan, base, seed)?))
+                Kernel::Whole(super::whole::Whole::Gta(gta_kernel(method, plan, base, working, seed)?))
             }
             "sce" => {
                 let base = plan.base.ok_or_else(|| missing_base(plan))?;
@@ -295,7 +295,13 @@ impl Kernel {
 }
 
 /// The generalized task arithmetic of `method` bound for one tensor.
-fn gta_kernel(method: &str, plan: &TensorPlan, base: usize, seed: u64) -> Result<super::gta::Gta> {
+fn gta_kernel(
+    method: &str,
+    plan: &TensorPlan,
+    base: usize,
+    working: DType,
+    seed: u64,
+) -> Result<super::gta::Gta> {
     use super::gta::{Gta, Sparsifier, TaskInput, tensor_seed};
     let (sparsifier, consensus) = match method {
         "ties" => (Sparsifier::Magnitude, true),
@@ -338,6 +344,7 @@ fn gta_kernel(method: &str, plan: &TensorPlan, base: usize, seed: u64) -> Result
         rescale: flag("rescale"),
         lambda: shared(plan, "lambda"),
         seed: tensor_seed(seed, &plan.name),
+        working,
     })
 }
 
