@@ -334,6 +334,12 @@ impl<'a> AlignedSet<'a> {
             out[done..done + n].copy_from_slice(&row_buf[col..col + n]);
             done += n;
         }
+        // Most rows map to the same rows of the input's own tensor: release those pages,
+        // as plain reads do, so aligned embeddings do not stay resident.
+        let own_len = self.inputs[own].shape().iter().product::<usize>();
+        if start < own_len {
+            self.inputs[own].release(start, out.len().min(own_len - start));
+        }
         Ok(())
     }
 
