@@ -339,7 +339,11 @@ fn merged_vocabulary(
 ) -> Result<Vocabulary> {
     let tokenizers: Vec<Option<ModelTokenizer>> = models
         .iter()
-        .map(|m| model_tokenizer(|name| m.tokenizer_file(name), m.config()))
+        .zip(&plan.models)
+        .map(|(m, r)| {
+            model_tokenizer(|name| m.tokenizer_file(name), m.config())
+                .map_err(|e| MergeError::Model { model: r.to_string(), message: e.to_string() })
+        })
         .collect::<Result<_>>()?;
     for (model, t) in plan.models.iter().zip(&tokenizers) {
         if t.is_none() {

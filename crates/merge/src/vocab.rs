@@ -83,6 +83,17 @@ pub fn build(
     }
     let out = full_vocab(&tokenizer).map_err(|m| MergeError::config("tokenizer", m))?;
     let real = out.iter().map(|(_, id)| id + 1).max().unwrap_or(0);
+    if real > 2 * out.len() + 1024 {
+        return Err(MergeError::config(
+            "tokenizer",
+            format!(
+                "the merged tokenizer has {} tokens but ids up to {}; its tokenizer.json is \
+                 damaged",
+                out.len(),
+                real - 1
+            ),
+        ));
+    }
     let padded = match config.pad_to_multiple_of {
         Some(n) => real.div_ceil(n) * n,
         None => real,

@@ -152,3 +152,23 @@ fn merged_vocabulary_reaches_a_gguf_output() {
         assert_eq!(tokens[512 + i], amalgam_gguf::Value::String((*token).into()));
     }
 }
+
+#[test]
+fn damaged_tokenizers_are_clear_errors() {
+    let tmp = scratch();
+    let section = "tokenizer_source: union";
+    fs::write(tmp.path().join("wide/tokenizer.json"), "{\"model\": ").unwrap();
+    let output = merge(tmp.path(), section, "out");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("model wide: tokenizer.json does not parse as JSON"), "{stderr}");
+
+    let huge = r#"{"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}, "added_tokens": [{"id": 4000000000, "content": "x", "special": true}]}"#;
+    fs::write(tmp.path().join("wide/tokenizer.json"), huge).unwrap();
+    // A union skips ids past a model's vocab_size; a model's own vocabulary does not.
+    let output = merge(tmp.path(), "tokenizer:\n  source: wide", "out");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("ids up to 4000000000; its tokenizer.json is damaged"), "{stderr}");
+    assert!(!tmp.path().join("out").exists());
+}

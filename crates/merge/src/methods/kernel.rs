@@ -119,7 +119,9 @@ impl Kernel {
             "ties" | "dare_ties" | "dare_linear" | "breadcrumbs" | "breadcrumbs_ties" | "della"
             | "della_linear" => {
                 let base = plan.base.ok_or_else(|| missing_base(plan))?;
-                Kernel::Whole(super::whole::Whole::Gta(gta_kernel(method, plan, base, working, seed)?))
+                Kernel::Whole(super::whole::Whole::Gta(gta_kernel(
+                    method, plan, base, working, seed,
+                )?))
             }
             "sce" => {
                 let base = plan.base.ok_or_else(|| missing_base(plan))?;
