@@ -38,6 +38,13 @@ fn merge(dir: &Path, tokenizer: &str, out: &str) -> std::process::Output {
     run(amalgam().current_dir(dir).args(["merge", "config.yml", out, "--quiet"]))
 }
 
+/// Merges into `out` with the tokenizer `section`; returns base, wide and the output.
+fn merged(dir: &Path, section: &str) -> (BTreeMapModel, BTreeMapModel, BTreeMapModel) {
+    let output = merge(dir, section, "out");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    (read_model(&dir.join("base")), read_model(&dir.join("wide")), read_model(&dir.join("out")))
+}
+
 fn rows(model: &BTreeMapModel, name: &str) -> Vec<Vec<f32>> {
     let (dtype, t) = &model[name];
     t.values(*dtype).chunks(t.shape[1]).map(<[f32]>::to_vec).collect()
@@ -56,14 +63,9 @@ fn mean(a: &[f32], b: &[f32]) -> Vec<f32> {
 #[test]
 fn union_keeps_shared_rows_and_takes_new_tokens_from_their_model() {
     let tmp = scratch();
-    let output = merge(tmp.path(), "tokenizer:\n  source: union\n  pad_to_multiple_of: 8", "out");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let (base, wide, out) =
+        merged(tmp.path(), "tokenizer:\n  source: union\n  pad_to_multiple_of: 8");
     let out_dir = tmp.path().join("out");
-    let (base, wide, out) = (
-        read_model(&tmp.path().join("base")),
-        read_model(&tmp.path().join("wide")),
-        read_model(&out_dir),
-    );
     assert_eq!(
         json(&out_dir.join("config.json"))["vocab_size"],
         520,
@@ -112,14 +114,8 @@ fn union_keeps_shared_rows_and_takes_new_tokens_from_their_model() {
 fn base_vocabulary_and_token_settings() {
     let tmp = scratch();
     let section = "tokenizer:\n  source: base\n  tokens:\n    \"<|eot_id|>\": {source: {kind: zero}, force: true}\n    \"<|begin_of_text|>\": {source: {kind: model_token, model: wide, token_id: 513}}";
-    let output = merge(tmp.path(), section, "out");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let (base, wide, out) = merged(tmp.path(), section);
     let out_dir = tmp.path().join("out");
-    let (base, wide, out) = (
-        read_model(&tmp.path().join("base")),
-        read_model(&tmp.path().join("wide")),
-        read_model(&out_dir),
-    );
     assert_eq!(json(&out_dir.join("config.json"))["vocab_size"], 512);
     let name = "model.embed_tokens.weight";
     let (b, w, o) = (rows(&base, name), rows(&wide, name), rows(&out, name));
