@@ -6,6 +6,9 @@ mod common;
 mod kquants;
 mod legacy;
 
+use amalgam_tensors::DType;
+use amalgam_tensors::dtype::{decode_f32, encode_f32};
+
 use crate::ggml_type::GgmlType;
 
 pub use common::nearest_int;
@@ -21,16 +24,9 @@ pub fn quantize(ty: GgmlType, x: &[f32], out: &mut [u8]) {
         "quantize {ty}: bad lengths"
     );
     match ty {
-        GgmlType::F32 => {
-            for (o, v) in out.chunks_exact_mut(4).zip(x) {
-                o.copy_from_slice(&v.to_le_bytes());
-            }
-        }
-        GgmlType::F16 => {
-            for (o, v) in out.chunks_exact_mut(2).zip(x) {
-                o.copy_from_slice(&half::f16::from_f32(*v).to_le_bytes());
-            }
-        }
+        GgmlType::F32 => encode_f32(DType::F32, x, out),
+        GgmlType::F16 => encode_f32(DType::F16, x, out),
+        // ggml's own bf16 conversion (its NaN handling differs from amalgam-tensors').
         GgmlType::BF16 => {
             for (o, v) in out.chunks_exact_mut(2).zip(x) {
                 o.copy_from_slice(&f32_to_bf16_ggml(*v).to_le_bytes());
@@ -56,21 +52,9 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], y: &mut [f32]) {
         "dequantize {ty}: bad lengths"
     );
     match ty {
-        GgmlType::F32 => {
-            for (v, b) in y.iter_mut().zip(bytes.chunks_exact(4)) {
-                *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            }
-        }
-        GgmlType::F16 => {
-            for (v, b) in y.iter_mut().zip(bytes.chunks_exact(2)) {
-                *v = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
-            }
-        }
-        GgmlType::BF16 => {
-            for (v, b) in y.iter_mut().zip(bytes.chunks_exact(2)) {
-                *v = f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16);
-            }
-        }
+        GgmlType::F32 => decode_f32(DType::F32, bytes, y),
+        GgmlType::F16 => decode_f32(DType::F16, bytes, y),
+        GgmlType::BF16 => decode_f32(DType::BF16, bytes, y),
         _ => {
             let f = block_dequantizer(ty);
             for (b, v) in bytes.chunks_exact(size).zip(y.chunks_exact_mut(block)) {
