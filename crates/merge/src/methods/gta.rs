@@ -58,6 +58,8 @@ impl Gta {
         let working = self.working;
         let round = |x: f32| round_to(working, x);
         let base = &inputs[self.base];
+        // torch.tensor(weights, dtype=...) rounds the weights to the working dtype.
+        let weights: Vec<f32> = self.tasks.iter().map(|t| round(t.weight)).collect();
         let mut deltas: Vec<Vec<f32>> = Vec::with_capacity(self.tasks.len());
         for (k, task) in self.tasks.iter().enumerate() {
             let delta: Vec<f32> =
@@ -76,12 +78,9 @@ impl Gta {
                     .sum::<f64>();
                 rescale_l1(&mut delta, original, working);
             }
-            // torch.tensor(weights, dtype=...) rounds the weights to the working dtype.
-            let weight = round(task.weight);
-            delta.iter_mut().for_each(|d| *d = round(*d * weight));
+            delta.iter_mut().for_each(|d| *d = round(*d * weights[k]));
             deltas.push(delta);
         }
-        let weights: Vec<f32> = self.tasks.iter().map(|t| round(t.weight)).collect();
         let mut out = base.clone();
         for (e, o) in out.iter_mut().enumerate() {
             let (mut mixed, mut divisor) = (0f32, 0f32);
