@@ -93,7 +93,7 @@ pub fn write_index(dir: &Path, weight_map: &[(String, String)], total_size: u64)
 /// `tokenizer.model`); a GGUF donor's are rebuilt from its metadata. Returns the names
 /// written.
 pub fn copy_tokenizer(donor: &Model, dir: &Path) -> Result<Vec<&'static str>> {
-    if let Model::Gguf(g) = donor {
+    if let Model::Gguf(g) = donor.unadapted() {
         let files = g.tokenizer_files().unwrap_or_default();
         for (name, bytes) in &files {
             let path = dir.join(name);

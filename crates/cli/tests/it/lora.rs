@@ -200,3 +200,37 @@ fn adapters_amalgam_cannot_apply_are_refused() {
         "rank 4 but adapter_config.json gives it rank 8",
     );
 }
+
+#[test]
+fn a_gguf_base_with_an_adapter_gives_its_tokenizer() {
+    let tmp = tempfile::tempdir().unwrap();
+    run_ok(
+        amalgam()
+            .arg("quantize")
+            .arg(data().join("methods/models/base"))
+            .arg(tmp.path().join("base.gguf"))
+            .args(["--quant", "F32", "--quiet"]),
+    );
+    let q = factors("model.layers.0.self_attn.q_proj", 64, 64, 4, 0);
+    write_adapter(
+        &tmp.path().join("adapter"),
+        json!({"peft_type": "LORA", "r": 4, "lora_alpha": 8}),
+        &q,
+    );
+    fs::write(
+        tmp.path().join("config.yml"),
+        "merge_method: passthrough\nmodels:\n  - model: base.gguf+adapter\n",
+    )
+    .unwrap();
+    run_ok(amalgam().current_dir(tmp.path()).args(["merge", "config.yml", "out", "--quiet"]));
+    let out = tmp.path().join("out");
+    for name in ["tokenizer.json", "tokenizer_config.json"] {
+        assert!(out.join(name).is_file(), "{name} is missing from the merge of a GGUF base");
+    }
+    let vocab = json(&out.join("tokenizer.json"))["model"]["vocab"].as_object().unwrap().len();
+    let source = json(&data().join("methods/models/base/tokenizer.json"))["model"]["vocab"]
+        .as_object()
+        .unwrap()
+        .len();
+    assert_eq!(vocab, source);
+}
