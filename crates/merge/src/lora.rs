@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use amalgam_tensors::dtype::decode_f32;
+use amalgam_tensors::dtype::{decode_f32, round_to};
 use amalgam_tensors::{DType, SafetensorsFile, TensorInfo};
 use serde_json::{Map, Value};
 
@@ -162,31 +162,39 @@ impl Adapter {
         out: &mut [f32],
         dtype: DType,
     ) -> Result<()> {
-        let a = self.factor(&delta.a)?;
-        let b = self.factor(&delta.b)?;
         let rank = delta.rank;
+        let a = self.factor(&delta.a, 0, usize::MAX)?;
         let a_cols = a.len() / rank.max(1);
-        for (e, value) in out.iter_mut().enumerate() {
-            let (row, col) = ((start + e) / cols, (start + e) % cols);
-            let mut sum = 0f32;
-            for k in 0..rank {
-                sum += if delta.embedding {
-                    // (B·A)ᵀ[row, col] = Σ B[col, k] A[k, row]
-                    b[col * rank + k] * a[k * a_cols + row]
-                } else {
-                    b[row * rank + k] * a[k * a_cols + col]
-                };
+        if delta.embedding {
+            // (B·A)ᵀ[row, col] = Σ B[col, k] A[k, row]: every row of B is needed.
+            let b = self.factor(&delta.b, 0, usize::MAX)?;
+            for (e, value) in out.iter_mut().enumerate() {
+                let (row, col) = ((start + e) / cols, (start + e) % cols);
+                let sum = (0..rank).fold(0f32, |s, k| s + b[col * rank + k] * a[k * a_cols + row]);
+                *value = round_to(dtype, *value + sum * delta.scale);
             }
-            *value = amalgam_tensors::dtype::round_to(dtype, *value + sum * delta.scale);
+            return Ok(());
+        }
+        // Only the rows of B that this chunk covers.
+        let first = start / cols.max(1);
+        let last = (start + out.len()).div_ceil(cols.max(1));
+        let b = self.factor(&delta.b, first * rank, last * rank)?;
+        for (e, value) in out.iter_mut().enumerate() {
+            let (row, col) = ((start + e) / cols - first, (start + e) % cols);
+            let sum = (0..rank).fold(0f32, |s, k| s + b[row * rank + k] * a[k * a_cols + col]);
+            *value = round_to(dtype, *value + sum * delta.scale);
         }
         Ok(())
     }
 
-    /// A factor decoded to f32.
-    fn factor(&self, key: &str) -> Result<Vec<f32>> {
+    /// Elements `from..to` (clamped to its length) of a factor, decoded to f32.
+    fn factor(&self, key: &str, from: usize, to: usize) -> Result<Vec<f32>> {
         let info = tensor_info(&self.file, key)?;
-        let mut values = vec![0f32; info.numel()];
-        decode_f32(info.dtype, self.file.bytes(info.start, info.end), &mut values);
+        let (to, size) = (to.min(info.numel()), info.dtype.size());
+        let from = from.min(to);
+        let mut values = vec![0f32; to - from];
+        let bytes = self.file.bytes(info.start + from * size, info.start + to * size);
+        decode_f32(info.dtype, bytes, &mut values);
         Ok(values)
     }
 }
