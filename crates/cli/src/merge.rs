@@ -26,8 +26,8 @@ use crate::progress::Bar;
 /// (a PEFT LoRA, applied as weights are read) and `.gguf` files; `tokenizer:` /
 /// `tokenizer_source:` and `chat_template:` work as in mergekit.
 ///
-/// Where mergekit has a bug, amalgam does the right thing: arcee_fusion writes the
-/// configured dtype (mergekit writes float32, its issue #604), per-layer config lists such
+/// Where mergekit has a bug, amalgam does the right thing: arcee_fusion and ramplus_tl
+/// write the configured dtype (mergekit writes float32, its issue #604), per-layer config lists such
 /// as `layer_types` follow the layers a slice config builds, and the donor of config.json
 /// and the tokenizer does not depend on Python's set order.
 #[derive(Args)]

@@ -319,7 +319,7 @@ pub fn whole_inputs(tensor: &Bound) -> Result<Vec<Vec<f32>>> {
 fn whole_output(tensor: &Bound, method: &crate::methods::whole::Whole) -> Result<Vec<f32>> {
     let inputs = whole_inputs(tensor)?;
     let cols = tensor.spec.shape.last().copied().unwrap_or(1);
-    let mut out = method.merge(&inputs, cols);
+    let mut out = method.merge(&inputs, cols, tensor.working);
     round_slice(tensor.working, &mut out);
     if tensor.spec.dtype != tensor.working {
         round_slice(tensor.spec.dtype, &mut out);

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use amalgam_tensors::ModelFolder;
-use amalgam_tensors::dtype::decode_f32;
+use amalgam_tensors::dtype::{decode_f32, encode_f32};
 use sha2::{Digest, Sha256};
 
 /// The repository's `tests/data`.
@@ -61,6 +61,13 @@ impl Tensor {
     /// SHA-256 of the raw bytes, in hex.
     pub fn sha256(&self) -> String {
         Sha256::digest(&self.bytes).iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// A tensor of `dtype` holding `values` (rounded to it).
+    pub fn from_values(dtype: amalgam_tensors::DType, shape: Vec<usize>, values: &[f32]) -> Tensor {
+        let mut bytes = vec![0u8; values.len() * dtype.size()];
+        encode_f32(dtype, values, &mut bytes);
+        Tensor { dtype: dtype.torch_name(), shape, bytes }
     }
 
     /// The values as `f32`.

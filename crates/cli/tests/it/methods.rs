@@ -1,19 +1,35 @@
 //! The method configs of this release against mergekit 0.1.5's outputs: float16 and
-//! bfloat16 results bit for bit, float32 within 1e-6 of each tensor's largest magnitude.
+//! bfloat16 results bit for bit, float32 within 1e-5 of each tensor's largest magnitude.
+//!
+//! Two sets of goldens: `methods/` (the shared fixtures, mostly computed in float32) and
+//! `methods-bf16/` (the same configs computed in bfloat16 by mergekit 0.1.5, made by
+//! `scripts/make-bf16-goldens`), where every rounding of torch's must be matched.
 
 use std::path::Path;
 
+use amalgam_tensors::DType;
+
 use crate::common::*;
 
-/// Merges `tests/data/methods/configs/<name>.yml` (run from the fixture models' folder, as
+/// The shared fixtures' configs and outputs.
+const FIXTURES: &str = "methods";
+/// The same configs computed in bfloat16.
+const BF16: &str = "methods-bf16";
+
+/// Methods where mergekit writes float32 whatever `dtype` says and amalgam writes the
+/// dtype (mergekit #604 and its ramplus_tl twin): their goldens are compared rounded
+/// to it.
+const HONOURS_DTYPE: [&str; 2] = ["arcee_fusion", "ramplus_tl"];
+
+/// Merges `tests/data/<set>/configs/<name>.yml` (run from the fixture models' folder, as
 /// the configs name models by relative path) and compares with mergekit.
-fn check(name: &str) {
-    check_within(name, 1e-6);
+fn check(set: &str, name: &str) {
+    check_within(set, name, 1e-6);
 }
 
 /// As [`check`], with float32 outputs within `tolerance` of each tensor's largest
 /// magnitude (methods whose norms and sums mergekit accumulates in another order).
-fn check_within(name: &str, tolerance: f64) {
+fn check_within(set: &str, name: &str, tolerance: f64) {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join(name);
     let models = data().join("methods/models");
@@ -21,23 +37,36 @@ fn check_within(name: &str, tolerance: f64) {
         amalgam()
             .current_dir(&models)
             .arg("merge")
-            .arg(data().join(format!("methods/configs/{name}.yml")))
+            .arg(data().join(format!("{set}/configs/{name}.yml")))
             .arg(&out)
             .arg("--quiet"),
     );
-    let golden_dir = data().join(format!("methods/mergekit/{name}"));
-    compare_tensors(name, &golden_dir, &out, tolerance);
+    let golden_dir = data().join(format!("{set}/mergekit/{name}"));
+    compare_tensors(name, &golden(set, name), &read_model(&out), tolerance);
     compare_config(&golden_dir, &out);
 }
 
-fn compare_tensors(name: &str, golden_dir: &Path, out: &Path, tolerance: f64) {
-    let golden = read_model(golden_dir);
-    let ours = read_model(out);
-    let names = |m: &std::collections::BTreeMap<String, _>| m.keys().cloned().collect::<Vec<_>>();
-    assert_eq!(names(&ours), names(&golden), "{name}: tensor names");
+/// mergekit's output for `name` in `set`, float32 results rounded to the config's dtype
+/// for the methods where amalgam honours it.
+fn golden(set: &str, name: &str) -> Model {
+    let mut model = read_model(&data().join(format!("{set}/mergekit/{name}")));
+    if set == BF16 && HONOURS_DTYPE.contains(&name) {
+        for (dtype, tensor) in model.values_mut() {
+            assert_eq!(*dtype, DType::F32, "mergekit writes {name} in float32");
+            let values = tensor.values(DType::F32);
+            *tensor = Tensor::from_values(DType::BF16, tensor.shape.clone(), &values);
+            *dtype = DType::BF16;
+        }
+    }
+    model
+}
+
+fn compare_tensors(name: &str, golden: &Model, ours: &Model, tolerance: f64) {
+    let names = |m: &Model| m.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(names(ours), names(golden), "{name}: tensor names");
     let mut problems = Vec::new();
     let mut worst = 0f64;
-    for (tensor, (dtype, want)) in &golden {
+    for (tensor, (dtype, want)) in golden {
         let (our_dtype, got) = &ours[tensor];
         if our_dtype != dtype || got.shape != want.shape {
             problems.push(format!(
@@ -52,7 +81,7 @@ fn compare_tensors(name: &str, golden_dir: &Path, out: &Path, tolerance: f64) {
         worst = worst.max(diff / scale);
         let exact = got.bytes == want.bytes;
         let ok = match dtype {
-            amalgam_tensors::DType::F32 => diff <= tolerance * scale,
+            DType::F32 => diff <= tolerance * scale,
             _ => exact,
         };
         if !ok {
@@ -84,62 +113,62 @@ fn compare_config(golden_dir: &Path, out: &Path) {
 
 #[test]
 fn linear_float32() {
-    check("linear");
+    check(FIXTURES, "linear");
 }
 
 #[test]
 fn linear_with_gradients_and_filters() {
-    check("linear_gradient_filter");
+    check(FIXTURES, "linear_gradient_filter");
 }
 
 #[test]
 fn task_arithmetic_rounds_like_mergekit() {
-    check("task_arithmetic");
+    check(FIXTURES, "task_arithmetic");
 }
 
 #[test]
 fn slerp_with_filtered_gradients() {
-    check("slerp");
+    check(FIXTURES, "slerp");
 }
 
 #[test]
 fn passthrough_frankenmerge_with_scale() {
-    check("passthrough_frankenmerge");
+    check(FIXTURES, "passthrough_frankenmerge");
 }
 
 #[test]
 fn nearswap() {
-    check_within("nearswap", 1e-5);
+    check_within(FIXTURES, "nearswap", 1e-5);
 }
 
 #[test]
 fn ram() {
-    check_within("ram", 1e-5);
+    check_within(FIXTURES, "ram", 1e-5);
 }
 
 #[test]
 fn ramplus_tl() {
-    check_within("ramplus_tl", 1e-5);
+    check_within(FIXTURES, "ramplus_tl", 1e-5);
 }
 
 #[test]
 fn model_stock() {
-    check_within("model_stock", 1e-5);
+    check_within(FIXTURES, "model_stock", 1e-5);
 }
 
 #[test]
 fn karcher() {
-    check_within("karcher", 1e-5);
+    check_within(FIXTURES, "karcher", 1e-5);
 }
 
 #[test]
 fn multislerp() {
-    check_within("multislerp", 1e-5);
+    check_within(FIXTURES, "multislerp", 1e-5);
 }
 
 #[test]
 fn nuslerp() {
-    check_within("nuslerp", 1e-5);
+    check_within(FIXTURES, "nuslerp", 1e-5);
 }
 
 /// For magnitude-sparsified methods: every element that differs from mergekit must sit
@@ -149,6 +178,7 @@ fn nuslerp() {
 /// absolute model paths) to recompute whole-tensor inputs; returns the bound tensors,
 /// mergekit's output and ours to `check`.
 fn merge_and_bind(
+    set: &str,
     name: &str,
     check: impl FnOnce(&[amalgam_merge::execute::Bound], &Model, &Model),
 ) {
@@ -156,7 +186,7 @@ fn merge_and_bind(
     let tmp = tempfile::tempdir().unwrap();
     let models_dir = data().join("methods/models");
     let out = tmp.path().join(name);
-    let config_path = data().join(format!("methods/configs/{name}.yml"));
+    let config_path = data().join(format!("{set}/configs/{name}.yml"));
     run_ok(
         amalgam().current_dir(&models_dir).arg("merge").arg(&config_path).arg(&out).arg("--quiet"),
     );
@@ -194,9 +224,8 @@ fn merge_and_bind(
         },
     )
     .unwrap();
-    let golden = read_model(&data().join(format!("methods/mergekit/{name}")));
     let ours = read_model(&out);
-    check(&bound, &golden, &ours);
+    check(&bound, &golden(set, name), &ours);
 }
 
 /// A model's tensors by name.
@@ -206,28 +235,30 @@ type Model = std::collections::BTreeMap<String, (amalgam_tensors::DType, Tensor)
 /// cut's outcome depends on float order or tie-breaks (see `Whole::tied_positions`),
 /// the output equals mergekit (within 1e-5 of the tensor's largest magnitude for
 /// float32); prints how many elements differ at such positions.
-fn check_ties(name: &str) {
+fn check_ties(set: &str, name: &str) {
     use amalgam_merge::execute;
     use amalgam_merge::methods::Kernel;
-    merge_and_bind(name, |bound, golden, ours| {
+    merge_and_bind(set, name, |bound, golden, ours| {
         let mut problems = Vec::new();
         let (mut tied_total, mut worst_untied) = (0usize, 0f64);
+        let (mut marked, mut elements) = (0usize, 0usize);
         for b in bound {
             let Kernel::Whole(whole) = &b.kernel else {
                 panic!("{name} is not a whole-tensor method")
             };
             let cols = b.spec.shape.last().copied().unwrap_or(1);
             let tied = whole
-                .tied_positions(&execute::whole_inputs(b).unwrap(), cols)
+                .tied_positions(&execute::whole_inputs(b).unwrap(), cols, b.working)
                 .expect("a method with a sort cut");
             let (dtype, want) = &golden[&b.spec.name];
             let (a, w) = (ours[&b.spec.name].1.values(*dtype), want.values(*dtype));
             let scale = w.iter().fold(0f64, |m, v| m.max(f64::from(v.abs())));
             let mut tied_here = 0;
+            marked += tied.iter().filter(|t| **t).count();
+            elements += tied.len();
             for (e, (x, y)) in a.iter().zip(&w).enumerate() {
                 let diff = f64::from((x - y).abs());
-                let allowed =
-                    if *dtype == amalgam_tensors::DType::F32 { 1e-5 * scale } else { 0.0 };
+                let allowed = if *dtype == DType::F32 { 1e-5 * scale } else { 0.0 };
                 if diff > allowed {
                     if tied[e] {
                         tied_here += 1;
@@ -249,8 +280,10 @@ fn check_ties(name: &str) {
             tied_total += tied_here;
         }
         println!(
-            "{name}: {tied_total} elements differ at tied positions in all; largest other difference {worst_untied:e}"
+            "{name}: {tied_total} elements differ at tied positions in all ({marked} of {elements} positions are tied); largest other difference {worst_untied:e}"
         );
+        // The exemption must stay narrow, or the comparison would prove nothing.
+        assert!(marked * 20 < elements, "{marked} of {elements} positions count as tied");
         assert!(
             problems.is_empty(),
             "{} elements differ away from ties:\n{}",
@@ -262,17 +295,17 @@ fn check_ties(name: &str) {
 
 #[test]
 fn ties() {
-    check_ties("ties");
+    check_ties(FIXTURES, "ties");
 }
 
 #[test]
 fn breadcrumbs() {
-    check_ties("breadcrumbs");
+    check_ties(FIXTURES, "breadcrumbs");
 }
 
 #[test]
 fn breadcrumbs_ties() {
-    check_ties("breadcrumbs_ties");
+    check_ties(FIXTURES, "breadcrumbs_ties");
 }
 
 /// A merge of `yaml` over the fixture models (run in their folder) into `out`.
@@ -351,7 +384,6 @@ fn gta(
         rescale,
         lambda: 1.0,
         seed,
-        working: amalgam_tensors::DType::F32,
     }
 }
 
@@ -366,14 +398,16 @@ fn dare_and_della_keep_the_density_and_rescale_preserves_l1() {
     let inputs = vec![base.clone(), ft_a.clone()];
     for sparsifier in [Sparsifier::Random, Sparsifier::DellaMagprune] {
         for density in [0.3f32, 0.5, 0.9] {
-            let out = gta(sparsifier, vec![(1, 1.0, density)], false, 11).merge(&inputs, 128);
+            let out =
+                gta(sparsifier, vec![(1, 1.0, density)], false, 11).merge(&inputs, 128, DType::F32);
             let kept =
                 out.iter().zip(&base).filter(|(o, b)| o != b).count() as f64 / nonzero as f64;
             assert!(
                 (kept - f64::from(density)).abs() < 0.01,
                 "{sparsifier:?} density {density}: kept {kept}"
             );
-            let rescaled = gta(sparsifier, vec![(1, 1.0, density)], true, 11).merge(&inputs, 128);
+            let rescaled =
+                gta(sparsifier, vec![(1, 1.0, density)], true, 11).merge(&inputs, 128, DType::F32);
             let l1 =
                 |v: &[f32]| v.iter().zip(&base).map(|(x, b)| f64::from((x - b).abs())).sum::<f64>();
             let (before, after) = (l1(&ft_a), l1(&rescaled));
@@ -393,8 +427,11 @@ fn dare_linear_is_task_arithmetic_on_average() {
     let n = base.len();
     let mut mean = vec![0f64; n];
     for seed in 0..256 {
-        let out = gta(Sparsifier::Random, vec![(1, 0.6, 0.5), (2, 0.4, 0.5)], true, seed)
-            .merge(&inputs, 128);
+        let out = gta(Sparsifier::Random, vec![(1, 0.6, 0.5), (2, 0.4, 0.5)], true, seed).merge(
+            &inputs,
+            128,
+            DType::F32,
+        );
         for (m, (o, b)) in mean.iter_mut().zip(out.iter().zip(&base)) {
             *m += f64::from(o - b) / 256.0;
         }
@@ -432,9 +469,14 @@ fn della_with_an_impossible_epsilon_is_an_error() {
 /// at the base value) and must then equal it.
 #[test]
 fn sce() {
+    check_sce(FIXTURES);
+}
+
+/// SCE with its selection cut replayed as mergekit broke the tie (see above).
+fn check_sce(set: &str) {
     use amalgam_merge::execute;
     use amalgam_merge::methods::{Kernel, whole::Whole};
-    merge_and_bind("sce", |bound, golden, ours| {
+    merge_and_bind(set, "sce", |bound, golden, ours| {
         let (mut tied_tensors, mut problems) = (0, Vec::new());
         for b in bound {
             let Kernel::Whole(whole) = &b.kernel else {
@@ -442,20 +484,24 @@ fn sce() {
             };
             let inputs = execute::whole_inputs(b).unwrap();
             let cols = b.spec.shape.last().copied().unwrap_or(1);
-            let tied = whole.tied_positions(&inputs, cols).unwrap();
+            let tied = whole.tied_positions(&inputs, cols, b.working).unwrap();
             let (dtype, want) = &golden[&b.spec.name];
             let want = want.values(*dtype);
             let &Whole::Sce { base, .. } = whole else { unreachable!() };
             let base = &inputs[base];
             let got = if tied.iter().any(|t| *t) {
                 tied_tensors += 1;
-                whole.sce_with_tie_break(&inputs, |e| want[e] != base[e]).unwrap()
+                let mut replayed =
+                    whole.sce_with_tie_break(&inputs, b.working, |e| want[e] != base[e]).unwrap();
+                amalgam_tensors::dtype::round_slice(*dtype, &mut replayed);
+                replayed
             } else {
                 ours[&b.spec.name].1.values(*dtype)
             };
             let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
             let worst = got.iter().zip(&want).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-            if worst > 1e-5 * scale {
+            let allowed = if *dtype == DType::F32 { 1e-5 * scale } else { 0.0 };
+            if worst > allowed {
                 problems.push(format!(
                     "{}: largest difference {worst:e} (scale {scale:e})",
                     b.spec.name
@@ -463,7 +509,7 @@ fn sce() {
             }
         }
         println!(
-            "sce: {tied_tensors} of {} tensors replayed with mergekit's tie-break",
+            "sce ({set}): {tied_tensors} of {} tensors replayed with mergekit's tie-break",
             bound.len()
         );
         assert!(tied_tensors < bound.len(), "every tensor tied; the direct comparison never ran");
@@ -474,5 +520,40 @@ fn sce() {
 /// arcee_fusion's threshold cut: torch's float32 KL divergences decide elements near it.
 #[test]
 fn arcee_fusion() {
-    check_ties("arcee_fusion");
+    check_ties(FIXTURES, "arcee_fusion");
+}
+
+/// The configs computed in bfloat16: every deterministic method rounds where mergekit
+/// rounds, so its bytes are mergekit's.
+#[test]
+fn bfloat16_methods_round_like_mergekit() {
+    for name in [
+        "linear",
+        "model_stock",
+        "karcher",
+        "multislerp",
+        "nuslerp",
+        "nearswap",
+        "ram",
+        "ramplus_tl",
+    ] {
+        check(BF16, name);
+    }
+}
+
+#[test]
+fn bfloat16_ties_family_differs_only_at_tied_positions() {
+    for name in ["ties", "breadcrumbs", "breadcrumbs_ties"] {
+        check_ties(BF16, name);
+    }
+}
+
+#[test]
+fn bfloat16_sce() {
+    check_sce(BF16);
+}
+
+#[test]
+fn bfloat16_arcee_fusion_honours_the_dtype() {
+    check_ties(BF16, "arcee_fusion");
 }

@@ -44,18 +44,15 @@ pub struct Gta {
     pub lambda: f32,
     /// Seed of this tensor's random stream (from `--random-seed` and the tensor name).
     pub seed: u64,
-    /// The dtype mergekit computes in; every tensor operation's result is rounded to it.
-    pub working: DType,
 }
 
 impl Gta {
     /// Merges whole tensors (`cols` elements per row, for DELLA's row ranks).
     ///
-    /// Each torch operation's result is rounded to the working dtype (a no-op in
-    /// float32): the task vectors, the weighted task vectors, the sums over models
-    /// (accumulated in f32), the normalisation, lambda and the final add.
-    pub fn merge(&self, inputs: &[Vec<f32>], cols: usize) -> Vec<f32> {
-        let working = self.working;
+    /// Each torch operation's result is rounded to the `working` dtype mergekit computes
+    /// in (a no-op in float32): the task vectors, the weighted task vectors, the sums
+    /// over models (accumulated in f32), the normalisation, lambda and the final add.
+    pub fn merge(&self, inputs: &[Vec<f32>], cols: usize, working: DType) -> Vec<f32> {
         let round = |x: f32| round_to(working, x);
         let base = &inputs[self.base];
         // torch.tensor(weights, dtype=...) rounds the weights to the working dtype.
@@ -116,11 +113,15 @@ impl Gta {
     /// Positions whose fate a magnitude cut leaves to the sort's tie-breaking: elements of
     /// some task vector whose magnitude equals the value at a cut that equal values
     /// straddle. There, mergekit's result depends on torch's (unspecified) order.
-    pub fn tied_positions(&self, inputs: &[Vec<f32>]) -> Vec<bool> {
+    pub fn tied_positions(&self, inputs: &[Vec<f32>], working: DType) -> Vec<bool> {
         let base = &inputs[self.base];
         let mut tied = vec![false; base.len()];
         for task in &self.tasks {
-            let delta: Vec<f32> = inputs[task.index].iter().zip(base).map(|(x, b)| x - b).collect();
+            let delta: Vec<f32> = inputs[task.index]
+                .iter()
+                .zip(base)
+                .map(|(x, b)| round_to(working, x - b))
+                .collect();
             let n = delta.len();
             if task.density >= 1.0 || n == 0 {
                 continue;
@@ -334,7 +335,6 @@ mod tests {
             rescale: false,
             lambda: 1.0,
             seed: 7,
-            working: DType::F32,
         }
     }
 
@@ -346,9 +346,8 @@ mod tests {
         let mut value = || round_to(DType::BF16, (rng.next_f64() as f32 - 0.5) * 0.2);
         let inputs: Vec<Vec<f32>> = (0..3).map(|_| (0..257).map(|_| value()).collect()).collect();
         let mut merge = gta(None, false, vec![task(1, 0.3, 1.0), task(2, 0.7, 1.0)]);
-        merge.working = DType::BF16;
         merge.lambda = 0.9;
-        let ours = merge.merge(&inputs, 257);
+        let ours = merge.merge(&inputs, 257, DType::BF16);
         let kernel = crate::methods::Kernel::TaskArithmetic {
             base: 0,
             weights: vec![(1, round_to(DType::BF16, 0.3)), (2, round_to(DType::BF16, 0.7))],
@@ -368,7 +367,7 @@ mod tests {
         let inputs = vec![vec![0.0; 3], vec![2.0, -1.0, 0.5], vec![1.0, 3.0, -0.5]];
         let out =
             gta(Some(Sparsifier::Magnitude), true, vec![task(1, 1.0, 1.0), task(2, 1.0, 1.0)])
-                .merge(&inputs, 3);
+                .merge(&inputs, 3, DType::F32);
         // Element 0: both positive, mean 1.5. Element 1: sum +2, only b agrees: 3.
         // Element 2: sum 0 counts as positive, only a agrees: 0.5.
         assert_eq!(out, vec![1.5, 3.0, 0.5]);

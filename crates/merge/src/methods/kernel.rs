@@ -119,9 +119,7 @@ impl Kernel {
             "ties" | "dare_ties" | "dare_linear" | "breadcrumbs" | "breadcrumbs_ties" | "della"
             | "della_linear" => {
                 let base = plan.base.ok_or_else(|| missing_base(plan))?;
-                Kernel::Whole(super::whole::Whole::Gta(gta_kernel(
-                    method, plan, base, working, seed,
-                )?))
+                Kernel::Whole(super::whole::Whole::Gta(gta_kernel(method, plan, base, seed)?))
             }
             "sce" => {
                 let base = plan.base.ok_or_else(|| missing_base(plan))?;
@@ -139,17 +137,15 @@ impl Kernel {
             "multislerp" => {
                 let others: Vec<usize> =
                     (0..plan.inputs.len()).filter(|&i| Some(i) != plan.base).collect();
-                let raw: Vec<f32> =
+                let weights: Vec<f32> =
                     others.iter().map(|&i| input(i, "weight").unwrap_or_default() as f32).collect();
                 let normalize = plan.shared.get("normalize_weights").is_none_or(|v| v.as_bool());
-                let sum: f32 = raw.iter().sum();
-                let weights = if normalize { raw.iter().map(|w| w / sum).collect() } else { raw };
-                let eps = shared(plan, "eps");
                 Kernel::Whole(super::whole::Whole::MultiSlerp {
                     base: plan.base,
                     others,
                     weights,
-                    eps,
+                    normalize,
+                    eps: shared(plan, "eps"),
                 })
             }
             "nuslerp" => {
@@ -158,7 +154,7 @@ impl Kernel {
                 let w: Vec<f64> =
                     others.iter().map(|&i| input(i, "weight").unwrap_or_default()).collect();
                 let total: f64 = w.iter().sum();
-                let t = if total.abs() < 1e-6 { 0.5 } else { w[1] / total } as f32;
+                let t = if total.abs() < 1e-6 { 0.5 } else { w[1] / total };
                 let flag = |name: &str, default: bool| {
                     plan.shared.get(name).map_or(default, |v| v.as_bool())
                 };
@@ -297,13 +293,7 @@ impl Kernel {
 }
 
 /// The generalized task arithmetic of `method` bound for one tensor.
-fn gta_kernel(
-    method: &str,
-    plan: &TensorPlan,
-    base: usize,
-    working: DType,
-    seed: u64,
-) -> Result<super::gta::Gta> {
+fn gta_kernel(method: &str, plan: &TensorPlan, base: usize, seed: u64) -> Result<super::gta::Gta> {
     use super::gta::{Gta, Sparsifier, TaskInput, tensor_seed};
     let (sparsifier, consensus) = match method {
         "ties" => (Sparsifier::Magnitude, true),
@@ -346,7 +336,6 @@ fn gta_kernel(
         rescale: flag("rescale"),
         lambda: shared(plan, "lambda"),
         seed: tensor_seed(seed, &plan.name),
-        working,
     })
 }
 
@@ -460,7 +449,9 @@ fn ram(
                 _ => round(tv / count as f32),
             };
         }
-        *o = round(b[e] + round(merged));
+        // ramplus_tl's lambdas are a float32 tensor: its sum over models and the final
+        // add are float32 (mergekit writes float32; amalgam honours the dtype).
+        *o = if lambdas.is_some() { round(b[e] + merged) } else { round(b[e] + round(merged)) };
     }
 }
 

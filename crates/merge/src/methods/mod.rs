@@ -4,6 +4,7 @@
 pub mod gta;
 mod kernel;
 mod reduce;
+pub mod torch;
 pub mod whole;
 
 pub use kernel::{Kernel, Stats};
