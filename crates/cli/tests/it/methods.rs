@@ -3,7 +3,7 @@
 //!
 //! Two sets of goldens: `methods/` (the shared fixtures, mostly computed in float32) and
 //! `methods-bf16/` (the same configs computed in bfloat16 by mergekit 0.1.5, made by
-//! `scripts/make-bf16-goldens`), where every rounding of torch's must be matched.
+//! `scripts/make-goldens`), where every rounding of torch's must be matched.
 
 use std::path::Path;
 

@@ -168,3 +168,66 @@ fn damaged_tokenizers_are_clear_errors() {
     assert!(stderr.contains("ids up to 4000000000; its tokenizer.json is damaged"), "{stderr}");
     assert!(!tmp.path().join("out").exists());
 }
+
+/// Merges `tests/data/vocab/configs/<case>.yml` and compares with mergekit 0.1.5's
+/// output (made by `scripts/make-goldens`): the tensors bit for bit, config.json and
+/// tokenizer.json as JSON, and tokenizer_config.json apart from what transformers 5
+/// rewrites when mergekit saves it (amalgam keeps the source's, which transformers 4
+/// and 5 both load).
+fn check_against_mergekit(case: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join(case);
+    run_ok(
+        amalgam()
+            .current_dir(data().join("vocab/models"))
+            .arg("merge")
+            .arg(data().join(format!("vocab/configs/{case}.yml")))
+            .arg(&out)
+            .arg("--quiet"),
+    );
+    let golden = data().join(format!("vocab/mergekit/{case}"));
+    let (ours, theirs) = (read_model(&out), read_model(&golden));
+    assert_eq!(ours.keys().collect::<Vec<_>>(), theirs.keys().collect::<Vec<_>>(), "{case}");
+    for (name, (dtype, tensor)) in &theirs {
+        let (our_dtype, ours) = &ours[name];
+        assert_eq!((our_dtype, &ours.shape), (dtype, &tensor.shape), "{case}: {name}");
+        assert!(ours.bytes == tensor.bytes, "{case}: {name} differs from mergekit");
+    }
+    let mut config = json(&out.join("config.json"));
+    config["transformers_version"] =
+        json(&golden.join("config.json"))["transformers_version"].clone();
+    assert_eq!(config, json(&golden.join("config.json")), "{case}: config.json");
+    assert_eq!(
+        json(&out.join("tokenizer.json")),
+        json(&golden.join("tokenizer.json")),
+        "{case}: tokenizer.json"
+    );
+    let ours = json(&out.join("tokenizer_config.json"));
+    let theirs = json(&golden.join("tokenizer_config.json"));
+    let rewritten = ["tokenizer_class", "backend", "is_local", "local_files_only", "chat_template"];
+    for (key, value) in theirs.as_object().unwrap() {
+        if !rewritten.contains(&key.as_str()) {
+            assert_eq!(&ours[key], value, "{case}: tokenizer_config.json {key}");
+        }
+    }
+}
+
+#[test]
+fn union_with_padding_equals_mergekit() {
+    check_against_mergekit("union-pad8");
+}
+
+#[test]
+fn base_vocabulary_with_token_settings_equals_mergekit() {
+    check_against_mergekit("base-tokens");
+}
+
+#[test]
+fn a_models_vocabulary_equals_mergekit() {
+    check_against_mergekit("wide-vocab");
+}
+
+#[test]
+fn tokenizer_source_union_equals_mergekit() {
+    check_against_mergekit("tokenizer-source-union");
+}
