@@ -2,9 +2,8 @@
 //! as `W + scale · B·A` (the transpose for embeddings), a `modules_to_save` tensor
 //! replaces the base's, and no merged copy is ever written.
 //!
-//! The arithmetic follows PEFT's `merge_and_unload` as mergekit runs it (adapter weights
-//! upcast to float32): the low-rank product and its scaling in f32, added to the base
-//! weight in f32 and rounded once to the base dtype.
+//! The arithmetic follows PEFT's `merge_and_unload` as mergekit runs it on the CPU (see
+//! [`Adapter::apply`]); checked bit for bit against mergekit 0.1.5 with PEFT 0.21.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -153,7 +152,11 @@ impl Adapter {
     }
 
     /// Adds the update to `out`, which holds the base weight's elements `start..` (of a
-    /// weight with `cols` columns) in f32, and rounds the sums to `dtype`.
+    /// weight with `cols` columns) in f32, and rounds the sums to `dtype`, as PEFT's
+    /// `merge_and_unload` does on the CPU: `B·A` in float32 (PEFT upcasts 16-bit adapter
+    /// weights as it loads them) with fused multiply-adds over the rank, as torch's
+    /// matmul sums, times the scale; for embeddings rounded to the base's dtype before
+    /// the add.
     pub fn apply(
         &self,
         delta: &Delta,
@@ -163,27 +166,28 @@ impl Adapter {
         dtype: DType,
     ) -> Result<()> {
         let rank = delta.rank;
+        let cols = cols.max(1);
         let a = self.factor(&delta.a, 0, usize::MAX)?;
         let a_cols = a.len() / rank.max(1);
-        if delta.embedding {
+        let round_delta = |d: f32| if delta.embedding { round_to(dtype, d) } else { d };
+        let finish = |value: f32, sum: f32| round_to(dtype, value + round_delta(sum * delta.scale));
+        let (b, first) = if delta.embedding {
             // (B·A)ᵀ[row, col] = Σ B[col, k] A[k, row]: every row of B is needed.
-            let b = self.factor(&delta.b, 0, usize::MAX)?;
-            for (e, value) in out.iter_mut().enumerate() {
-                let (row, col) = ((start + e) / cols, (start + e) % cols);
-                let sum = (0..rank).fold(0f32, |s, k| s + b[col * rank + k] * a[k * a_cols + row]);
-                *value = round_to(dtype, *value + sum * delta.scale);
-            }
+            (self.factor(&delta.b, 0, usize::MAX)?, 0)
+        } else {
+            // Only the rows of B that this chunk covers.
+            let first = start / cols;
+            let last = (start + out.len()).div_ceil(cols);
+            (self.factor(&delta.b, first * rank, last * rank)?, first)
+        };
+        let low_rank = LowRank { a: &a, a_cols, b: &b, first, rank, embedding: delta.embedding };
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports FMA, checked just above.
+            unsafe { low_rank.add_to_fma(out, start, cols, &finish) };
             return Ok(());
         }
-        // Only the rows of B that this chunk covers.
-        let first = start / cols.max(1);
-        let last = (start + out.len()).div_ceil(cols.max(1));
-        let b = self.factor(&delta.b, first * rank, last * rank)?;
-        for (e, value) in out.iter_mut().enumerate() {
-            let (row, col) = ((start + e) / cols - first, (start + e) % cols);
-            let sum = (0..rank).fold(0f32, |s, k| s + b[row * rank + k] * a[k * a_cols + col]);
-            *value = round_to(dtype, *value + sum * delta.scale);
-        }
+        low_rank.add_to(out, start, cols, &finish);
         Ok(())
     }
 
@@ -196,6 +200,53 @@ impl Adapter {
         let bytes = self.file.bytes(info.start + from * size, info.start + to * size);
         decode_f32(info.dtype, bytes, &mut values);
         Ok(values)
+    }
+}
+
+/// One chunk's view of a low-rank update's decoded factors.
+struct LowRank<'a> {
+    a: &'a [f32],
+    a_cols: usize,
+    /// Rows `first..` of B.
+    b: &'a [f32],
+    first: usize,
+    rank: usize,
+    embedding: bool,
+}
+
+impl LowRank<'_> {
+    /// `out[e] = finish(out[e], (B·A)[start + e])` (transposed for embeddings), each
+    /// product a float32 sum of fused multiply-adds over the rank, in order: what torch's
+    /// float32 matmul computes for a small inner dimension.
+    #[inline(always)]
+    fn add_to(
+        &self,
+        out: &mut [f32],
+        start: usize,
+        cols: usize,
+        finish: &impl Fn(f32, f32) -> f32,
+    ) {
+        let (a, b, rank) = (self.a, self.b, self.rank);
+        for (e, value) in out.iter_mut().enumerate() {
+            let (row, col) = ((start + e) / cols, (start + e) % cols);
+            let (b_row, a_col) = if self.embedding { (col, row) } else { (row - self.first, col) };
+            let sum = (0..rank)
+                .fold(0f32, |sum, k| b[b_row * rank + k].mul_add(a[k * self.a_cols + a_col], sum));
+            *value = finish(*value, sum);
+        }
+    }
+
+    /// [`LowRank::add_to`] compiled for hardware FMA (`mul_add` is otherwise a libm call).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "fma")]
+    fn add_to_fma(
+        &self,
+        out: &mut [f32],
+        start: usize,
+        cols: usize,
+        finish: &impl Fn(f32, f32) -> f32,
+    ) {
+        self.add_to(out, start, cols, finish);
     }
 }
 

@@ -60,12 +60,12 @@ pub struct AlignedSet<'a> {
     pad_means: Vec<OnceLock<Vec<f32>>>,
 }
 
-/// How an adapter changes a base tensor.
-pub enum Change<'a> {
-    /// Adds a low-rank update.
-    Delta(&'a Delta),
-    /// Replaces it with a saved tensor (`modules_to_save`), cast to the base's dtype.
-    Replace(TensorRef<'a>),
+/// How an adapter changes a base tensor, in PEFT's order: a saved tensor replaces it
+/// (`modules_to_save`, or an embedding's `base_layer` saved with its update), cast to the
+/// base's dtype; then a low-rank update is added.
+pub struct Change<'a> {
+    pub replace: Option<TensorRef<'a>>,
+    pub delta: Option<&'a Delta>,
 }
 
 impl Model {
@@ -98,7 +98,11 @@ impl Model {
                 });
             };
             if let Some(delta) = adapter.delta(name) {
-                adapter.check_shape(name, delta, input.shape())?;
+                let shape = match adapter.replacement(name)? {
+                    Some((_, info)) => info.shape.as_slice(),
+                    None => input.shape(),
+                };
+                adapter.check_shape(name, delta, shape)?;
             }
         }
         Ok(Model::Adapted(Box::new(base), Box::new(adapter)))
@@ -133,15 +137,14 @@ impl Model {
                 _ => None,
             },
             Model::Adapted(base, adapter) => {
-                let change = match adapter.replacement(name)? {
-                    Some((file, info)) => Some(Change::Replace(TensorRef { file, info })),
-                    None => adapter.delta(name).map(Change::Delta),
-                };
-                match (base.tensor(name)?, change) {
-                    (Some(base), Some(change)) => {
+                let replace =
+                    adapter.replacement(name)?.map(|(file, info)| TensorRef { file, info });
+                let change = Change { replace, delta: adapter.delta(name) };
+                match base.tensor(name)? {
+                    Some(base) if change.replace.is_some() || change.delta.is_some() => {
                         Some(Input::Adapted { base: Box::new(base), adapter, change })
                     }
-                    (input, _) => input,
+                    input => input,
                 }
             }
         })
@@ -182,7 +185,7 @@ impl Input<'_> {
         match self {
             Input::Safetensors(t) => &t.info.shape,
             Input::Gguf { shape, .. } => shape,
-            Input::Adapted { change: Change::Replace(t), .. } => &t.info.shape,
+            Input::Adapted { change: Change { replace: Some(t), .. }, .. } => &t.info.shape,
             Input::Adapted { base, .. } => base.shape(),
             Input::Aligned { set, .. } => &set.shape,
         }
@@ -234,15 +237,22 @@ impl Input<'_> {
             Input::Gguf { model, name, .. } => model
                 .read(name, start, out)
                 .map_err(|e| MergeError::Tensor(format!("reading {name} from GGUF: {e}"))),
-            Input::Adapted { base, adapter, change: Change::Delta(delta) } => {
-                base.read(start, out)?;
-                let cols = base.shape().last().copied().unwrap_or(1).max(1);
-                adapter.apply(delta, cols, start, out, base.dtype())
-            }
-            Input::Adapted { base, change: Change::Replace(t), .. } => {
-                Input::Safetensors(TensorRef { file: t.file, info: t.info }).read(start, out)?;
-                amalgam_tensors::dtype::round_slice(base.dtype(), out);
-                Ok(())
+            Input::Adapted { base, adapter, change } => {
+                match &change.replace {
+                    Some(t) => {
+                        Input::Safetensors(TensorRef { file: t.file, info: t.info })
+                            .read(start, out)?;
+                        amalgam_tensors::dtype::round_slice(base.dtype(), out);
+                    }
+                    None => base.read(start, out)?,
+                }
+                match change.delta {
+                    Some(delta) => {
+                        let cols = self.shape().last().copied().unwrap_or(1).max(1);
+                        adapter.apply(delta, cols, start, out, base.dtype())
+                    }
+                    None => Ok(()),
+                }
             }
             Input::Aligned { set, own } => set.read(*own, start, out),
         }
@@ -256,10 +266,10 @@ impl Input<'_> {
                 let begin = t.info.start + start * size;
                 t.file.release(begin, begin + n * size);
             }
-            Input::Adapted { base, change: Change::Delta(_), .. } => base.release(start, n),
-            Input::Adapted { change: Change::Replace(t), .. } => {
+            Input::Adapted { change: Change { replace: Some(t), .. }, .. } => {
                 Input::Safetensors(TensorRef { file: t.file, info: t.info }).release(start, n)
             }
+            Input::Adapted { base, .. } => base.release(start, n),
             Input::Gguf { .. } | Input::Aligned { .. } => {}
         }
     }
