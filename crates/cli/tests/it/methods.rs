@@ -1,9 +1,10 @@
 //! The method configs of this release against mergekit 0.1.5's outputs: float16 and
 //! bfloat16 results bit for bit, float32 within 1e-5 of each tensor's largest magnitude.
 //!
-//! Two sets of goldens: `methods/` (the shared fixtures, mostly computed in float32) and
-//! `methods-bf16/` (the same configs computed in bfloat16 by mergekit 0.1.5, made by
-//! `scripts/make-goldens`), where every rounding of torch's must be matched.
+//! Three sets of goldens: `methods/` (the shared fixtures, mostly computed in float32),
+//! and `methods-bf16/` and `methods-fp16/` (the same configs computed in bfloat16 and
+//! float16 by mergekit 0.1.5, made by `scripts/make-goldens`), where every rounding of
+//! torch's must be matched.
 
 use std::path::Path;
 
@@ -13,8 +14,9 @@ use crate::common::*;
 
 /// The shared fixtures' configs and outputs.
 const FIXTURES: &str = "methods";
-/// The same configs computed in bfloat16.
+/// The same configs computed in bfloat16, and in float16.
 const BF16: &str = "methods-bf16";
+const FP16: &str = "methods-fp16";
 
 /// Methods where mergekit writes float32 whatever `dtype` says and amalgam writes the
 /// dtype (mergekit #604 and its ramplus_tl twin): their goldens are compared rounded
@@ -50,12 +52,17 @@ fn check_within(set: &str, name: &str, tolerance: f64) {
 /// for the methods where amalgam honours it.
 fn golden(set: &str, name: &str) -> Model {
     let mut model = read_model(&data().join(format!("{set}/mergekit/{name}")));
-    if set == BF16 && HONOURS_DTYPE.contains(&name) {
-        for (dtype, tensor) in model.values_mut() {
-            assert_eq!(*dtype, DType::F32, "mergekit writes {name} in float32");
+    let dtype = match set {
+        BF16 => DType::BF16,
+        FP16 => DType::F16,
+        _ => return model,
+    };
+    if HONOURS_DTYPE.contains(&name) {
+        for (stored, tensor) in model.values_mut() {
+            assert_eq!(*stored, DType::F32, "mergekit writes {name} in float32");
             let values = tensor.values(DType::F32);
-            *tensor = Tensor::from_values(DType::BF16, tensor.shape.clone(), &values);
-            *dtype = DType::BF16;
+            *tensor = Tensor::from_values(dtype, tensor.shape.clone(), &values);
+            *stored = dtype;
         }
     }
     model
@@ -523,37 +530,43 @@ fn arcee_fusion() {
     check_ties(FIXTURES, "arcee_fusion");
 }
 
-/// The configs computed in bfloat16: every deterministic method rounds where mergekit
-/// rounds, so its bytes are mergekit's.
+/// The configs computed in bfloat16 and float16: every deterministic method rounds where
+/// mergekit rounds, so its bytes are mergekit's.
 #[test]
-fn bfloat16_methods_round_like_mergekit() {
-    for name in [
-        "linear",
-        "model_stock",
-        "karcher",
-        "multislerp",
-        "nuslerp",
-        "nearswap",
-        "ram",
-        "ramplus_tl",
-    ] {
-        check(BF16, name);
+fn half_precision_methods_round_like_mergekit() {
+    for set in [BF16, FP16] {
+        for name in [
+            "linear",
+            "model_stock",
+            "karcher",
+            "multislerp",
+            "nuslerp",
+            "nearswap",
+            "ram",
+            "ramplus_tl",
+        ] {
+            check(set, name);
+        }
     }
 }
 
 #[test]
-fn bfloat16_ties_family_differs_only_at_tied_positions() {
-    for name in ["ties", "breadcrumbs", "breadcrumbs_ties"] {
-        check_ties(BF16, name);
+fn half_precision_ties_family_differs_only_at_tied_positions() {
+    for set in [BF16, FP16] {
+        for name in ["ties", "breadcrumbs", "breadcrumbs_ties"] {
+            check_ties(set, name);
+        }
     }
 }
 
 #[test]
-fn bfloat16_sce() {
+fn half_precision_sce() {
     check_sce(BF16);
+    check_sce(FP16);
 }
 
 #[test]
-fn bfloat16_arcee_fusion_honours_the_dtype() {
+fn half_precision_arcee_fusion_honours_the_dtype() {
     check_ties(BF16, "arcee_fusion");
+    check_ties(FP16, "arcee_fusion");
 }

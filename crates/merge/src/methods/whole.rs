@@ -78,7 +78,7 @@ impl Whole {
                     Some(importance.iter().map(|i| (i - threshold).abs() <= band).collect())
                 } else {
                     let (b, x) = (&inputs[base], &inputs[other]);
-                    Some(fusion_rounding_dependent(b, x, cols, threshold, w))
+                    Some(fusion_rounding_dependent(b, x, cols, seed, w))
                 }
             }
             _ => None,
@@ -493,55 +493,82 @@ fn row_kl(p: &[f32], q: &[f32], w: Torch) -> f32 {
 /// to the other neighbour.
 const MIDPOINT_SLACK: f64 = 1e-6;
 
+/// Rows with more values at a midpoint than this count as wholly rounding-dependent
+/// (each combination of roundings is tried up to it).
+const MAX_FLIPS: usize = 10;
+
 /// For arcee_fusion in a reduced dtype: positions whose keep decision depends on how
 /// torch's float32 softmax rounds a value lying at a rounding midpoint. A row's KL
 /// divergence is a small difference of nearly equal terms, so one such rounding moves
-/// it, and every importance of the row, by far more than a rounding step.
-fn fusion_rounding_dependent(
-    b: &[f32],
-    x: &[f32],
-    cols: usize,
-    threshold: f32,
-    w: Torch,
-) -> Vec<bool> {
+/// it, and every importance of the row, by far more than a rounding step; and the
+/// quartiles, so the threshold, move with them.
+fn fusion_rounding_dependent(b: &[f32], x: &[f32], cols: usize, seed: u64, w: Torch) -> Vec<bool> {
     let cols = cols.max(1);
-    let mut dependent = vec![false; b.len()];
+    let (mut low, mut high) = (vec![0f32; b.len()], vec![0f32; b.len()]);
     for start in (0..b.len()).step_by(cols) {
         let end = (start + cols).min(b.len());
-        let (exact_p, exact_q) = (softmax(&x[start..end]), softmax(&b[start..end]));
-        let (p, q) = (shifted_softmax(&exact_p, w), shifted_softmax(&exact_q, w));
-        let nominal = row_kl(&p, &q, w);
-        let (mut low, mut high) = (nominal, nominal);
-        for (exact, is_p) in [(&exact_p, true), (&exact_q, false)] {
-            for (j, value) in exact.iter().enumerate() {
-                let rounded = w.r(w.r(*value as f32) + w.scalar(1e-8));
-                for nudged in [value * (1.0 - MIDPOINT_SLACK), value * (1.0 + MIDPOINT_SLACK)] {
-                    let alternative = w.r(w.r(nudged as f32) + w.scalar(1e-8));
-                    if alternative == rounded {
-                        continue;
-                    }
-                    let (mut p, mut q) = (p.clone(), q.clone());
-                    if is_p {
-                        p[j] = alternative
-                    } else {
-                        q[j] = alternative
-                    }
-                    let kl = row_kl(&p, &q, w);
-                    (low, high) = (low.min(kl), high.max(kl));
+        let (kl_low, kl_high) = row_kl_range(&b[start..end], &x[start..end], w);
+        for e in start..end {
+            let change = w.r(x[e] - b[e]).abs();
+            (low[e], high[e]) = (w.r(change * kl_low), w.r(change * kl_high));
+        }
+    }
+    // Importances grow with the KL, so the quartiles lie between those of the low and
+    // the high importances, and the threshold between these bounds.
+    let ([q1_low, median_low, q3_low], [q1_high, median_high, q3_high]) =
+        (fusion_quartiles(&low, seed), fusion_quartiles(&high, seed));
+    let least = w.r(median_low + w.r(1.5 * w.r(q3_low - q1_high)));
+    let most = w.r(median_high + w.r(1.5 * w.r(q3_high - q1_low)));
+    low.iter().zip(&high).map(|(l, h)| !(*l >= most || *h < least)).collect()
+}
+
+/// The least and greatest KL divergence a row may have in torch: every combination of
+/// other roundings for the softmax values within [`MIDPOINT_SLACK`] of a midpoint
+/// (the whole real line past [`MAX_FLIPS`] of them).
+fn row_kl_range(b: &[f32], x: &[f32], w: Torch) -> (f32, f32) {
+    let (exact_p, exact_q) = (softmax(x), softmax(b));
+    let (p, q) = (shifted_softmax(&exact_p, w), shifted_softmax(&exact_q, w));
+    // Each value that could round the other way: (in p, index, other rounding).
+    let mut flips = Vec::new();
+    for (exact, in_p) in [(&exact_p, true), (&exact_q, false)] {
+        for (j, value) in exact.iter().enumerate() {
+            let rounded = w.r(w.r(*value as f32) + w.scalar(1e-8));
+            for nudged in [value * (1.0 - MIDPOINT_SLACK), value * (1.0 + MIDPOINT_SLACK)] {
+                let other = w.r(w.r(nudged as f32) + w.scalar(1e-8));
+                if other != rounded {
+                    flips.push((in_p, j, other));
                 }
             }
         }
-        for e in start..end {
-            let change = w.r(x[e] - b[e]).abs();
-            dependent[e] = (w.r(change * low) >= threshold) != (w.r(change * high) >= threshold);
-        }
     }
-    dependent
+    if flips.len() > MAX_FLIPS {
+        return (f32::NEG_INFINITY, f32::INFINITY);
+    }
+    let (mut low, mut high) = (f32::INFINITY, f32::NEG_INFINITY);
+    // Every combination of roundings, the nominal one (no flips) included.
+    for subset in 0..1u32 << flips.len() {
+        let (mut p, mut q) = (p.clone(), q.clone());
+        for (bit, &(in_p, j, other)) in flips.iter().enumerate() {
+            if subset >> bit & 1 == 1 {
+                if in_p { p[j] = other } else { q[j] = other }
+            }
+        }
+        let kl = row_kl(&p, &q, w);
+        (low, high) = (low.min(kl), high.max(kl));
+    }
+    (low, high)
 }
 
-/// `median + 1.5 IQR`, the quantiles read at `floor(q (n - 1))` of the sorted
-/// importances, from a seeded sample of 10^6 (with replacement) for larger tensors.
+/// `median + 1.5 IQR` of the importances (see [`fusion_quartiles`]).
 fn fusion_threshold(importance: &[f32], seed: u64, w: Torch) -> f32 {
+    let [q1, median, q3] = fusion_quartiles(importance, seed);
+    w.r(median + w.r(1.5 * w.r(q3 - q1)))
+}
+
+/// The first quartile, median and third quartile, read at `floor(q (n - 1))` of the
+/// sorted importances, from a seeded sample of 10^6 (with replacement) for larger
+/// tensors.
+fn fusion_quartiles(importance: &[f32], seed: u64) -> [f32; 3] {
     const SAMPLE: usize = 1_000_000;
     let mut sample: Vec<f32> = if importance.len() > SAMPLE {
         let mut rng = super::gta::SplitMix64(seed);
@@ -552,11 +579,11 @@ fn fusion_threshold(importance: &[f32], seed: u64, w: Torch) -> f32 {
         importance.to_vec()
     };
     if sample.is_empty() {
-        return 0.0;
+        return [0.0; 3];
     }
     sample.sort_by(f32::total_cmp);
     let at = |q: f64| sample[(q * (sample.len() - 1) as f64) as usize];
-    w.r(at(0.5) + w.r(1.5 * w.r(at(0.75) - at(0.25))))
+    [at(0.25), at(0.5), at(0.75)]
 }
 
 /// Softmax in f64.
