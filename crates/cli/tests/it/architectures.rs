@@ -1,5 +1,6 @@
 //! Architectures beyond Llama: tiny Qwen3- and Gemma 2-shaped models, generated here,
-//! self-merged, with per-layer config lists rebuilt through the layer mapping.
+//! self-merged, with per-layer config lists rebuilt through the layer mapping; and tiny
+//! models transformers built for each architecture, frankenmerged as mergekit does.
 
 use std::fs;
 
@@ -109,4 +110,52 @@ fn gemma2_self_merge_writes_out_the_alternation() {
     assert_eq!(out["num_hidden_layers"], 5);
     assert_eq!(out["layer_types"], json!([s, f, f, s, f]));
     assert!(stderr.contains("layer_types written out for the 5 output layers"), "{stderr}");
+}
+
+/// Merges `tests/data/architectures/configs/<arch>.yml` — a frankenmerge (layers 0-2,
+/// then 1-3) of a tiny model transformers built for the architecture — and compares with
+/// mergekit 0.1.5 (made by `scripts/make-goldens`): the same tensors, bit for bit, and
+/// the same config.json. Where the config has per-layer lists, mergekit writes the
+/// tensors and then fails on config.json (its lists keep the source's length); amalgam's
+/// lists must then follow the layers: output layer i takes source layer
+/// [0, 1, 2, 1, 2, 3][i]'s entry.
+fn check_against_mergekit(arch: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join(arch);
+    run_ok(
+        amalgam()
+            .current_dir(data().join("architectures/models"))
+            .arg("merge")
+            .arg(data().join(format!("architectures/configs/{arch}.yml")))
+            .arg(&out)
+            .arg("--quiet"),
+    );
+    let golden = data().join(format!("architectures/mergekit/{arch}"));
+    let (ours, theirs) = (read_model(&out), read_safetensors(&golden.join("model.safetensors")));
+    assert_eq!(ours.keys().collect::<Vec<_>>(), theirs.keys().collect::<Vec<_>>(), "{arch}");
+    for (name, (dtype, tensor)) in &theirs {
+        assert_eq!(ours[name].0, *dtype, "{arch}: {name}");
+        assert!(ours[name].1.bytes == tensor.bytes, "{arch}: {name} differs from mergekit");
+    }
+    let config = json(&out.join("config.json"));
+    assert_eq!(config["num_hidden_layers"], 6, "{arch}");
+    if golden.join("config.json").is_file() {
+        let mut theirs = json(&golden.join("config.json"));
+        theirs["transformers_version"] = config["transformers_version"].clone();
+        assert_eq!(config, theirs, "{arch}: config.json");
+        return;
+    }
+    let error = fs::read_to_string(golden.join("mergekit-error.txt")).unwrap();
+    assert!(error.contains("layer_types"), "{arch}: mergekit failed otherwise: {error}");
+    let source = json(&data().join(format!("architectures/models/{arch}/config.json")));
+    let types = source["layer_types"].as_array().unwrap();
+    let expected: Vec<_> = [0, 1, 2, 1, 2, 3].iter().map(|&l| types[l].clone()).collect();
+    assert_eq!(config["layer_types"], serde_json::Value::Array(expected), "{arch}: layer_types");
+}
+
+#[test]
+fn architectures_built_by_transformers_merge_like_mergekit() {
+    for arch in ["mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3"] {
+        check_against_mergekit(arch);
+    }
 }

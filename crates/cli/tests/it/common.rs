@@ -96,6 +96,25 @@ pub fn read_model(dir: &Path) -> BTreeMap<String, (amalgam_tensors::DType, Tenso
         .collect()
 }
 
+/// Every tensor of one safetensors file, by name.
+pub fn read_safetensors(path: &Path) -> BTreeMap<String, (amalgam_tensors::DType, Tensor)> {
+    let file = amalgam_tensors::SafetensorsFile::open(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let names: Vec<String> = file.names().map(str::to_owned).collect();
+    names
+        .into_iter()
+        .map(|name| {
+            let info = file.info(&name).unwrap().unwrap();
+            let tensor = Tensor {
+                dtype: info.dtype.torch_name(),
+                shape: info.shape.clone(),
+                bytes: file.bytes(info.start, info.end).to_vec(),
+            };
+            (name, (info.dtype, tensor))
+        })
+        .collect()
+}
+
 /// Copies a model folder (following symlinks) so a test can modify it.
 pub fn copy_model(from: &Path, to: &Path) {
     fs::create_dir_all(to).unwrap();
