@@ -10,6 +10,8 @@
 use amalgam_tensors::DType;
 use amalgam_tensors::dtype::round_to;
 
+use super::reduce;
+
 /// Arithmetic on tensors of one dtype (a no-op rounding in float32).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Torch(pub DType);
@@ -37,9 +39,17 @@ impl Torch {
         self.r((sum / values.len().max(1) as f64) as f32)
     }
 
-    /// `torch.norm` of a tensor of the dtype: the Euclidean norm, rounded once.
-    pub fn norm(self, values: impl IntoIterator<Item = f32>) -> f32 {
-        let squares: f64 = values.into_iter().map(|v| f64::from(v).powi(2)).sum();
+    /// `torch.norm` of a contiguous vector of the dtype: torch accumulates the squares
+    /// in float32 in its own order (see [`reduce::norm2`]; on long vectors that sum
+    /// drifts far more than a 16-bit rounding step) and rounds the result once.
+    pub fn norm(self, values: &[f32]) -> f32 {
+        self.r(reduce::norm2(values))
+    }
+
+    /// The Euclidean norm of a strided vector (a column), accumulated exactly and
+    /// rounded once.
+    pub fn norm_strided(self, values: &[f32]) -> f32 {
+        let squares: f64 = values.iter().map(|v| f64::from(*v).powi(2)).sum();
         self.r(squares.sqrt() as f32)
     }
 
@@ -77,7 +87,8 @@ mod tests {
         // A sum rounds once: 256 + 1 + 1 is 258 exactly, where adding in bf16 step by
         // step would give 256 twice over (257 is not a bf16 value).
         assert_eq!(bf16.sum([256.0, 1.0, 1.0]), 258.0);
-        assert_eq!(bf16.norm([3.0, 4.0]), 5.0);
+        assert_eq!(bf16.norm(&[3.0, 4.0]), 5.0);
+        assert_eq!(bf16.norm_strided(&[3.0, 4.0]), 5.0);
         assert_eq!(bf16.mean(&[1.0, 2.0]), 1.5);
         assert_eq!(bf16.scalar(0.1), 205.0 / 2048.0, "0.1 rounded to 8 significant bits");
     }

@@ -170,7 +170,7 @@ fn model_stock(inputs: &[Vec<f32>], base: usize, row: usize, w: Torch) -> Vec<f3
         for a in 0..n {
             for b in a + 1..n {
                 let (da, db) = (&offsets[a][start..end], &offsets[b][start..end]);
-                let product = w.r(w.norm(da.iter().copied()) * w.norm(db.iter().copied()));
+                let product = w.r(w.norm(da) * w.norm(db));
                 let cos = w.r(w.dot_of_products(da, db) / product.max(floor));
                 cosines.push(cos.clamp(-1.0, 1.0));
             }
@@ -275,7 +275,7 @@ fn multislerp(
     }
     let eps_r = w.scalar(f64::from(eps));
     let len = xs[0].len();
-    let norms: Vec<f32> = xs.iter().map(|x| w.norm(x.iter().copied())).collect();
+    let norms: Vec<f32> = xs.iter().map(|x| w.norm(x)).collect();
     let units: Vec<Vec<f32>> = xs
         .iter()
         .zip(&norms)
@@ -294,7 +294,7 @@ fn multislerp(
         out
     };
     let mean: Vec<f32> = (0..len).map(|e| weighted_sum(&units, e)).collect();
-    let mean_norm = w.norm(mean.iter().copied());
+    let mean_norm = w.norm(&mean);
     if f64::from(mean_norm) < f64::from(eps) {
         // Antipodal inputs: the weighted sum (mergekit raises for more than two).
         return add_base((0..len).map(|e| weighted_sum(&xs, e)).collect());
@@ -308,7 +308,7 @@ fn multislerp(
         })
         .collect();
     let tangent: Vec<f32> = (0..len).map(|e| weighted_sum(&tangents, e)).collect();
-    let tangent_norm = w.r(w.norm(tangent.iter().copied()) + eps_r);
+    let tangent_norm = w.r(w.norm(&tangent) + eps_r);
     let c = w.r(tangent_norm.cos());
     let s = w.r(w.r(tangent_norm.sin()) / tangent_norm);
     let avg_norm = w.sum(norms.iter().zip(&weights).map(|(n, c)| w.r(n * c)));
@@ -639,7 +639,11 @@ fn nuslerp(t: f64, v0: &[f32], v1: &[f32], vectors: Vectors, w: Torch) -> Vec<f3
             |v: &[f32]| -> Vec<f32> { (0..size).map(|j| v[vectors.index(k, j)]).collect() };
         let (x0, x1) = (gather(v0), gather(v1));
         let unit = |x: &[f32]| -> Vec<f32> {
-            let n = w.norm(x.iter().copied()).max(floor);
+            let n = match vectors {
+                Vectors::Columns(_) => w.norm_strided(x),
+                _ => w.norm(x),
+            }
+            .max(floor);
             x.iter().map(|v| w.r(v / n)).collect()
         };
         let cos = w.dot_of_products(&unit(&x0), &unit(&x1)).clamp(-1.0, 1.0);
