@@ -12,67 +12,145 @@ use amalgam_tensors::dtype::round_to;
 
 use super::reduce;
 
-/// Arithmetic on tensors of one dtype (a no-op rounding in float32).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Torch(pub DType);
+/// Arithmetic on tensors of one dtype. Each dtype is its own type, so the rounding is
+/// resolved at compile time and the loops stay vectorized.
+pub trait Torch: Copy {
+    /// The dtype tensors hold.
+    const DTYPE: DType;
 
-impl Torch {
     /// An elementwise result, computed in f32, as a tensor of the dtype holds it.
     #[inline(always)]
-    pub fn r(self, x: f32) -> f32 {
-        round_to(self.0, x)
+    fn r(self, x: f32) -> f32 {
+        round_to(Self::DTYPE, x)
     }
 
     /// A scalar where torch rounds it to the dtype before use (see the module notes).
-    pub fn scalar(self, x: f64) -> f32 {
+    fn scalar(self, x: f64) -> f32 {
         self.r(x as f32)
     }
 
-    /// A sum reduction's result: accumulated wide, rounded once.
-    pub fn sum(self, values: impl IntoIterator<Item = f32>) -> f32 {
+    /// A sum reduction's result (of a few values, such as one per model): accumulated
+    /// in f64, rounded once.
+    fn sum(self, values: impl IntoIterator<Item = f32>) -> f32 {
         self.r(values.into_iter().map(f64::from).sum::<f64>() as f32)
     }
 
     /// A mean reduction's result.
-    pub fn mean(self, values: &[f32]) -> f32 {
-        let sum: f64 = values.iter().map(|v| f64::from(*v)).sum();
+    fn mean(self, values: &[f32]) -> f32 {
+        let sum = wide_sum(values.iter().map(|v| f64::from(*v)));
         self.r((sum / values.len().max(1) as f64) as f32)
     }
 
     /// `torch.norm` of a contiguous vector of the dtype: torch accumulates the squares
     /// in float32 in its own order (see [`reduce::norm2`]; on long vectors that sum
     /// drifts far more than a 16-bit rounding step) and rounds the result once.
-    pub fn norm(self, values: &[f32]) -> f32 {
+    fn norm(self, values: &[f32]) -> f32 {
         self.r(reduce::norm2(values))
     }
 
     /// The Euclidean norm of a strided vector (a column), accumulated exactly and
     /// rounded once.
-    pub fn norm_strided(self, values: &[f32]) -> f32 {
-        let squares: f64 = values.iter().map(|v| f64::from(*v).powi(2)).sum();
-        self.r(squares.sqrt() as f32)
+    fn norm_strided(self, values: &[f32]) -> f32 {
+        self.r(wide_dot(values, values).sqrt() as f32)
     }
 
     /// `torch.dot`: the products summed unrounded, the sum rounded once.
-    pub fn dot(self, a: &[f32], b: &[f32]) -> f32 {
-        self.r(a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum::<f64>() as f32)
+    fn dot(self, a: &[f32], b: &[f32]) -> f32 {
+        self.r(wide_dot(a, b) as f32)
     }
 
     /// `(a * b).sum()`: the products rounded, then summed.
-    pub fn dot_of_products(self, a: &[f32], b: &[f32]) -> f32 {
-        self.sum(a.iter().zip(b).map(|(x, y)| self.r(x * y)))
+    fn dot_of_products(self, a: &[f32], b: &[f32]) -> f32 {
+        self.r(wide_sum(a.iter().zip(b).map(|(x, y)| f64::from(self.r(x * y)))) as f32)
     }
 
     /// `a - b` elementwise.
-    pub fn sub(self, a: &[f32], b: &[f32]) -> Vec<f32> {
+    fn sub(self, a: &[f32], b: &[f32]) -> Vec<f32> {
         a.iter().zip(b).map(|(x, y)| self.r(x - y)).collect()
     }
 
     /// `a + b` elementwise.
-    pub fn add(self, a: &[f32], b: &[f32]) -> Vec<f32> {
+    fn add(self, a: &[f32], b: &[f32]) -> Vec<f32> {
         a.iter().zip(b).map(|(x, y)| self.r(x + y)).collect()
     }
 }
+
+/// bfloat16 tensors.
+#[derive(Clone, Copy, Debug)]
+pub struct Bf16;
+
+/// float16 tensors.
+#[derive(Clone, Copy, Debug)]
+pub struct F16;
+
+/// float32 tensors (rounding is a no-op).
+#[derive(Clone, Copy, Debug)]
+pub struct F32;
+
+impl Torch for Bf16 {
+    const DTYPE: DType = DType::BF16;
+}
+
+impl Torch for F16 {
+    const DTYPE: DType = DType::F16;
+}
+
+impl Torch for F32 {
+    const DTYPE: DType = DType::F32;
+}
+
+/// Lanes of the wide sums: independent accumulators, so long sums are not one chain of
+/// dependent additions.
+const WIDE: usize = 8;
+
+/// A long sum in f64, accumulated round-robin in [`WIDE`] lanes.
+fn wide_sum(values: impl Iterator<Item = f64>) -> f64 {
+    let mut acc = [0f64; WIDE];
+    for (i, v) in values.enumerate() {
+        acc[i % WIDE] += v;
+    }
+    acc.iter().sum()
+}
+
+/// `Σ a_i b_i` in f64 (exact products of 16-bit values), in [`WIDE`] lanes.
+fn wide_dot(a: &[f32], b: &[f32]) -> f64 {
+    let mut acc = [0f64; WIDE];
+    let (blocks_a, blocks_b) = (a.chunks_exact(WIDE), b.chunks_exact(WIDE));
+    let tail: f64 = blocks_a
+        .remainder()
+        .iter()
+        .zip(blocks_b.remainder())
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
+    for (x, y) in blocks_a.zip(blocks_b) {
+        for l in 0..WIDE {
+            acc[l] += f64::from(x[l]) * f64::from(y[l]);
+        }
+    }
+    acc.iter().sum::<f64>() + tail
+}
+
+/// Runs `$body` with `$w` bound to the [`Torch`] type of `$dtype` (float32 arithmetic
+/// for float32 and float64).
+macro_rules! with_torch {
+    ($dtype:expr, $w:ident => $body:expr) => {
+        match $dtype {
+            amalgam_tensors::DType::BF16 => {
+                let $w = $crate::methods::torch::Bf16;
+                $body
+            }
+            amalgam_tensors::DType::F16 => {
+                let $w = $crate::methods::torch::F16;
+                $body
+            }
+            amalgam_tensors::DType::F32 | amalgam_tensors::DType::F64 => {
+                let $w = $crate::methods::torch::F32;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_torch;
 
 #[cfg(test)]
 mod tests {
@@ -80,10 +158,11 @@ mod tests {
 
     #[test]
     fn rounds_each_result_to_the_dtype() {
-        let bf16 = Torch(DType::BF16);
+        let bf16 = Bf16;
         // 1 + 2^-9 is below bf16's half step at 1: it rounds back to 1.
         assert_eq!(bf16.r(1.0 + 2f32.powi(-9)), 1.0);
-        assert_eq!(Torch(DType::F32).r(1.0 + 2f32.powi(-9)), 1.0 + 2f32.powi(-9));
+        assert_eq!(F32.r(1.0 + 2f32.powi(-9)), 1.0 + 2f32.powi(-9));
+        assert_eq!(F16.r(1.0 + 2f32.powi(-12)), 1.0, "float16 keeps 10 fraction bits");
         // A sum rounds once: 256 + 1 + 1 is 258 exactly, where adding in bf16 step by
         // step would give 256 twice over (257 is not a bf16 value).
         assert_eq!(bf16.sum([256.0, 1.0, 1.0]), 258.0);

@@ -10,7 +10,7 @@
 use amalgam_tensors::DType;
 
 use super::reduce;
-use super::torch::Torch;
+use super::torch::{Torch, with_torch};
 
 /// A whole-tensor method with its parameters bound.
 #[derive(Clone, Debug, PartialEq)]
@@ -62,7 +62,16 @@ impl Whole {
         cols: usize,
         working: DType,
     ) -> Option<Vec<bool>> {
-        let w = Torch(working);
+        with_torch!(working, w => self.tied_positions_in(inputs, cols, working, w))
+    }
+
+    fn tied_positions_in(
+        &self,
+        inputs: &[Vec<f32>],
+        cols: usize,
+        working: DType,
+        w: impl Torch,
+    ) -> Option<Vec<bool>> {
         match *self {
             Whole::Gta(ref gta) => Some(gta.tied_positions(inputs, working)),
             Whole::Sce { base, select_topk } if select_topk < 1.0 => {
@@ -88,7 +97,16 @@ impl Whole {
     /// Merges whole tensors (`cols` elements per row) in the `working` dtype; the result
     /// is in f32.
     pub fn merge(&self, inputs: &[Vec<f32>], cols: usize, working: DType) -> Vec<f32> {
-        let w = Torch(working);
+        with_torch!(working, w => self.merge_in(inputs, cols, working, w))
+    }
+
+    fn merge_in(
+        &self,
+        inputs: &[Vec<f32>],
+        cols: usize,
+        working: DType,
+        w: impl Torch,
+    ) -> Vec<f32> {
         match *self {
             Whole::ModelStock { base, filter_wise } => {
                 model_stock(inputs, base, if filter_wise { cols } else { inputs[0].len() }, w)
@@ -138,7 +156,7 @@ impl Whole {
     ) -> Option<Vec<f32>> {
         match *self {
             Whole::Sce { base, select_topk } => {
-                Some(sce(inputs, base, select_topk, keep_tied, Torch(working)))
+                Some(with_torch!(working, w => sce(inputs, base, select_topk, &keep_tied, w)))
             }
             _ => None,
         }
@@ -147,7 +165,7 @@ impl Whole {
 
 /// Model Stock over rows of `row` elements (the whole tensor as one row unless
 /// filter-wise), in mergekit's order of operations.
-fn model_stock(inputs: &[Vec<f32>], base: usize, row: usize, w: Torch) -> Vec<f32> {
+fn model_stock(inputs: &[Vec<f32>], base: usize, row: usize, w: impl Torch) -> Vec<f32> {
     let w0 = &inputs[base];
     let ws: Vec<&Vec<f32>> = (0..inputs.len()).filter(|&i| i != base).map(|i| &inputs[i]).collect();
     let n = ws.len();
@@ -189,7 +207,7 @@ fn model_stock(inputs: &[Vec<f32>], base: usize, row: usize, w: Torch) -> Vec<f3
 /// The weighted Karcher mean with equal weights, as mergekit computes it: norms in
 /// float32, unit vectors of inputs with norm above `tol`, a normalised weighted mean as
 /// the start, then Riemannian gradient steps until the tangent is below `tol`.
-fn karcher(inputs: &[Vec<f32>], max_iter: usize, tol: f32, w: Torch) -> Vec<f32> {
+fn karcher(inputs: &[Vec<f32>], max_iter: usize, tol: f32, w: impl Torch) -> Vec<f32> {
     let len = inputs[0].len();
     if inputs.len() == 1 {
         return inputs[0].clone();
@@ -215,8 +233,9 @@ fn karcher(inputs: &[Vec<f32>], max_iter: usize, tol: f32, w: Torch) -> Vec<f32>
     } else {
         mean.iter_mut().for_each(|m| *m = w.r(*m / mean_norm));
     }
+    let mut tangent = vec![0f32; len];
     for _ in 0..max_iter {
-        let mut tangent = vec![0f32; len];
+        tangent.fill(0.0);
         for (a, u) in alphas.iter().zip(&units) {
             let dot = w.dot(&mean, u).clamp(-1.0, 1.0);
             let theta = w.r(dot.acos());
@@ -256,7 +275,7 @@ fn multislerp(
     weights: &[f32],
     normalize: bool,
     eps: f32,
-    w: Torch,
+    w: impl Torch,
 ) -> Vec<f32> {
     if others.len() == 1 {
         return inputs[others[0]].clone();
@@ -300,14 +319,14 @@ fn multislerp(
         return add_base((0..len).map(|e| weighted_sum(&xs, e)).collect());
     }
     let mean: Vec<f32> = mean.iter().map(|m| w.r(m / mean_norm)).collect();
-    let tangents: Vec<Vec<f32>> = units
-        .iter()
-        .map(|u| {
-            let d = w.dot_of_products(u, &mean);
-            u.iter().zip(&mean).map(|(x, m)| w.r(x - w.r(d * m))).collect()
+    // Each unit vector's tangent at the mean, weighted and summed over the inputs.
+    let dots: Vec<f32> = units.iter().map(|u| w.dot_of_products(u, &mean)).collect();
+    let tangent: Vec<f32> = (0..len)
+        .map(|e| {
+            let terms = units.iter().zip(&dots).zip(&weights);
+            w.sum(terms.map(|((u, d), c)| w.r(w.r(u[e] - w.r(d * mean[e])) * c)))
         })
         .collect();
-    let tangent: Vec<f32> = (0..len).map(|e| weighted_sum(&tangents, e)).collect();
     let tangent_norm = w.r(w.norm(&tangent) + eps_r);
     let c = w.r(tangent_norm.cos());
     let s = w.r(w.r(tangent_norm.sin()) / tangent_norm);
@@ -321,7 +340,7 @@ fn multislerp(
 }
 
 /// Each non-base input minus the base.
-fn task_vectors(inputs: &[Vec<f32>], base: usize, w: Torch) -> Vec<Vec<f32>> {
+fn task_vectors(inputs: &[Vec<f32>], base: usize, w: impl Torch) -> Vec<Vec<f32>> {
     (0..inputs.len()).filter(|&i| i != base).map(|i| w.sub(&inputs[i], &inputs[base])).collect()
 }
 
@@ -333,7 +352,7 @@ fn sce(
     base: usize,
     select_topk: f32,
     keep_tied: impl Fn(usize) -> bool,
-    w: Torch,
+    w: impl Torch,
 ) -> Vec<f32> {
     let b = &inputs[base];
     let mut tvs = task_vectors(inputs, base, w);
@@ -368,7 +387,7 @@ fn sce(
 
 /// SCE's matrix weights: each task vector's mean square over their sum (uniform when
 /// the sum is below 1e-6).
-fn sce_weights(tvs: &[Vec<f32>], w: Torch) -> Vec<f32> {
+fn sce_weights(tvs: &[Vec<f32>], w: impl Torch) -> Vec<f32> {
     let squares: Vec<f32> = tvs
         .iter()
         .map(|tv| {
@@ -412,7 +431,7 @@ fn sce_select(
     tvs: &[Vec<f32>],
     density: f32,
     keep_tied: impl Fn(usize) -> bool,
-    w: Torch,
+    w: impl Torch,
 ) -> Vec<bool> {
     let var = variances(tvs, w);
     let cut = sce_cut(&var, density);
@@ -430,7 +449,7 @@ fn sce_select(
 /// The population variance across task vectors at each position, accumulated in f64
 /// and stored in the working dtype as torch's `var` does (so equal variances tie as they
 /// do there).
-fn variances(tvs: &[Vec<f32>], w: Torch) -> Vec<f32> {
+fn variances(tvs: &[Vec<f32>], w: impl Torch) -> Vec<f32> {
     let m = tvs.len() as f64;
     (0..tvs[0].len())
         .map(|e| {
@@ -448,7 +467,7 @@ pub const FUSION_BAND: f32 = 5e-2;
 
 /// Arcee Fusion: a change is kept where its importance reaches `median + 1.5 IQR` of
 /// all importances.
-fn arcee_fusion(b: &[f32], x: &[f32], cols: usize, seed: u64, w: Torch) -> Vec<f32> {
+fn arcee_fusion(b: &[f32], x: &[f32], cols: usize, seed: u64, w: impl Torch) -> Vec<f32> {
     let importance = fusion_importance(b, x, cols, w);
     let threshold = fusion_threshold(&importance, seed, w);
     // mergekit's mask is float32, so `b + (x - b) * mask` is a float32 sum of the
@@ -462,7 +481,7 @@ fn arcee_fusion(b: &[f32], x: &[f32], cols: usize, seed: u64, w: Torch) -> Vec<f
 
 /// Importance `|x - b| * KL(softmax(x) + 1e-8 || softmax(b) + 1e-8)`, the divergence
 /// taken per row of `cols` elements.
-fn fusion_importance(b: &[f32], x: &[f32], cols: usize, w: Torch) -> Vec<f32> {
+fn fusion_importance(b: &[f32], x: &[f32], cols: usize, w: impl Torch) -> Vec<f32> {
     let cols = cols.max(1);
     let mut importance = vec![0f32; b.len()];
     for start in (0..b.len()).step_by(cols) {
@@ -478,13 +497,13 @@ fn fusion_importance(b: &[f32], x: &[f32], cols: usize, w: Torch) -> Vec<f32> {
 }
 
 /// `softmax + 1e-8` in the working dtype, from the exact softmax.
-fn shifted_softmax(exact: &[f64], w: Torch) -> Vec<f32> {
+fn shifted_softmax(exact: &[f64], w: impl Torch) -> Vec<f32> {
     let eps = w.scalar(1e-8);
     exact.iter().map(|p| w.r(w.r(*p as f32) + eps)).collect()
 }
 
 /// One row's KL divergence of the shifted softmaxes, `sum(p * log(p / q))`.
-fn row_kl(p: &[f32], q: &[f32], w: Torch) -> f32 {
+fn row_kl(p: &[f32], q: &[f32], w: impl Torch) -> f32 {
     w.sum(p.iter().zip(q).map(|(p, q)| w.r(p * w.r(w.r(p / q).ln()))))
 }
 
@@ -502,7 +521,13 @@ const MAX_FLIPS: usize = 10;
 /// divergence is a small difference of nearly equal terms, so one such rounding moves
 /// it, and every importance of the row, by far more than a rounding step; and the
 /// quartiles, so the threshold, move with them.
-fn fusion_rounding_dependent(b: &[f32], x: &[f32], cols: usize, seed: u64, w: Torch) -> Vec<bool> {
+fn fusion_rounding_dependent(
+    b: &[f32],
+    x: &[f32],
+    cols: usize,
+    seed: u64,
+    w: impl Torch,
+) -> Vec<bool> {
     let cols = cols.max(1);
     let (mut low, mut high) = (vec![0f32; b.len()], vec![0f32; b.len()]);
     for start in (0..b.len()).step_by(cols) {
@@ -525,7 +550,7 @@ fn fusion_rounding_dependent(b: &[f32], x: &[f32], cols: usize, seed: u64, w: To
 /// The least and greatest KL divergence a row may have in torch: every combination of
 /// other roundings for the softmax values within [`MIDPOINT_SLACK`] of a midpoint
 /// (the whole real line past [`MAX_FLIPS`] of them).
-fn row_kl_range(b: &[f32], x: &[f32], w: Torch) -> (f32, f32) {
+fn row_kl_range(b: &[f32], x: &[f32], w: impl Torch) -> (f32, f32) {
     let (exact_p, exact_q) = (softmax(x), softmax(b));
     let (p, q) = (shifted_softmax(&exact_p, w), shifted_softmax(&exact_q, w));
     // Each value that could round the other way: (in p, index, other rounding).
@@ -560,7 +585,7 @@ fn row_kl_range(b: &[f32], x: &[f32], w: Torch) -> (f32, f32) {
 }
 
 /// `median + 1.5 IQR` of the importances (see [`fusion_quartiles`]).
-fn fusion_threshold(importance: &[f32], seed: u64, w: Torch) -> f32 {
+fn fusion_threshold(importance: &[f32], seed: u64, w: impl Torch) -> f32 {
     let [q1, median, q3] = fusion_quartiles(importance, seed);
     w.r(median + w.r(1.5 * w.r(q3 - q1)))
 }
@@ -627,7 +652,7 @@ impl Vectors {
 
 /// mergekit's nuslerp on each vector: normalise (norm clamped at 1e-7), interpolate the
 /// raw vectors with SLERP weights, or linearly where nearly collinear.
-fn nuslerp(t: f64, v0: &[f32], v1: &[f32], vectors: Vectors, w: Torch) -> Vec<f32> {
+fn nuslerp(t: f64, v0: &[f32], v1: &[f32], vectors: Vectors, w: impl Torch) -> Vec<f32> {
     let len = v0.len();
     let (count, size) = vectors.shape(len);
     let floor = w.scalar(1e-7);
@@ -667,7 +692,7 @@ fn nuslerp(t: f64, v0: &[f32], v1: &[f32], vectors: Vectors, w: Torch) -> Vec<f3
 mod tests {
     use super::*;
 
-    const F32: Torch = Torch(DType::F32);
+    const F32: super::super::torch::F32 = super::super::torch::F32;
 
     #[test]
     fn model_stock_of_identical_offsets_is_the_average() {
