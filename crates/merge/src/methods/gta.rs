@@ -52,6 +52,7 @@ impl Gta {
     /// Each torch operation's result is rounded to the `working` dtype mergekit computes
     /// in (a no-op in float32): the task vectors, the weighted task vectors, the sums
     /// over models (accumulated in f32), the normalisation, lambda and the final add.
+    #[inline(always)]
     pub fn merge(&self, inputs: &[Vec<f32>], cols: usize, working: DType) -> Vec<f32> {
         let round = |x: f32| round_to(working, x);
         let base = &inputs[self.base];

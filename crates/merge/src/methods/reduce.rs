@@ -45,6 +45,7 @@ fn fma_accumulate_portable(acc: &mut [f32], x: &[f32], w: f32) {
 /// The 2-norm of a contiguous vector, as `torch.linalg.vector_norm(x, dim=-1)`: squares
 /// added into one 8-lane accumulator (multiply, then add), lanes summed in order, then a
 /// tail of four unfused and up to three fused steps.
+#[inline(always)]
 pub fn norm2(x: &[f32]) -> f32 {
     if x.len() == 1 {
         return x[0].abs();

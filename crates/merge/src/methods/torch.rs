@@ -25,17 +25,20 @@ pub trait Torch: Copy {
     }
 
     /// A scalar where torch rounds it to the dtype before use (see the module notes).
+    #[inline(always)]
     fn scalar(self, x: f64) -> f32 {
         self.r(x as f32)
     }
 
     /// A sum reduction's result (of a few values, such as one per model): accumulated
     /// in f64, rounded once.
+    #[inline(always)]
     fn sum(self, values: impl IntoIterator<Item = f32>) -> f32 {
         self.r(values.into_iter().map(f64::from).sum::<f64>() as f32)
     }
 
     /// A mean reduction's result.
+    #[inline(always)]
     fn mean(self, values: &[f32]) -> f32 {
         let sum = wide_sum(values.iter().map(|v| f64::from(*v)));
         self.r((sum / values.len().max(1) as f64) as f32)
@@ -44,32 +47,38 @@ pub trait Torch: Copy {
     /// `torch.norm` of a contiguous vector of the dtype: torch accumulates the squares
     /// in float32 in its own order (see [`reduce::norm2`]; on long vectors that sum
     /// drifts far more than a 16-bit rounding step) and rounds the result once.
+    #[inline(always)]
     fn norm(self, values: &[f32]) -> f32 {
         self.r(reduce::norm2(values))
     }
 
     /// The Euclidean norm of a strided vector (a column), accumulated exactly and
     /// rounded once.
+    #[inline(always)]
     fn norm_strided(self, values: &[f32]) -> f32 {
         self.r(wide_dot(values, values).sqrt() as f32)
     }
 
     /// `torch.dot`: the products summed unrounded, the sum rounded once.
+    #[inline(always)]
     fn dot(self, a: &[f32], b: &[f32]) -> f32 {
         self.r(wide_dot(a, b) as f32)
     }
 
     /// `(a * b).sum()`: the products rounded, then summed.
+    #[inline(always)]
     fn dot_of_products(self, a: &[f32], b: &[f32]) -> f32 {
         self.r(wide_sum(a.iter().zip(b).map(|(x, y)| f64::from(self.r(x * y)))) as f32)
     }
 
     /// `a - b` elementwise.
+    #[inline(always)]
     fn sub(self, a: &[f32], b: &[f32]) -> Vec<f32> {
         a.iter().zip(b).map(|(x, y)| self.r(x - y)).collect()
     }
 
     /// `a + b` elementwise.
+    #[inline(always)]
     fn add(self, a: &[f32], b: &[f32]) -> Vec<f32> {
         a.iter().zip(b).map(|(x, y)| self.r(x + y)).collect()
     }
@@ -104,6 +113,7 @@ impl Torch for F32 {
 const WIDE: usize = 8;
 
 /// A long sum in f64, accumulated round-robin in [`WIDE`] lanes.
+#[inline(always)]
 fn wide_sum(values: impl Iterator<Item = f64>) -> f64 {
     let mut acc = [0f64; WIDE];
     for (i, v) in values.enumerate() {
@@ -113,6 +123,7 @@ fn wide_sum(values: impl Iterator<Item = f64>) -> f64 {
 }
 
 /// `Σ a_i b_i` in f64 (exact products of 16-bit values), in [`WIDE`] lanes.
+#[inline(always)]
 fn wide_dot(a: &[f32], b: &[f32]) -> f64 {
     let mut acc = [0f64; WIDE];
     let (blocks_a, blocks_b) = (a.chunks_exact(WIDE), b.chunks_exact(WIDE));

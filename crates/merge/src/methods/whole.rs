@@ -95,11 +95,25 @@ impl Whole {
     }
 
     /// Merges whole tensors (`cols` elements per row) in the `working` dtype; the result
-    /// is in f32.
+    /// is in f32. On CPUs with AVX2 and FMA the same code runs compiled for them: Rust
+    /// never fuses `a * b + c` on its own, so both builds give the same bits.
     pub fn merge(&self, inputs: &[Vec<f32>], cols: usize, working: DType) -> Vec<f32> {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+            return unsafe { self.merge_avx2(inputs, cols, working) };
+        }
         with_torch!(working, w => self.merge_in(inputs, cols, working, w))
     }
 
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn merge_avx2(&self, inputs: &[Vec<f32>], cols: usize, working: DType) -> Vec<f32> {
+        with_torch!(working, w => self.merge_in(inputs, cols, working, w))
+    }
+
+    #[inline(always)]
     fn merge_in(
         &self,
         inputs: &[Vec<f32>],
@@ -165,6 +179,7 @@ impl Whole {
 
 /// Model Stock over rows of `row` elements (the whole tensor as one row unless
 /// filter-wise), in mergekit's order of operations.
+#[inline(always)]
 fn model_stock(inputs: &[Vec<f32>], base: usize, row: usize, w: impl Torch) -> Vec<f32> {
     let w0 = &inputs[base];
     let ws: Vec<&Vec<f32>> = (0..inputs.len()).filter(|&i| i != base).map(|i| &inputs[i]).collect();
@@ -207,6 +222,7 @@ fn model_stock(inputs: &[Vec<f32>], base: usize, row: usize, w: impl Torch) -> V
 /// The weighted Karcher mean with equal weights, as mergekit computes it: norms in
 /// float32, unit vectors of inputs with norm above `tol`, a normalised weighted mean as
 /// the start, then Riemannian gradient steps until the tangent is below `tol`.
+#[inline(always)]
 fn karcher(inputs: &[Vec<f32>], max_iter: usize, tol: f32, w: impl Torch) -> Vec<f32> {
     let len = inputs[0].len();
     if inputs.len() == 1 {
@@ -268,6 +284,7 @@ fn karcher(inputs: &[Vec<f32>], max_iter: usize, tol: f32, w: impl Torch) -> Vec
 /// mergekit's multislerp: unit vectors of the flattened inputs, their weighted mean
 /// normalised, the weighted tangent there, the exponential map back, scaled by the
 /// weighted mean norm. A lone input is returned as it is, without the base.
+#[inline(always)]
 fn multislerp(
     inputs: &[Vec<f32>],
     base: Option<usize>,
@@ -652,6 +669,7 @@ impl Vectors {
 
 /// mergekit's nuslerp on each vector: normalise (norm clamped at 1e-7), interpolate the
 /// raw vectors with SLERP weights, or linearly where nearly collinear.
+#[inline(always)]
 fn nuslerp(t: f64, v0: &[f32], v1: &[f32], vectors: Vectors, w: impl Torch) -> Vec<f32> {
     let len = v0.len();
     let (count, size) = vectors.shape(len);
