@@ -7,17 +7,15 @@ tensors and then fails on config.json; mergekit/ARCH/mergekit-error.txt says so.
 
 Run by scripts/make-goldens with the mergekit virtualenv's python; not part of CI.
 Configs name models by relative path: run them in tests/data/architectures/models."""
-import json
 import os
 import shutil
-import subprocess
-import sys
 
 import torch
 import transformers
 from transformers import AutoConfig, AutoModelForCausalLM
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import ROOT, fresh_set, mergekit
+
 OUT = os.path.join(ROOT, "tests/data/architectures")
 SMALL = dict(
     hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
@@ -46,11 +44,7 @@ def make_model(path, model_type, extra, seed):
 
 
 def main():
-    mergekit_yaml = os.path.join(os.path.dirname(sys.executable), "mergekit-yaml")
-    shutil.rmtree(OUT, ignore_errors=True)
-    models = os.path.join(OUT, "models")
-    os.makedirs(os.path.join(OUT, "configs"))
-    os.makedirs(models)
+    models = fresh_set(OUT)
     for seed, (model_type, extra) in enumerate(ARCHITECTURES.items()):
         make_model(os.path.join(models, model_type), model_type, extra, seed)
         config = os.path.join(OUT, "configs", f"{model_type}.yml")
@@ -63,10 +57,7 @@ def main():
             )
         target = os.path.join(OUT, "mergekit", model_type)
         tmp = target + ".tmp"
-        run = subprocess.run(
-            [mergekit_yaml, config, tmp, "--no-write-model-card", "--quiet"],
-            cwd=models, capture_output=True, text=True,
-        )
+        run = mergekit(config, tmp, models)
         os.makedirs(target)
         shutil.copy(os.path.join(tmp, "model.safetensors"), target)
         if run.returncode == 0:

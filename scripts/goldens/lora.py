@@ -12,14 +12,13 @@ Configs name models by relative path: run them in tests/data/lora/models."""
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import ROOT, check, fresh_set, mergekit
+
 BASE = os.path.join(ROOT, "tests/data/methods/models/base")
 OUT = os.path.join(ROOT, "tests/data/lora")
 CASES = {"f32-factors": (torch.float32, False), "bf16-rslora": (torch.bfloat16, True)}
@@ -42,20 +41,18 @@ def make_adapter(path, dtype, rslora, seed):
     if dtype != torch.float32:
         peft_model = peft_model.to(dtype)
     peft_model.save_pretrained(path)
-    # Keep no machine path in the committed files; PEFT's README is boilerplate.
+    # Keep the committed files free of machine paths and set order; PEFT's README is
+    # boilerplate.
     config_path = os.path.join(path, "adapter_config.json")
     config = json.load(open(config_path))
     config["base_model_name_or_path"] = "base"
+    config["target_modules"] = sorted(config["target_modules"])  # a Python set in PEFT
     json.dump(config, open(config_path, "w"), indent=2, sort_keys=True)
     os.remove(os.path.join(path, "README.md"))
 
 
 def main():
-    mergekit_yaml = os.path.join(os.path.dirname(sys.executable), "mergekit-yaml")
-    shutil.rmtree(OUT, ignore_errors=True)
-    models = os.path.join(OUT, "models")
-    os.makedirs(os.path.join(OUT, "configs"))
-    os.makedirs(models)
+    models = fresh_set(OUT)
     os.symlink("../../methods/models/base", os.path.join(models, "base"))
     for seed, (case, (dtype, rslora)) in enumerate(CASES.items()):
         make_adapter(os.path.join(models, case), dtype, rslora, seed)
@@ -64,11 +61,7 @@ def main():
             f.write(f"merge_method: passthrough\ndtype: bfloat16\nmodels:\n  - model: base+{case}\n")
         target = os.path.join(OUT, "mergekit", case)
         tmp = target + ".tmp"
-        subprocess.run(
-            [mergekit_yaml, config, tmp, "--no-write-model-card", "--quiet",
-             "--lora-merge-cache", tmp + ".cache"],
-            cwd=models, check=True,
-        )
+        check(mergekit(config, tmp, models, "--lora-merge-cache", tmp + ".cache"))
         os.makedirs(target)
         for name in ("model.safetensors", "config.json"):
             shutil.copy(os.path.join(tmp, name), target)

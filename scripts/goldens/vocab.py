@@ -8,13 +8,12 @@ Configs name models by relative path: run them in tests/data/vocab/models."""
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import torch
 from safetensors.torch import load_file, save_file
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import ROOT, check, fresh_set, mergekit
+
 MODELS = os.path.join(ROOT, "tests/data/methods/models")
 OUT = os.path.join(ROOT, "tests/data/vocab")
 NEW = ["<tool>", "<|extra|>"]
@@ -63,11 +62,7 @@ def make_wide(path):
 
 
 def main():
-    mergekit_yaml = os.path.join(os.path.dirname(sys.executable), "mergekit-yaml")
-    shutil.rmtree(OUT, ignore_errors=True)
-    os.makedirs(os.path.join(OUT, "configs"))
-    work = os.path.join(OUT, "models")
-    os.makedirs(work)
+    work = fresh_set(OUT)
     shutil.copytree(os.path.join(MODELS, "base"), os.path.join(work, "base"))
     make_wide(os.path.join(work, "wide"))
     for case, section in CASES.items():
@@ -80,11 +75,7 @@ def main():
             )
         target = os.path.join(OUT, "mergekit", case)
         tmp = target + ".tmp"
-        subprocess.run(
-            [mergekit_yaml, config, tmp, "--random-seed", "42", "--no-write-model-card",
-             "--quiet"],
-            cwd=work, check=True,
-        )
+        check(mergekit(config, tmp, work, "--random-seed", "42"))
         os.makedirs(target)
         for name in sorted(os.listdir(tmp)):
             if name.endswith((".safetensors", ".json")):

@@ -120,15 +120,9 @@ fn gemma2_self_merge_writes_out_the_alternation() {
 /// lists must then follow the layers: output layer i takes source layer
 /// [0, 1, 2, 1, 2, 3][i]'s entry.
 fn check_against_mergekit(arch: &str) {
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join(arch);
-    run_ok(
-        amalgam()
-            .current_dir(data().join("architectures/models"))
-            .arg("merge")
-            .arg(data().join(format!("architectures/configs/{arch}.yml")))
-            .arg(&out)
-            .arg("--quiet"),
+    let (_tmp, out) = merge_in(
+        &data().join("architectures/models"),
+        &data().join(format!("architectures/configs/{arch}.yml")),
     );
     let golden = data().join(format!("architectures/mergekit/{arch}"));
     let (ours, theirs) = (read_model(&out), read_safetensors(&golden.join("model.safetensors")));

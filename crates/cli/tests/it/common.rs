@@ -50,6 +50,16 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     output
 }
 
+/// Merges `config` with `amalgam merge --quiet`, run in `models` (configs name models by
+/// relative path), into a new temporary folder; returns the folder, which must be kept
+/// alive while the output is read, and the output's path.
+pub fn merge_in(models: &Path, config: &Path) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    run_ok(amalgam().current_dir(models).arg("merge").arg(config).arg(&out).arg("--quiet"));
+    (tmp, out)
+}
+
 /// A tensor read back: dtype name, shape and raw bytes.
 pub struct Tensor {
     pub dtype: &'static str,

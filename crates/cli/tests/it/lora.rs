@@ -245,16 +245,8 @@ fn a_gguf_base_with_an_adapter_gives_its_tokenizer() {
 /// methods fixture base) and compares every tensor with mergekit 0.1.5's, which merges
 /// through PEFT's `merge_and_unload` (made by `scripts/make-goldens`).
 fn check_against_mergekit(case: &str) {
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join(case);
-    run_ok(
-        amalgam()
-            .current_dir(data().join("lora/models"))
-            .arg("merge")
-            .arg(data().join(format!("lora/configs/{case}.yml")))
-            .arg(&out)
-            .arg("--quiet"),
-    );
+    let (_tmp, out) =
+        merge_in(&data().join("lora/models"), &data().join(format!("lora/configs/{case}.yml")));
     let (ours, theirs) =
         (read_model(&out), read_model(&data().join(format!("lora/mergekit/{case}"))));
     let base = read_model(&data().join("methods/models/base"));

@@ -32,17 +32,8 @@ fn check(set: &str, name: &str) {
 /// As [`check`], with float32 outputs within `tolerance` of each tensor's largest
 /// magnitude (methods whose norms and sums mergekit accumulates in another order).
 fn check_within(set: &str, name: &str, tolerance: f64) {
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join(name);
-    let models = data().join("methods/models");
-    run_ok(
-        amalgam()
-            .current_dir(&models)
-            .arg("merge")
-            .arg(data().join(format!("{set}/configs/{name}.yml")))
-            .arg(&out)
-            .arg("--quiet"),
-    );
+    let (_tmp, out) =
+        merge_in(&data().join("methods/models"), &data().join(format!("{set}/configs/{name}.yml")));
     let golden_dir = data().join(format!("{set}/mergekit/{name}"));
     compare_tensors(name, &golden(set, name), &read_model(&out), tolerance);
     compare_config(&golden_dir, &out);

@@ -175,16 +175,8 @@ fn damaged_tokenizers_are_clear_errors() {
 /// rewrites when mergekit saves it (amalgam keeps the source's, which transformers 4
 /// and 5 both load).
 fn check_against_mergekit(case: &str) {
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join(case);
-    run_ok(
-        amalgam()
-            .current_dir(data().join("vocab/models"))
-            .arg("merge")
-            .arg(data().join(format!("vocab/configs/{case}.yml")))
-            .arg(&out)
-            .arg("--quiet"),
-    );
+    let (_tmp, out) =
+        merge_in(&data().join("vocab/models"), &data().join(format!("vocab/configs/{case}.yml")));
     let golden = data().join(format!("vocab/mergekit/{case}"));
     let (ours, theirs) = (read_model(&out), read_model(&golden));
     assert_eq!(ours.keys().collect::<Vec<_>>(), theirs.keys().collect::<Vec<_>>(), "{case}");
