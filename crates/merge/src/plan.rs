@@ -294,6 +294,21 @@ impl<'a> Planner<'a> {
                 format!("Merge method {} requires {expected} inputs; got {n}", method.name),
             ));
         }
+        let others = n - usize::from(has_base);
+        if others < method.min_non_base || method.max_non_base.is_some_and(|max| others > max) {
+            let expected = match method.max_non_base {
+                Some(max) if max == method.min_non_base => format!("exactly {max}"),
+                Some(max) => format!("{} to {max}", method.min_non_base),
+                None => format!("at least {}", method.min_non_base),
+            };
+            return Err(MergeError::config(
+                location,
+                format!(
+                    "Merge method {} needs {expected} non-base model(s) under `models:`; got {others}",
+                    method.name
+                ),
+            ));
+        }
         Ok(())
     }
 

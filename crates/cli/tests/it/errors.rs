@@ -92,6 +92,19 @@ fn unknown_method_and_dtype() {
 }
 
 #[test]
+fn too_few_models_besides_the_base() {
+    let s = Scratch::new();
+    s.fails(
+        "merge_method: multislerp\nbase_model: base\nmodels: [{model: base, parameters: {weight: 1}}]\n",
+        &["multislerp needs at least 1 non-base model(s)", "got 0"],
+    );
+    s.fails(
+        "merge_method: nuslerp\nbase_model: base\nmodels:\n  - {model: base, parameters: {weight: 1}}\n  - {model: ft_a, parameters: {weight: 1}}\n",
+        &["nuslerp needs exactly 2 non-base model(s)", "got 1"],
+    );
+}
+
+#[test]
 fn missing_required_parameter() {
     let yaml = "merge_method: linear\nmodels:\n  - model: base\n    parameters: {weight: 0.5}\n  - model: ft_a\n";
     Scratch::new().fails(yaml, &["Missing required parameter weight for ft_a.", "set `weight`"]);

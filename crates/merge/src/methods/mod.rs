@@ -71,6 +71,9 @@ pub struct MethodSpec {
     pub base: BasePolicy,
     pub min_inputs: usize,
     pub max_inputs: Option<usize>,
+    /// Inputs other than the base (for methods whose base is optional).
+    pub min_non_base: usize,
+    pub max_non_base: Option<usize>,
     pub optional_policy: OptionalPolicy,
 }
 
@@ -123,6 +126,8 @@ const fn gta(
         base: BasePolicy::Required,
         min_inputs: 1,
         max_inputs: None,
+        min_non_base: 0,
+        max_non_base: None,
         optional_policy: OptionalPolicy::Error,
     }
 }
@@ -137,6 +142,8 @@ pub static METHODS: &[MethodSpec] = &[
         base: BasePolicy::Ignored,
         min_inputs: 1,
         max_inputs: Some(1),
+        min_non_base: 0,
+        max_non_base: None,
         optional_policy: OptionalPolicy::Error,
     },
     MethodSpec {
@@ -150,6 +157,8 @@ pub static METHODS: &[MethodSpec] = &[
         base: BasePolicy::Ignored,
         min_inputs: 1,
         max_inputs: None,
+        min_non_base: 0,
+        max_non_base: None,
         optional_policy: OptionalPolicy::Error,
     },
     MethodSpec {
@@ -160,6 +169,8 @@ pub static METHODS: &[MethodSpec] = &[
         base: BasePolicy::Required,
         min_inputs: 2,
         max_inputs: Some(2),
+        min_non_base: 0,
+        max_non_base: None,
         optional_policy: OptionalPolicy::PassthroughSingleton,
     },
     MethodSpec {
@@ -177,6 +188,8 @@ pub static METHODS: &[MethodSpec] = &[
         base: BasePolicy::Required,
         min_inputs: 1,
         max_inputs: None,
+        min_non_base: 0,
+        max_non_base: None,
         optional_policy: OptionalPolicy::Error,
     },
     MethodSpec {
@@ -187,6 +200,8 @@ pub static METHODS: &[MethodSpec] = &[
         base: BasePolicy::Required,
         min_inputs: 2,
         max_inputs: Some(2),
+        min_non_base: 0,
+        max_non_base: None,
         optional_policy: OptionalPolicy::PassthroughBaseSingleton,
     },
     gta("ties", "TIES", "https://arxiv.org/abs/2306.01708", gta_params!(true, false)),
@@ -222,6 +237,8 @@ pub static METHODS: &[MethodSpec] = &[
         base: BasePolicy::Required,
         min_inputs: 1,
         max_inputs: None,
+        min_non_base: 0,
+        max_non_base: None,
         optional_policy: OptionalPolicy::Error,
     },
     MethodSpec {
@@ -232,6 +249,8 @@ pub static METHODS: &[MethodSpec] = &[
         base: BasePolicy::Required,
         min_inputs: 2,
         max_inputs: Some(2),
+        min_non_base: 0,
+        max_non_base: None,
         optional_policy: OptionalPolicy::PassthroughSingleton,
     },
     MethodSpec {
@@ -251,6 +270,8 @@ pub static METHODS: &[MethodSpec] = &[
         base: BasePolicy::Optional,
         min_inputs: 1,
         max_inputs: None,
+        min_non_base: 1,
+        max_non_base: None,
         optional_policy: OptionalPolicy::Error,
     },
     MethodSpec {
@@ -270,6 +291,8 @@ pub static METHODS: &[MethodSpec] = &[
         base: BasePolicy::Optional,
         min_inputs: 2,
         max_inputs: Some(3),
+        min_non_base: 2,
+        max_non_base: Some(2),
         optional_policy: OptionalPolicy::PassthroughSingleton,
     },
     MethodSpec {
@@ -285,6 +308,8 @@ pub static METHODS: &[MethodSpec] = &[
         base: BasePolicy::Required,
         min_inputs: 3,
         max_inputs: None,
+        min_non_base: 0,
+        max_non_base: None,
         optional_policy: OptionalPolicy::Error,
     },
     MethodSpec {
@@ -298,6 +323,8 @@ pub static METHODS: &[MethodSpec] = &[
         base: BasePolicy::Ignored,
         min_inputs: 1,
         max_inputs: None,
+        min_non_base: 0,
+        max_non_base: None,
         optional_policy: OptionalPolicy::Error,
     },
     MethodSpec {
@@ -308,6 +335,8 @@ pub static METHODS: &[MethodSpec] = &[
         base: BasePolicy::Required,
         min_inputs: 1,
         max_inputs: None,
+        min_non_base: 0,
+        max_non_base: None,
         optional_policy: OptionalPolicy::Error,
     },
     MethodSpec {
@@ -322,6 +351,8 @@ pub static METHODS: &[MethodSpec] = &[
         base: BasePolicy::Required,
         min_inputs: 1,
         max_inputs: None,
+        min_non_base: 0,
+        max_non_base: None,
         optional_policy: OptionalPolicy::Error,
     },
 ];
