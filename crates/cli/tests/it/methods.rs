@@ -535,6 +535,10 @@ fn half_precision_methods_round_like_mergekit() {
             "nearswap",
             "ram",
             "ramplus_tl",
+            "nuslerp_rows",
+            "nuslerp_columns",
+            "model_stock_filter_wise",
+            "multislerp_unnormalized",
         ] {
             check(set, name);
         }

@@ -143,7 +143,11 @@ impl Whole {
                 };
                 let (v0, v1) = (relative(first), relative(second));
                 let len = v0.len();
-                let vectors = if flatten {
+                // Row-wise transposes the first axis to the end, which leaves a vector
+                // (1-D tensor) as it is: one vector either way. (A 1×n matrix, which
+                // mergekit would split into n one-element columns, is taken as one
+                // vector too: the shape's rank is not known here.)
+                let vectors = if flatten || cols >= len {
                     Vectors::Whole(len)
                 } else if row_wise {
                     Vectors::Columns(cols)
