@@ -103,7 +103,7 @@ fn bind_one<'a>(
     let working = dtype.unwrap_or_else(|| {
         inputs.iter().map(Input::dtype).reduce(DType::promote).unwrap_or(DType::F32)
     });
-    let kernel = Kernel::for_tensor(plan.method.name, tensor, working, seed)?;
+    let kernel = Kernel::for_tensor(plan.method.name, tensor, &shape, working, seed)?;
     let spec = TensorSpec { name: tensor.name.clone(), dtype: out_dtype.unwrap_or(working), shape };
     Ok(Bound { plan: tensor, inputs, spec, working, kernel })
 }

@@ -65,12 +65,13 @@ pub enum Stats {
 pub const STATS_CHUNK: usize = 1 << 20;
 
 impl Kernel {
-    /// Binds the method's parameters for one tensor. `working` is the dtype inputs are
-    /// cast to; task arithmetic rounds its weights to it, as mergekit builds them as a
-    /// tensor of that dtype.
+    /// Binds the method's parameters for one tensor of `shape`. `working` is the dtype
+    /// inputs are cast to; task arithmetic rounds its weights to it, as mergekit builds
+    /// them as a tensor of that dtype.
     pub fn for_tensor(
         method: &str,
         plan: &TensorPlan,
+        shape: &[usize],
         working: DType,
         seed: u64,
     ) -> Result<Kernel> {
@@ -163,7 +164,9 @@ impl Kernel {
                     first: others[0],
                     second: others[1],
                     t,
-                    flatten: flag("nuslerp_flatten", true),
+                    // Vectors along rows or columns need a matrix; anything else is
+                    // one vector (as mergekit's transpose leaves a 1-D tensor whole).
+                    flatten: flag("nuslerp_flatten", true) || shape.len() < 2,
                     row_wise: flag("nuslerp_row_wise", false),
                 })
             }

@@ -36,6 +36,7 @@ pub enum Whole {
         first: usize,
         second: usize,
         t: f64,
+        /// One vector of all elements (set for any tensor that is not a matrix).
         flatten: bool,
         row_wise: bool,
     },
@@ -143,11 +144,7 @@ impl Whole {
                 };
                 let (v0, v1) = (relative(first), relative(second));
                 let len = v0.len();
-                // Row-wise transposes the first axis to the end, which leaves a vector
-                // (1-D tensor) as it is: one vector either way. (A 1×n matrix, which
-                // mergekit would split into n one-element columns, is taken as one
-                // vector too: the shape's rank is not known here.)
-                let vectors = if flatten || cols >= len {
+                let vectors = if flatten {
                     Vectors::Whole(len)
                 } else if row_wise {
                     Vectors::Columns(cols)
@@ -773,5 +770,7 @@ mod tests {
             (columns[0] - a).abs() < 1e-6 && (columns[2] - 2.0 * a).abs() < 1e-6,
             "{columns:?}"
         );
+        // A 1×2 matrix row-wise: two one-element columns, each collinear, so lerp.
+        assert_eq!(nuslerp(0.5, &[1.0, 2.0], &[3.0, 4.0], Vectors::Columns(2), F32), [2.0, 3.0]);
     }
 }
