@@ -283,24 +283,14 @@ impl<'a> Planner<'a> {
             ));
         }
         let n = models.len();
-        if n < method.min_inputs || method.max_inputs.is_some_and(|max| n > max) {
-            let expected = match method.max_inputs {
-                Some(max) if max == method.min_inputs => format!("exactly {max}"),
-                Some(max) => format!("{} to {max}", method.min_inputs),
-                None => format!("at least {}", method.min_inputs),
-            };
+        if let Some(expected) = outside(n, method.min_inputs, method.max_inputs) {
             return Err(MergeError::config(
                 location,
                 format!("Merge method {} requires {expected} inputs; got {n}", method.name),
             ));
         }
         let others = n - usize::from(has_base);
-        if others < method.min_non_base || method.max_non_base.is_some_and(|max| others > max) {
-            let expected = match method.max_non_base {
-                Some(max) if max == method.min_non_base => format!("exactly {max}"),
-                Some(max) => format!("{} to {max}", method.min_non_base),
-                None => format!("at least {}", method.min_non_base),
-            };
+        if let Some(expected) = outside(others, method.min_non_base, method.max_non_base) {
             return Err(MergeError::config(
                 location,
                 format!(
@@ -525,6 +515,18 @@ fn resolve(
     Ok(None)
 }
 
+/// For a count outside `min..=max` (unbounded above without `max`), the allowed range in
+/// words ("exactly 2", "1 to 3", "at least 3"); `None` when the count is allowed.
+fn outside(n: usize, min: usize, max: Option<usize>) -> Option<String> {
+    if n >= min && max.is_none_or(|max| n <= max) {
+        return None;
+    }
+    Some(match max {
+        Some(max) if max == min => format!("exactly {max}"),
+        Some(max) => format!("{min} to {max}"),
+        None => format!("at least {min}"),
+    })
+}
 #[cfg(test)]
 mod tests {
     use super::*;
