@@ -88,8 +88,11 @@ impl Tensor {
     }
 }
 
+/// A model's tensors by name, with their dtypes.
+pub type ModelTensors = BTreeMap<String, (amalgam_tensors::DType, Tensor)>;
+
 /// Every tensor of a model folder (single file or sharded), by name.
-pub fn read_model(dir: &Path) -> BTreeMap<String, (amalgam_tensors::DType, Tensor)> {
+pub fn read_model(dir: &Path) -> ModelTensors {
     let folder = ModelFolder::open(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     folder
         .names()
@@ -106,8 +109,27 @@ pub fn read_model(dir: &Path) -> BTreeMap<String, (amalgam_tensors::DType, Tenso
         .collect()
 }
 
+/// `ours` holds the same tensors as mergekit's `theirs`, with the same dtypes, shapes and
+/// bytes.
+pub fn assert_same_tensors(label: &str, ours: &ModelTensors, theirs: &ModelTensors) {
+    assert_eq!(ours.keys().collect::<Vec<_>>(), theirs.keys().collect::<Vec<_>>(), "{label}");
+    for (name, (dtype, tensor)) in theirs {
+        let (our_dtype, ours) = &ours[name];
+        assert_eq!((our_dtype, &ours.shape), (dtype, &tensor.shape), "{label}: {name}");
+        assert!(ours.bytes == tensor.bytes, "{label}: {name} differs from mergekit");
+    }
+}
+
+/// `ours` equals mergekit's `config.json` `theirs`, but for `transformers_version`.
+pub fn assert_same_config(label: &str, ours: &Path, theirs: &Path) {
+    let mut config = json(ours);
+    let theirs = json(theirs);
+    config["transformers_version"] = theirs["transformers_version"].clone();
+    assert_eq!(config, theirs, "{label}: config.json");
+}
+
 /// Every tensor of one safetensors file, by name.
-pub fn read_safetensors(path: &Path) -> BTreeMap<String, (amalgam_tensors::DType, Tensor)> {
+pub fn read_safetensors(path: &Path) -> ModelTensors {
     let file = amalgam_tensors::SafetensorsFile::open(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let names: Vec<String> = file.names().map(str::to_owned).collect();

@@ -41,7 +41,7 @@ fn check_within(set: &str, name: &str, tolerance: f64) {
 
 /// mergekit's output for `name` in `set`, float32 results rounded to the config's dtype
 /// for the methods where amalgam honours it.
-fn golden(set: &str, name: &str) -> Model {
+fn golden(set: &str, name: &str) -> ModelTensors {
     let mut model = read_model(&data().join(format!("{set}/mergekit/{name}")));
     let dtype = match set {
         BF16 => DType::BF16,
@@ -59,8 +59,8 @@ fn golden(set: &str, name: &str) -> Model {
     model
 }
 
-fn compare_tensors(name: &str, golden: &Model, ours: &Model, tolerance: f64) {
-    let names = |m: &Model| m.keys().cloned().collect::<Vec<_>>();
+fn compare_tensors(name: &str, golden: &ModelTensors, ours: &ModelTensors, tolerance: f64) {
+    let names = |m: &ModelTensors| m.keys().cloned().collect::<Vec<_>>();
     assert_eq!(names(ours), names(golden), "{name}: tensor names");
     let mut problems = Vec::new();
     let mut worst = 0f64;
@@ -178,7 +178,7 @@ fn nuslerp() {
 fn merge_and_bind(
     set: &str,
     name: &str,
-    check: impl FnOnce(&[amalgam_merge::execute::Bound], &Model, &Model),
+    check: impl FnOnce(&[amalgam_merge::execute::Bound], &ModelTensors, &ModelTensors),
 ) {
     use amalgam_merge::execute::{self, BindOptions};
     let tmp = tempfile::tempdir().unwrap();
@@ -225,9 +225,6 @@ fn merge_and_bind(
     let ours = read_model(&out);
     check(&bound, &golden(set, name), &ours);
 }
-
-/// A model's tensors by name.
-type Model = std::collections::BTreeMap<String, (amalgam_tensors::DType, Tensor)>;
 
 /// Checks a method with a sort or threshold cut: away from the positions where the
 /// cut's outcome depends on float order or tie-breaks (see `Whole::tied_positions`),
