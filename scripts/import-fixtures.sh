@@ -6,8 +6,8 @@
 set -euo pipefail
 src=${1:-../shared/fixtures}
 dst=tests/data
-rm -rf "$dst/seed" "$dst/methods" "$dst/gguf"
-mkdir -p "$dst/seed" "$dst/methods" "$dst/gguf"
+rm -rf "$dst/seed" "$dst/methods" "$dst/gguf" "$dst/infer"
+mkdir -p "$dst/seed" "$dst/methods" "$dst/gguf" "$dst/infer"
 
 cp -r "$src/seed/hub" "$dst/seed/hub"
 cp "$src/seed/seed-120b.yml" "$src/seed/mergekit-tensors.json" "$src/seed/mergekit-config.json" \
@@ -26,4 +26,7 @@ chmod -R u+w "$dst/methods"
 cp -r "$src/gguf/tiny-kq" "$dst/gguf/"
 cp "$src/gguf/llamacpp-quantized.json" "$src/gguf/tiny-kq-Q4_K_M.gguf" "$src/gguf/tiny-kq-Q8_0.gguf" "$dst/gguf/"
 chmod -R u+w "$dst/gguf"
+# transformers' and llama.cpp's logits and greedy continuations (crates/llama/tests).
+cp "$src"/infer/*.json "$dst/infer/"
+chmod -R u+w "$dst/infer"
 echo "fixtures copied into $dst"

@@ -2,6 +2,7 @@
 //! module. Errors print as one paragraph and exit with status 2.
 
 mod convert;
+mod infer;
 mod inspect;
 mod merge;
 mod pretok;
@@ -26,6 +27,9 @@ enum Command {
     Quantize(quantize::QuantizeArgs),
     Convert(convert::ConvertArgs),
     Inspect(inspect::InspectArgs),
+    Generate(infer::generate::GenerateArgs),
+    Chat(infer::chat::ChatArgs),
+    Perplexity(infer::perplexity::PerplexityArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +46,9 @@ fn main() -> ExitCode {
         Command::Quantize(args) => quantize::run(args),
         Command::Convert(args) => convert::run(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Generate(args) => infer::generate::run(args),
+        Command::Chat(args) => infer::chat::run(args),
+        Command::Perplexity(args) => infer::perplexity::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,6 +2,7 @@
 //! reference quantizers, used by the writer and by inference), the GGUF container, and
 //! llama.cpp's quantization mixtures.
 
+pub mod blocks;
 pub mod convert;
 pub mod error;
 pub mod ggml_type;

@@ -139,6 +139,20 @@ impl GgufModel {
         Ok(())
     }
 
+    /// The stored bytes of the HF tensor `name` (Q and K rows in GGUF's permuted order),
+    /// with its tensor info.
+    pub fn raw(&self, name: &str) -> Option<(&TensorInfo, &[u8])> {
+        let entry = self.tensors.get(name)?;
+        let file = &self.parts[entry.part];
+        let info = &file.header.tensors[entry.index];
+        Some((info, file.data(info)))
+    }
+
+    /// A tensor by its GGUF name (`rope_freqs.weight`), from whichever part holds it.
+    pub fn gguf_tensor(&self, gguf_name: &str) -> Option<(&TensorInfo, &[u8])> {
+        self.parts.iter().find_map(|f| f.header.tensor(gguf_name).map(|t| (t, f.data(t))))
+    }
+
     /// The dtype a tensor holds when stored unquantized, for keeping F16/BF16 as they are.
     pub fn stored_type(&self, name: &str) -> Option<GgmlType> {
         self.info(name).map(|t| t.ty)
@@ -343,12 +357,16 @@ fn tokenizer_json(
     pre: &str,
     bos: Option<&str>,
 ) -> Json {
-    // Added tokens live in `added_tokens` only, as in Hugging Face's own files.
     let is_added = |i: usize| matches!(types.get(i).copied(), Some(t) if t == i64::from(CONTROL) || t == i64::from(USER_DEFINED));
+    // Hugging Face's own files keep added tokens that follow the vocabulary (Llama 3's)
+    // out of `model.vocab`, and those among it (SmolLM2's ids 0-16) in it: the tokenizers
+    // library numbers an added token missing from the vocabulary after the vocabulary.
+    let added_count = (0..tokens.len()).filter(|&i| is_added(i)).count();
+    let tail = (0..tokens.len()).filter(|&i| is_added(i)).all(|i| i >= tokens.len() - added_count);
     let vocab: Map<String, Json> = tokens
         .iter()
         .enumerate()
-        .filter(|(i, _)| !is_added(*i))
+        .filter(|(i, _)| !(tail && is_added(*i)))
         .map(|(i, t)| (t.clone(), json!(i)))
         .collect();
     let added: Vec<Json> = tokens

@@ -9,6 +9,7 @@ mod errors;
 mod gguf;
 mod gguf_merge;
 mod hub;
+mod infer;
 mod lora;
 mod methods;
 mod seed;

@@ -1,0 +1,237 @@
+//! What `generate`, `chat` and `perplexity` share: the MODEL argument and the engine
+//! flags, opening a model folder, GGUF file or cached hub id, threads, the sampling
+//! flags over `generation_config.json`'s defaults, and the peak-memory figure.
+
+pub mod chat;
+pub mod generate;
+pub mod perplexity;
+
+use std::path::{Path, PathBuf};
+
+use amalgam_gguf::GgufModel;
+use amalgam_llama::assets::GenerationDefaults;
+use amalgam_llama::pool;
+use amalgam_llama::{Assets, Config, KvType, Model, SamplerConfig, TensorSource};
+use amalgam_tensors::{ModelFolder, hub};
+use anyhow::{Context, Result, bail};
+use clap::{Args, ValueEnum};
+
+/// The model and how to run it.
+#[derive(Args, Debug)]
+pub struct EngineArgs {
+    /// A Hugging Face model folder (safetensors), a .gguf file (the first part of a split
+    /// one opens them all), or a hub id (org/name[@revision]) in the local hub cache.
+    #[arg(value_name = "MODEL")]
+    pub model: String,
+
+    /// Context size in tokens [default: the model's trained context, at most 4096].
+    #[arg(short = 'c', long = "ctx-size", value_name = "N")]
+    pub ctx_size: Option<usize>,
+
+    /// Worker threads [default: the number of physical cores].
+    #[arg(short = 't', long, value_name = "N")]
+    pub threads: Option<usize>,
+
+    /// Element type of the KV cache (llama.cpp's default is f16).
+    #[arg(long, value_enum, default_value = "f16", value_name = "TYPE")]
+    pub kv_type: KvTypeArg,
+
+    /// RoPE base frequency, replacing the model's (to stretch the context).
+    #[arg(long, value_name = "THETA")]
+    pub rope_theta: Option<f32>,
+
+    /// Prompt tokens per forward pass.
+    #[arg(short = 'b', long, default_value_t = 512, value_name = "N")]
+    pub batch: usize,
+}
+
+/// `--kv-type` values.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum KvTypeArg {
+    F16,
+    F32,
+}
+
+impl From<KvTypeArg> for KvType {
+    fn from(k: KvTypeArg) -> KvType {
+        match k {
+            KvTypeArg::F16 => KvType::F16,
+            KvTypeArg::F32 => KvType::F32,
+        }
+    }
+}
+
+/// Where a model's weights are.
+pub enum Store {
+    Folder(ModelFolder),
+    Gguf(Box<GgufModel>),
+}
+
+impl Store {
+    /// Opens MODEL: a folder, a `.gguf` file, or a cached hub id.
+    pub fn open(model: &str) -> Result<Store> {
+        let path = locate(model)?;
+        if path.is_file() {
+            let gguf =
+                GgufModel::open(&path).with_context(|| format!("opening {}", path.display()))?;
+            return Ok(Store::Gguf(Box::new(gguf)));
+        }
+        let folder =
+            ModelFolder::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        Ok(Store::Folder(folder))
+    }
+
+    pub fn source(&self) -> &dyn TensorSource {
+        match self {
+            Store::Folder(f) => f,
+            Store::Gguf(g) => g.as_ref(),
+        }
+    }
+
+    /// The tokenizer and chat settings.
+    pub fn assets(&self) -> Result<Assets> {
+        Ok(match self {
+            Store::Folder(f) => Assets::from_folder(f.root(), f.config())?,
+            Store::Gguf(g) => Assets::from_gguf(g)?,
+        })
+    }
+}
+
+/// The path MODEL names.
+fn locate(model: &str) -> Result<PathBuf> {
+    let local = Path::new(model);
+    if local.is_dir() {
+        return Ok(local.to_owned());
+    }
+    if local.is_file() {
+        if local.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+            return Ok(local.to_owned());
+        }
+        bail!(
+            "{model} is a file but not a .gguf; MODEL is a model folder, a .gguf file or a hub id"
+        );
+    }
+    let (id, revision) = match model.split_once('@') {
+        Some((id, rev)) => (id, Some(rev)),
+        None => (model, None),
+    };
+    if !hub::is_repo_id(id) {
+        bail!("{model} does not exist (MODEL is a model folder, a .gguf file or a hub id)");
+    }
+    let cache = hub::cache_dir();
+    hub::find_cached(&cache, id, revision).with_context(|| {
+        format!(
+            "{model} is not in the hub cache {} (set HF_HUB_CACHE, or pass a folder)",
+            cache.display()
+        )
+    })
+}
+
+/// A loaded model and the settings it runs with.
+pub struct Engine<'s> {
+    pub model: Model<'s>,
+    pub ctx: usize,
+    pub kv: KvType,
+    pub batch: usize,
+}
+
+impl<'s> Engine<'s> {
+    /// Loads the model of `store` with the flags' overrides and starts the threads.
+    pub fn load(store: &'s Store, args: &EngineArgs) -> Result<Engine<'s>> {
+        start_threads(args.threads)?;
+        let source = store.source();
+        let mut config = Config::from_hf(source.config())
+            .with_context(|| format!("reading the model at {}", source.path().display()))?;
+        if let Some(theta) = args.rope_theta {
+            config.rope_theta = theta;
+        }
+        let ctx = args.ctx_size.unwrap_or(config.max_positions.min(4096));
+        if ctx == 0 {
+            bail!("--ctx-size must be at least 1");
+        }
+        let model = Model::load(source, config)
+            .with_context(|| format!("loading {}", source.path().display()))?;
+        Ok(Engine { model, ctx, kv: args.kv_type.into(), batch: args.batch.max(1) })
+    }
+
+    /// One line describing what runs.
+    pub fn describe(&self, path: &Path) -> String {
+        let c = &self.model.config;
+        format!(
+            "{}: {} {} layers, {:.0} MiB of weights mapped, context {}, {} threads, {} kernels",
+            path.display(),
+            c.arch.name(),
+            c.layers,
+            self.model.weight_bytes() as f64 / 1048576.0,
+            self.ctx,
+            pool::global().threads(),
+            amalgam_llama::kernels::Kernels::best().name
+        )
+    }
+}
+
+/// Starts the engine's worker pool: `threads`, else one per physical core.
+fn start_threads(threads: Option<usize>) -> Result<()> {
+    let n = threads.filter(|&n| n > 0).unwrap_or_else(pool::physical_cores);
+    pool::init(n);
+    Ok(())
+}
+
+/// Sampling flags, each overriding `generation_config.json`.
+#[derive(Args, Debug, Clone)]
+pub struct SamplingArgs {
+    /// Sampling temperature; 0 is greedy [default: generation_config.json's when it
+    /// samples (do_sample), else 0]. The seed model's card uses 0.7.
+    #[arg(long, value_name = "T")]
+    pub temperature: Option<f32>,
+    /// Keep the K most likely tokens (0: all) [default: generation_config.json's, else 50].
+    #[arg(long, value_name = "K")]
+    pub top_k: Option<usize>,
+    /// Keep the most likely tokens up to probability P [default: generation_config.json's, else 1].
+    #[arg(long, value_name = "P")]
+    pub top_p: Option<f32>,
+    /// Drop tokens less likely than P times the most likely one [default: 0].
+    #[arg(long, value_name = "P")]
+    pub min_p: Option<f32>,
+    /// Divide the logits of tokens already in the context by this (1: off).
+    #[arg(long, visible_alias = "repetition-penalty", value_name = "X")]
+    pub repeat_penalty: Option<f32>,
+    /// Random seed; the same seed gives the same text at any thread count [default: random].
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
+}
+
+impl SamplingArgs {
+    /// The settings: flags, else `defaults`, else transformers' defaults.
+    pub fn config(&self, defaults: &GenerationDefaults) -> SamplerConfig {
+        let sampling = defaults.do_sample.unwrap_or(false);
+        let temperature = self.temperature.unwrap_or(if sampling {
+            defaults.temperature.unwrap_or(1.0)
+        } else {
+            0.0
+        });
+        SamplerConfig {
+            temperature,
+            top_k: self.top_k.or(defaults.top_k).unwrap_or(50),
+            top_p: self.top_p.or(defaults.top_p).unwrap_or(1.0),
+            min_p: self.min_p.or(defaults.min_p).unwrap_or(0.0),
+            repetition_penalty: self.repeat_penalty.or(defaults.repetition_penalty).unwrap_or(1.0),
+            seed: self.seed.unwrap_or_else(random_seed),
+        }
+    }
+}
+
+fn random_seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    (t as u64) ^ u64::from(std::process::id()).rotate_left(32)
+}
+
+/// The process's peak resident memory in MiB (Linux), if known.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}

@@ -1,0 +1,85 @@
+//! `amalgam perplexity`: llama-perplexity's method and output on a text file.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use amalgam_llama::Session;
+use amalgam_llama::perplexity::{Options, perplexity};
+use anyhow::{Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::{Engine, EngineArgs, Store};
+
+/// Measure a model's perplexity on a text file, as llama.cpp's llama-perplexity does.
+///
+/// The text (less one trailing newline) is tokenized once and cut into windows of
+/// --ctx-size tokens (512 by default; the remainder is dropped). Each window starts
+/// afresh, with its first token replaced by BOS when the tokenizer adds one, and the
+/// second half of each window is scored. Prints the running perplexity after each window
+/// (`[1]18.1234,[2]…`) and the final estimate with its standard error, in llama.cpp's
+/// format.
+#[derive(Args, Debug)]
+pub struct PerplexityArgs {
+    #[command(flatten)]
+    pub engine: EngineArgs,
+
+    /// The text to score.
+    #[arg(short = 'f', long, value_name = "FILE")]
+    pub file: PathBuf,
+
+    /// Score at most this many windows.
+    #[arg(long, value_name = "N")]
+    pub chunks: Option<usize>,
+
+    /// No progress bar.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+pub fn run(mut args: PerplexityArgs) -> Result<()> {
+    args.engine.ctx_size.get_or_insert(512);
+    let store = Store::open(&args.engine.model)?;
+    let engine = Engine::load(&store, &args.engine)?;
+    let assets = store.assets()?;
+    eprintln!("{}", engine.describe(store.source().path()));
+    let mut text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("reading {}", args.file.display()))?;
+    if text.ends_with('\n') {
+        text.pop();
+    }
+    let tokens = assets.tokenizer.encode(&text, true)?;
+    let ctx = engine.ctx;
+    let bos = assets.tokenizer.added_prefix();
+    let windows = (tokens.len() / ctx).min(args.chunks.unwrap_or(usize::MAX));
+    eprintln!(
+        "{} tokens, {} windows of {ctx}{}",
+        tokens.len(),
+        windows,
+        if bos.is_some() { ", BOS first" } else { "" }
+    );
+    let bar = progress_bar(args.quiet, windows as u64);
+    let mut session = Session::new(&engine.model, ctx, engine.kv);
+    let options = Options { ctx, batch: engine.batch, bos, max_chunks: args.chunks };
+    let mut out = std::io::stdout().lock();
+    let estimate = perplexity(&mut session, &tokens, options, |p| {
+        bar.suspend(|| {
+            let _ = write!(out, "[{}]{:.4},", p.chunk, p.ppl).and_then(|()| out.flush());
+        });
+        bar.inc(1);
+    })?;
+    bar.finish_and_clear();
+    writeln!(out)?;
+    writeln!(out, "Final estimate: PPL = {:.4} +/- {:.5}", estimate.ppl, estimate.error)?;
+    Ok(())
+}
+
+fn progress_bar(quiet: bool, windows: u64) -> ProgressBar {
+    let target = if quiet { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() };
+    let bar = ProgressBar::with_draw_target(Some(windows), target);
+    bar.set_style(
+        ProgressStyle::with_template("windows {bar:30.cyan/blue} {pos}/{len} (ETA {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}

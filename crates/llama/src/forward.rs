@@ -1,0 +1,268 @@
+//! The forward pass: a session runs batches of tokens through the model's layers, each
+//! layer writing its own KV cache, and returns the logits asked for.
+//!
+//! Rounding: weights are used as stored; activations are quantized per weight type
+//! (see `kernels`); keys and values round to the cache type on store; everything else —
+//! norms, RoPE, attention scores, softmax, the weighted sum of values, residuals — is f32.
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::kernels::{Activations, Kernels, matmul};
+use crate::kv::{KvCache, KvType};
+use crate::model::{Layer, Matrix, Model};
+use crate::ops;
+use crate::pool::{self, Counter, Pool, SharedOut};
+use crate::rope::{Angles, rotate};
+
+/// Which logits a forward call returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// None (filling the cache only).
+    None,
+    /// The last token's.
+    Last,
+    /// Tokens `from..` of the batch.
+    From(usize),
+}
+
+/// A model with its KV caches and the position reached.
+pub struct Session<'m, 'a> {
+    model: &'m Model<'a>,
+    kernels: &'static Kernels,
+    pool: Arc<Pool>,
+    f16_products: bool,
+    caches: Vec<KvCache>,
+    ctx: usize,
+    pos: usize,
+}
+
+impl<'m, 'a> Session<'m, 'a> {
+    /// A session of `ctx` positions with the fastest kernels this CPU runs, on the
+    /// global pool.
+    pub fn new(model: &'m Model<'a>, ctx: usize, kv: KvType) -> Session<'m, 'a> {
+        let c = &model.config;
+        let caches =
+            model.layers.iter().map(|_| KvCache::new(kv, ctx, c.kv_dim(), c.head_dim)).collect();
+        let (kernels, pool) = (Kernels::best(), pool::global());
+        Session { model, kernels, pool, f16_products: false, caches, ctx, pos: 0 }
+    }
+
+    /// The same session with other kernels (the scalar ones, say).
+    pub fn with_kernels(mut self, kernels: &'static Kernels) -> Session<'m, 'a> {
+        self.kernels = kernels;
+        self
+    }
+
+    /// The same session with attention's two products taking f16 operands — the query
+    /// and the probabilities rounded to f16, sums in f32 — as llama.cpp's attention
+    /// without flash attention multiplies an f16 cache (llama-cpp-python's default).
+    pub fn with_f16_products(mut self, on: bool) -> Session<'m, 'a> {
+        self.f16_products = on;
+        self
+    }
+
+    /// The same session on another pool.
+    pub fn with_pool(mut self, pool: Arc<Pool>) -> Session<'m, 'a> {
+        self.pool = pool;
+        self
+    }
+
+    /// Positions filled so far.
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+
+    /// The context size.
+    pub fn ctx(&self) -> usize {
+        self.ctx
+    }
+
+    /// Forgets every position.
+    pub fn reset(&mut self) {
+        self.pos = 0;
+    }
+
+    /// Forgets the positions from `pos` on (the cache before it stays valid).
+    pub fn rewind(&mut self, pos: usize) {
+        self.pos = self.pos.min(pos);
+    }
+
+    /// Bytes of the KV caches.
+    pub fn kv_bytes(&self) -> usize {
+        self.caches.iter().map(KvCache::bytes).sum()
+    }
+
+    /// The model.
+    pub fn model(&self) -> &'m Model<'a> {
+        self.model
+    }
+
+    /// Runs `tokens` at the next positions; returns the requested logits, row-major
+    /// (`rows × vocab`).
+    pub fn forward(&mut self, tokens: &[u32], logits: Logits) -> Result<Vec<f32>> {
+        let c = &self.model.config;
+        let n = tokens.len();
+        if self.pos + n > self.ctx {
+            return Err(Error::ContextFull {
+                needed: self.pos + n,
+                ctx: self.ctx,
+                trained: c.max_positions,
+            });
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab) {
+            return Err(Error::Invalid(format!(
+                "token id {bad} is outside the vocabulary of {} tokens",
+                c.vocab
+            )));
+        }
+        let mut x = self.embed(tokens);
+        let angles: Vec<Angles> =
+            (self.pos..self.pos + n).map(|p| self.model.rope.angles(p)).collect();
+        for (layer, cache) in self.model.layers.iter().zip(&mut self.caches) {
+            let step = Step {
+                kernels: self.kernels,
+                pool: &self.pool,
+                f16_products: self.f16_products,
+                model: self.model,
+                pos: self.pos,
+                n,
+            };
+            step.layer(layer, cache, &angles, &mut x);
+        }
+        self.pos += n;
+        let from = match logits {
+            Logits::None => return Ok(Vec::new()),
+            Logits::Last => n.saturating_sub(1),
+            Logits::From(i) => i.min(n),
+        };
+        let h = c.hidden;
+        let rows = ops::rms_norm_rows(&x[from * h..], &self.model.norm, c.rms_eps);
+        Ok(self.product(&self.model.output, &rows))
+    }
+
+    fn embed(&self, tokens: &[u32]) -> Vec<f32> {
+        let h = self.model.config.hidden;
+        let mut x = vec![0f32; tokens.len() * h];
+        for (row, &t) in x.chunks_exact_mut(h).zip(tokens) {
+            self.model.embed.decode_row(t as usize, row);
+        }
+        x
+    }
+
+    fn product(&self, w: &Matrix, x: &[f32]) -> Vec<f32> {
+        let [out] = products(&self.pool, self.kernels, [w], x);
+        out
+    }
+}
+
+/// Products of one input with several matrices, quantizing the input once per type.
+fn products<const N: usize>(
+    pool: &Pool,
+    kernels: &Kernels,
+    ws: [&Matrix; N],
+    x: &[f32],
+) -> [Vec<f32>; N] {
+    let mut act: Option<Activations> = None;
+    ws.map(|w| {
+        if !act.as_ref().is_some_and(|a| a.fits(w.ty) && a.cols() == w.cols) {
+            act = Some(Activations::new(w.ty, x, w.cols));
+        }
+        let a = act.as_ref().map_or(0, Activations::tokens);
+        let mut out = vec![0f32; a * w.rows];
+        if let Some(a) = &act {
+            matmul(pool, kernels, w, a, &mut out);
+        }
+        out
+    })
+}
+
+/// One layer's work on a batch.
+struct Step<'s, 'a> {
+    kernels: &'static Kernels,
+    pool: &'s Pool,
+    f16_products: bool,
+    model: &'s Model<'a>,
+    pos: usize,
+    n: usize,
+}
+
+impl Step<'_, '_> {
+    fn layer(&self, layer: &Layer, cache: &mut KvCache, angles: &[Angles], x: &mut [f32]) {
+        let c = &self.model.config;
+        let h = ops::rms_norm_rows(x, &layer.attn_norm, c.rms_eps);
+        let [mut q, mut k, mut v] =
+            products(self.pool, self.kernels, [&layer.q, &layer.k, &layer.v], &h);
+        for (t, b) in [(&mut q, &layer.q_bias), (&mut k, &layer.k_bias), (&mut v, &layer.v_bias)] {
+            if let Some(b) = b {
+                ops::add_rows(t, b);
+            }
+        }
+        if let Some(w) = &layer.q_norm {
+            ops::rms_norm_in_place(&mut q, w, c.rms_eps);
+        }
+        if let Some(w) = &layer.k_norm {
+            ops::rms_norm_in_place(&mut k, w, c.rms_eps);
+        }
+        for (t, a) in angles.iter().enumerate() {
+            for head in q[t * c.q_dim()..(t + 1) * c.q_dim()].chunks_exact_mut(c.head_dim) {
+                rotate(head, a, layer.rope_style);
+            }
+            for head in k[t * c.kv_dim()..(t + 1) * c.kv_dim()].chunks_exact_mut(c.head_dim) {
+                rotate(head, a, layer.rope_style);
+            }
+        }
+        for t in 0..self.n {
+            let (kd, p) = (c.kv_dim(), self.pos + t);
+            cache.store(p, &k[t * kd..(t + 1) * kd], &v[t * kd..(t + 1) * kd]);
+        }
+        let attn = self.attention(cache, &q, layer.window);
+        let [o] = products(self.pool, self.kernels, [&layer.o], &attn);
+        ops::add(x, &o);
+        let h = ops::rms_norm_rows(x, &layer.ffn_norm, c.rms_eps);
+        let [mut g, u] = products(self.pool, self.kernels, [&layer.gate, &layer.up], &h);
+        ops::silu_mul(&mut g, &u);
+        let [d] = products(self.pool, self.kernels, [&layer.down], &g);
+        ops::add(x, &d);
+    }
+
+    /// Grouped-query attention of every query head of every token over the cache, with
+    /// the causal mask and the layer's sliding window.
+    fn attention(&self, cache: &KvCache, q: &[f32], window: Option<usize>) -> Vec<f32> {
+        let c = &self.model.config;
+        let (hd, heads, group) = (c.head_dim, c.heads, c.heads / c.kv_heads);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut out = vec![0f32; q.len()];
+        let items = q.len() / hd;
+        let ptr = SharedOut::new(&mut out);
+        let counter = Counter::new();
+        self.pool.run(&|_| {
+            let (mut scores, mut qh) = (Vec::new(), vec![0f32; hd]);
+            while let Some(i) = counter.next(items) {
+                let (t, head) = (i / heads, i % heads);
+                let p = self.pos + t;
+                let first = window.map_or(0, |w| (p + 1).saturating_sub(w));
+                qh.copy_from_slice(&q[i * hd..(i + 1) * hd]);
+                if self.f16_products {
+                    ops::round_f16(&mut qh);
+                }
+                let kv_head = head / group;
+                scores.clear();
+                scores.extend(
+                    (first..=p).map(|j| cache.score(self.kernels, j, kv_head, &qh) * scale),
+                );
+                ops::softmax(&mut scores);
+                if self.f16_products {
+                    ops::round_f16(&mut scores);
+                }
+                // SAFETY: item `i` owns `out[i·hd..(i+1)·hd]` alone, inside `out`
+                // (`i < items = out.len() / hd`); `run` returns when all are done.
+                let o = unsafe { std::slice::from_raw_parts_mut(ptr.at(i * hd), hd) };
+                for (j, &s) in (first..=p).zip(&scores) {
+                    cache.add_value(self.kernels, j, kv_head, s, o);
+                }
+            }
+        });
+        out
+    }
+}

@@ -1,0 +1,111 @@
+//! f32 activations put in the form a weight type's dot product takes: kept as f32 for
+//! float weights, or quantized per 32 (Q8_0, Q8_1) or 256 (Q8_K) elements exactly as
+//! llama.cpp's x86 CPU backend quantizes them.
+
+use amalgam_gguf::GgmlType;
+use amalgam_gguf::blocks::{BlockQ8_0, BlockQ8_1, QK, as_blocks_mut};
+use amalgam_gguf::quant;
+
+use super::activation_type;
+
+/// A batch of activation rows, one per token.
+pub struct Activations {
+    ty: GgmlType,
+    tokens: usize,
+    cols: usize,
+    floats: Vec<f32>,
+    blocks: Vec<u8>,
+}
+
+impl Activations {
+    /// Prepares `x` (`tokens × cols`, row-major) for weights of type `weight`. `cols` must
+    /// be a whole number of the weight type's blocks (checked at load).
+    pub fn new(weight: GgmlType, x: &[f32], cols: usize) -> Activations {
+        let ty = activation_type(weight);
+        let tokens = x.len().checked_div(cols).unwrap_or(0);
+        let mut act = Activations { ty, tokens, cols, floats: Vec::new(), blocks: Vec::new() };
+        if ty == GgmlType::F32 {
+            act.floats = x.to_vec();
+            return act;
+        }
+        let row_bytes = cols / ty.block_size() * ty.type_size();
+        act.blocks = vec![0u8; row_bytes * tokens];
+        for (out, row) in act.blocks.chunks_exact_mut(row_bytes).zip(x.chunks_exact(cols)) {
+            match ty {
+                GgmlType::Q8_0 => quantize_q8_0(row, out),
+                GgmlType::Q8_1 => quantize_q8_1(row, out),
+                _ => quant::quantize(GgmlType::Q8K, row, out),
+            }
+        }
+        act
+    }
+
+    /// Whether these activations serve weights of type `weight`.
+    pub fn fits(&self, weight: GgmlType) -> bool {
+        activation_type(weight) == self.ty
+    }
+
+    pub fn tokens(&self) -> usize {
+        self.tokens
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Token `t`'s f32 row (float weights).
+    pub fn floats(&self, t: usize) -> &[f32] {
+        &self.floats[t * self.cols..(t + 1) * self.cols]
+    }
+
+    /// Token `t`'s row of blocks (quantized weights).
+    pub fn blocks(&self, t: usize) -> &[u8] {
+        let n = self.blocks.len() / self.tokens.max(1);
+        &self.blocks[t * n..(t + 1) * n]
+    }
+}
+
+/// The largest magnitude of a block.
+fn amax(x: &[f32]) -> f32 {
+    x.iter().fold(0f32, |a, v| a.max(v.abs()))
+}
+
+/// `x · id` rounded half to even, saturated to i8 (`_mm256_round_ps` then packs); `|x ·
+/// id| <= 127` here, inside the exact range of ggml's rounding trick.
+fn q8(x: f32, id: f32) -> i8 {
+    quant::nearest_int(x * id).clamp(-128, 127) as i8
+}
+
+fn f16_bytes(x: f32) -> [u8; 2] {
+    half::f16::from_f32(x).to_le_bytes()
+}
+
+/// llama.cpp's x86 Q8_0: `d = amax/127` and the multiplier `127/amax` (not `1/d`).
+pub fn quantize_q8_0(x: &[f32], out: &mut [u8]) {
+    let Some(blocks) = as_blocks_mut::<BlockQ8_0>(out) else { return };
+    for (b, x) in blocks.iter_mut().zip(x.chunks_exact(QK)) {
+        let m = amax(x);
+        let id = if m != 0.0 { 127.0 / m } else { 0.0 };
+        b.d = f16_bytes(m / 127.0);
+        for (q, &v) in b.qs.iter_mut().zip(x) {
+            *q = q8(v, id);
+        }
+    }
+}
+
+/// llama.cpp's x86 Q8_1: Q8_0 plus `s = d · Σq`.
+pub fn quantize_q8_1(x: &[f32], out: &mut [u8]) {
+    let Some(blocks) = as_blocks_mut::<BlockQ8_1>(out) else { return };
+    for (b, x) in blocks.iter_mut().zip(x.chunks_exact(QK)) {
+        let m = amax(x);
+        let d = m / 127.0;
+        let id = if m != 0.0 { 127.0 / m } else { 0.0 };
+        let mut sum = 0i32;
+        for (q, &v) in b.qs.iter_mut().zip(x) {
+            *q = q8(v, id);
+            sum += i32::from(*q);
+        }
+        b.d = f16_bytes(d);
+        b.s = f16_bytes(d * sum as f32);
+    }
+}

@@ -1,0 +1,296 @@
+//! AVX2 + FMA + F16C dot products: the float rows summed in the scalar kernels' 32 lanes
+//! and fold; the quantized rows' eight integer lanes per block by `maddubs`/`madd`, added
+//! to eight float lanes by `fma` as the scalar kernels do. Only handed out by [`kernels`] after the CPU has been
+//! checked for the features.
+
+use std::arch::x86_64::*;
+
+use amalgam_gguf::blocks::{
+    Block, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1,
+};
+
+use super::float::{LANES, fold, fold8};
+use super::legacy::pairs;
+use super::{Kernels, avx2_k};
+
+/// The AVX2 kernels, if this CPU has AVX2, FMA and F16C.
+pub fn kernels() -> Option<Kernels> {
+    let ok = is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c");
+    ok.then_some(Kernels {
+        name: "avx2",
+        f32: dot_f32,
+        f16: dot_f16,
+        bf16: dot_bf16,
+        q4_0: dot_q4_0,
+        q4_1: dot_q4_1,
+        q5_0: dot_q5_0,
+        q5_1: dot_q5_1,
+        q8_0: dot_q8_0,
+        q2_k: avx2_k::dot_q2_k,
+        q3_k: avx2_k::dot_q3_k,
+        q4_k: avx2_k::dot_q4_k,
+        q5_k: avx2_k::dot_q5_k,
+        q6_k: avx2_k::dot_q6_k,
+        axpy_f16,
+        axpy_f32,
+    })
+}
+
+/// Declares a safe kernel that calls its `#[target_feature]` body.
+macro_rules! checked {
+    ($(fn $name:ident($a:ident: $ta:ty, $b:ident: $tb:ty) => $body:ident;)*) => {$(
+        pub(super) fn $name($a: $ta, $b: $tb) -> f32 {
+            // SAFETY: these kernels are only reachable through `kernels()`, which returns
+            // them only when the CPU has AVX2, FMA and F16C.
+            unsafe { $body($a, $b) }
+        }
+    )*};
+}
+pub(super) use checked;
+
+checked! {
+    fn dot_f32(w: &[u8], x: &[f32]) => f32_body;
+    fn dot_f16(w: &[u8], x: &[f32]) => f16_body;
+    fn dot_bf16(w: &[u8], x: &[f32]) => bf16_body;
+    fn dot_q4_0(w: &[u8], a: &[u8]) => q4_0_body;
+    fn dot_q4_1(w: &[u8], a: &[u8]) => q4_1_body;
+    fn dot_q5_0(w: &[u8], a: &[u8]) => q5_0_body;
+    fn dot_q5_1(w: &[u8], a: &[u8]) => q5_1_body;
+    fn dot_q8_0(w: &[u8], a: &[u8]) => q8_0_body;
+}
+
+fn axpy_f16(a: f32, v: &[u8], out: &mut [f32]) {
+    // SAFETY: only reachable through `kernels()`, after the CPU features are checked.
+    unsafe { axpy_body(a, v, out, 2) }
+}
+
+fn axpy_f32(a: f32, v: &[u8], out: &mut [f32]) {
+    // SAFETY: as `axpy_f16`.
+    unsafe { axpy_body(a, v, out, 4) }
+}
+
+/// `out += a · v`, eight at a time by `fma`, the tail as the scalar kernel.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn axpy_body(a: f32, v: &[u8], out: &mut [f32], width: usize) {
+    let n = out.len().min(v.len() / width);
+    let av = _mm256_set1_ps(a);
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: `i + 8 <= n`, so 8 elements of `v` (16 or 32 bytes) and 8 floats of
+        // `out` from `i` are in bounds.
+        unsafe {
+            let x = if width == 2 {
+                _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(2 * i).cast()))
+            } else {
+                _mm256_loadu_ps(v.as_ptr().add(4 * i).cast())
+            };
+            let o = out.as_mut_ptr().add(i);
+            _mm256_storeu_ps(o, _mm256_fmadd_ps(av, x, _mm256_loadu_ps(o)));
+        }
+        i += 8;
+    }
+    for j in i..n {
+        let x = if width == 2 {
+            f16([v[2 * j], v[2 * j + 1]])
+        } else {
+            f32::from_le_bytes([v[4 * j], v[4 * j + 1], v[4 * j + 2], v[4 * j + 3]])
+        };
+        out[j] = a.mul_add(x, out[j]);
+    }
+}
+
+/// A little-endian f16 as f32 (exact, as the scalar kernels' conversion).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) fn f16(bytes: [u8; 2]) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(u16::from_le_bytes(bytes)))))
+}
+
+/// Loads 32 bytes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) fn load32(bytes: &[u8; 32]) -> __m256i {
+    // SAFETY: reads exactly the 32 bytes of the array (unaligned load).
+    unsafe { _mm256_loadu_si256(bytes.as_ptr().cast()) }
+}
+
+/// Loads 32 signed bytes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) fn load32i(bytes: &[i8; 32]) -> __m256i {
+    // SAFETY: as `load32`.
+    unsafe { _mm256_loadu_si256(bytes.as_ptr().cast()) }
+}
+
+/// `Σ u[i] · s[i]` over 32 unsigned bytes (≤ 127 after any sign trick) and signed bytes,
+/// as eight i32 lanes (lane `l` covers elements `4l..4l + 4`).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))
+}
+
+/// `Σ a[i] · b[i]` over 32 signed bytes (`a` in `[-128, 127]`, `b` in `[-127, 127]`).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn dot_i8_i8(a: __m256i, b: __m256i) -> __m256i {
+    dot_u8_i8(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a))
+}
+
+/// The 32 nibbles of 16 bytes in element order: low nibbles, then high nibbles.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn nibbles(qs: &[u8; 16]) -> __m256i {
+    // SAFETY: reads exactly the 16 bytes of the array.
+    let v = unsafe { _mm_loadu_si128(qs.as_ptr().cast()) };
+    let both = _mm256_set_m128i(_mm_srli_epi16(v, 4), v);
+    _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
+}
+
+/// Bit 4 (0x10) in byte `j` where bit `j` of `qh` is set.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn high_bits(qh: [u8; 4]) -> __m256i {
+    let v = _mm256_set1_epi32(i32::from_le_bytes(qh));
+    let spread = _mm256_shuffle_epi8(
+        v,
+        _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0),
+    );
+    let probe = _mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbfdfeff7fbfdfe));
+    let set = _mm256_cmpeq_epi8(probe, _mm256_set1_epi64x(-1));
+    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn float_body(
+    n: usize,
+    x: &[f32],
+    load: impl Fn(usize) -> __m256,
+    decode: impl Fn(usize) -> f32,
+) -> f32 {
+    let full = n / LANES * LANES;
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i < full {
+        for (k, a) in acc.iter_mut().enumerate() {
+            let at = i + 8 * k;
+            // SAFETY: `at + 8 <= full <= x.len()`.
+            let xv = unsafe { _mm256_loadu_ps(x.as_ptr().add(at)) };
+            *a = _mm256_fmadd_ps(load(at), xv, *a);
+        }
+        i += LANES;
+    }
+    let mut lanes = [0f32; LANES];
+    for (k, a) in acc.iter().enumerate() {
+        // SAFETY: writes 8 floats at `8k`, inside the 32-float array.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr().add(8 * k), *a) };
+    }
+    for (j, &v) in x.iter().enumerate().take(n).skip(full) {
+        lanes[j % LANES] = decode(j).mul_add(v, lanes[j % LANES]);
+    }
+    fold(&lanes)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn f32_body(w: &[u8], x: &[f32]) -> f32 {
+    let n = x.len().min(w.len() / 4);
+    float_body(
+        n,
+        x,
+        // SAFETY: `at + 8 <= n`, so 32 bytes from `4 at` are inside `w`.
+        |at| unsafe { _mm256_loadu_ps(w.as_ptr().add(4 * at).cast()) },
+        |j| f32::from_le_bytes([w[4 * j], w[4 * j + 1], w[4 * j + 2], w[4 * j + 3]]),
+    )
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn f16_body(w: &[u8], x: &[f32]) -> f32 {
+    let n = x.len().min(w.len() / 2);
+    float_body(
+        n,
+        x,
+        // SAFETY: `at + 8 <= n`, so 16 bytes from `2 at` are inside `w`.
+        |at| unsafe { _mm256_cvtph_ps(_mm_loadu_si128(w.as_ptr().add(2 * at).cast())) },
+        |j| f16([w[2 * j], w[2 * j + 1]]),
+    )
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn bf16_body(w: &[u8], x: &[f32]) -> f32 {
+    let n = x.len().min(w.len() / 2);
+    float_body(
+        n,
+        x,
+        |at| {
+            // SAFETY: `at + 8 <= n`, so 16 bytes from `2 at` are inside `w`.
+            let h = unsafe { _mm_loadu_si128(w.as_ptr().add(2 * at).cast()) };
+            _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+        },
+        |j| f32::from_bits(u32::from(u16::from_le_bytes([w[2 * j], w[2 * j + 1]])) << 16),
+    )
+}
+
+/// Runs `block` (per block: the scale product, the eight integer lanes, the mins term)
+/// over the blocks as the scalar kernels do: `fma` per float lane, lanes folded last.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) fn lanes_dot<W: Block, A: Block>(
+    w: &[u8],
+    a: &[u8],
+    sign: f32,
+    block: impl Fn(&W, &A) -> (f32, __m256i, f32),
+) -> f32 {
+    let (mut acc, mut mins) = (_mm256_setzero_ps(), 0f32);
+    for (x, y) in pairs::<W, A>(w, a) {
+        let (d, lanes, m) = block(x, y);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(lanes), acc);
+        mins += m;
+    }
+    let mut out = [0f32; 8];
+    // SAFETY: writes the 8 floats of `out`.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), acc) };
+    fold8(&out) + sign * mins
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_0_body(w: &[u8], a: &[u8]) -> f32 {
+    lanes_dot(w, a, 1.0, |x: &BlockQ4_0, y: &BlockQ8_0| {
+        let q = _mm256_sub_epi8(nibbles(&x.qs), _mm256_set1_epi8(8));
+        (f16(x.d) * f16(y.d), dot_i8_i8(q, load32i(&y.qs)), 0.0)
+    })
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_1_body(w: &[u8], a: &[u8]) -> f32 {
+    lanes_dot(w, a, 1.0, |x: &BlockQ4_1, y: &BlockQ8_1| {
+        let lanes = dot_u8_i8(nibbles(&x.qs), load32i(&y.qs));
+        (f16(x.d) * f16(y.d), lanes, f16(x.m) * f16(y.s))
+    })
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q5_0_body(w: &[u8], a: &[u8]) -> f32 {
+    lanes_dot(w, a, 1.0, |x: &BlockQ5_0, y: &BlockQ8_0| {
+        let q = _mm256_or_si256(nibbles(&x.qs), high_bits(x.qh));
+        let q = _mm256_sub_epi8(q, _mm256_set1_epi8(16));
+        (f16(x.d) * f16(y.d), dot_i8_i8(q, load32i(&y.qs)), 0.0)
+    })
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q5_1_body(w: &[u8], a: &[u8]) -> f32 {
+    lanes_dot(w, a, 1.0, |x: &BlockQ5_1, y: &BlockQ8_1| {
+        let q = _mm256_or_si256(nibbles(&x.qs), high_bits(x.qh));
+        (f16(x.d) * f16(y.d), dot_u8_i8(q, load32i(&y.qs)), f16(x.m) * f16(y.s))
+    })
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q8_0_body(w: &[u8], a: &[u8]) -> f32 {
+    lanes_dot(w, a, 1.0, |x: &BlockQ8_0, y: &BlockQ8_0| {
+        (f16(x.d) * f16(y.d), dot_i8_i8(load32i(&x.qs), load32i(&y.qs)), 0.0)
+    })
+}

@@ -1,0 +1,59 @@
+//! Scalar dot products of f32, f16 and bf16 rows with f32 activations. The sum runs in 32
+//! lanes (lane `i % 32` takes element `i`, by fused multiply-add) folded in a fixed tree,
+//! the order the AVX2 kernels use, so both give the same bits.
+
+/// Lanes of the running sum: four 8-wide vectors.
+pub const LANES: usize = 32;
+
+/// Folds the 32 lanes: vectors `(v0 + v1) + (v2 + v3)`, then [`fold8`].
+#[inline(always)]
+pub fn fold(acc: &[f32; LANES]) -> f32 {
+    let mut v = [0f32; 8];
+    for (l, o) in v.iter_mut().enumerate() {
+        *o = (acc[l] + acc[8 + l]) + (acc[16 + l] + acc[24 + l]);
+    }
+    fold8(&v)
+}
+
+/// Folds 8 lanes as ggml's `hsum_float_8`: `((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7))`.
+#[inline(always)]
+pub fn fold8(v: &[f32; 8]) -> f32 {
+    ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]))
+}
+
+#[inline(always)]
+fn dot_with(w: &[u8], x: &[f32], width: usize, decode: impl Fn(&[u8]) -> f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    for (i, (b, &v)) in w.chunks_exact(width).zip(x).enumerate() {
+        let lane = &mut acc[i % LANES];
+        *lane = decode(b).mul_add(v, *lane);
+    }
+    fold(&acc)
+}
+
+pub fn dot_f32(w: &[u8], x: &[f32]) -> f32 {
+    dot_with(w, x, 4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+pub fn dot_f16(w: &[u8], x: &[f32]) -> f32 {
+    dot_with(w, x, 2, |b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+}
+
+pub fn dot_bf16(w: &[u8], x: &[f32]) -> f32 {
+    dot_with(w, x, 2, |b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16))
+}
+
+#[inline(always)]
+fn axpy_with(a: f32, v: &[u8], out: &mut [f32], width: usize, decode: impl Fn(&[u8]) -> f32) {
+    for (o, b) in out.iter_mut().zip(v.chunks_exact(width)) {
+        *o = a.mul_add(decode(b), *o);
+    }
+}
+
+pub fn axpy_f16(a: f32, v: &[u8], out: &mut [f32]) {
+    axpy_with(a, v, out, 2, |b| half::f16::from_le_bytes([b[0], b[1]]).to_f32());
+}
+
+pub fn axpy_f32(a: f32, v: &[u8], out: &mut [f32]) {
+    axpy_with(a, v, out, 4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+}

@@ -1,0 +1,173 @@
+//! Matrix products of stored weights with f32 activations. Activations are first put in
+//! the form llama.cpp's CPU backend uses for each weight type (kept f32 for float weights;
+//! Q8_0, Q8_1 or Q8_K blocks for quantized ones, so integer dot products do the work),
+//! then every output row is one dot product over the whole row, computed by one thread in
+//! a fixed order: results do not depend on the thread count.
+//!
+//! Each dot product has a plain scalar version and, on x86-64 with AVX2 and FMA, a SIMD
+//! one chosen at run time ([`Kernels::best`]); tests hold the two equal.
+
+pub mod activations;
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx2_k;
+mod float;
+mod kquants;
+mod legacy;
+
+use std::sync::OnceLock;
+
+use amalgam_gguf::GgmlType;
+
+pub use activations::Activations;
+
+use crate::model::Matrix;
+use crate::pool::{Counter, Pool, SharedOut};
+
+/// A dot product of a stored float row with f32 activations.
+pub type FloatDot = fn(&[u8], &[f32]) -> f32;
+/// A dot product of a stored quantized row with a row of activation blocks.
+pub type QuantDot = fn(&[u8], &[u8]) -> f32;
+/// `out += a · v` for a stored float row `v`.
+pub type Axpy = fn(f32, &[u8], &mut [f32]);
+
+/// One set of dot-product kernels.
+#[derive(Clone, Copy)]
+pub struct Kernels {
+    pub name: &'static str,
+    pub f32: FloatDot,
+    pub f16: FloatDot,
+    pub bf16: FloatDot,
+    pub q4_0: QuantDot,
+    pub q4_1: QuantDot,
+    pub q5_0: QuantDot,
+    pub q5_1: QuantDot,
+    pub q8_0: QuantDot,
+    pub q2_k: QuantDot,
+    pub q3_k: QuantDot,
+    pub q4_k: QuantDot,
+    pub q5_k: QuantDot,
+    pub q6_k: QuantDot,
+    pub axpy_f16: Axpy,
+    pub axpy_f32: Axpy,
+}
+
+/// A dot product for one weight type.
+#[derive(Clone, Copy)]
+pub enum Dot {
+    Float(FloatDot),
+    Quant(QuantDot),
+}
+
+impl Kernels {
+    /// The plain scalar kernels.
+    pub fn scalar() -> &'static Kernels {
+        &SCALAR
+    }
+
+    /// The fastest kernels this CPU runs, detected once.
+    pub fn best() -> &'static Kernels {
+        static BEST: OnceLock<Kernels> = OnceLock::new();
+        BEST.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            if let Some(k) = avx2::kernels() {
+                return k;
+            }
+            SCALAR
+        })
+    }
+
+    /// The dot product for weights of type `ty`; `None` for activation-only types.
+    pub fn dot(&self, ty: GgmlType) -> Option<Dot> {
+        Some(match ty {
+            GgmlType::F32 => Dot::Float(self.f32),
+            GgmlType::F16 => Dot::Float(self.f16),
+            GgmlType::BF16 => Dot::Float(self.bf16),
+            GgmlType::Q4_0 => Dot::Quant(self.q4_0),
+            GgmlType::Q4_1 => Dot::Quant(self.q4_1),
+            GgmlType::Q5_0 => Dot::Quant(self.q5_0),
+            GgmlType::Q5_1 => Dot::Quant(self.q5_1),
+            GgmlType::Q8_0 => Dot::Quant(self.q8_0),
+            GgmlType::Q2K => Dot::Quant(self.q2_k),
+            GgmlType::Q3K => Dot::Quant(self.q3_k),
+            GgmlType::Q4K => Dot::Quant(self.q4_k),
+            GgmlType::Q5K => Dot::Quant(self.q5_k),
+            GgmlType::Q6K => Dot::Quant(self.q6_k),
+            GgmlType::Q8_1 | GgmlType::Q8K => return None,
+        })
+    }
+}
+
+static SCALAR: Kernels = Kernels {
+    name: "scalar",
+    f32: float::dot_f32,
+    f16: float::dot_f16,
+    bf16: float::dot_bf16,
+    q4_0: legacy::dot_q4_0,
+    q4_1: legacy::dot_q4_1,
+    q5_0: legacy::dot_q5_0,
+    q5_1: legacy::dot_q5_1,
+    q8_0: legacy::dot_q8_0,
+    q2_k: kquants::dot_q2_k,
+    q3_k: kquants::dot_q3_k,
+    q4_k: kquants::dot_q4_k,
+    q5_k: kquants::dot_q5_k,
+    q6_k: kquants::dot_q6_k,
+    axpy_f16: float::axpy_f16,
+    axpy_f32: float::axpy_f32,
+};
+
+/// Rows per work item: enough items to balance the threads, few enough to keep the
+/// shared counter cold.
+fn rows_per_item(rows: usize, threads: usize) -> usize {
+    rows.div_ceil(threads * 4).clamp(16, 512)
+}
+
+/// `out[t][r] = Σ_c w[r][c] · x[t][c]` for every token `t` of `act` (`out` is
+/// `tokens × w.rows`, row-major), on the threads of `pool`.
+///
+/// # Panics
+/// If `act` was prepared for another type or width, or `out` has the wrong length:
+/// callers size both from the model's checked shapes.
+pub fn matmul(pool: &Pool, kernels: &Kernels, w: &Matrix, act: &Activations, out: &mut [f32]) {
+    let tokens = act.tokens();
+    assert!(out.len() == tokens * w.rows && act.cols() == w.cols, "matmul: bad shapes");
+    assert!(act.fits(w.ty), "matmul: activations prepared for another type");
+    let Some(dot) = kernels.dot(w.ty) else { panic!("matmul: {} is not a weight type", w.ty) };
+    let rows = w.rows;
+    let ptr = SharedOut::new(out);
+    let chunk = rows_per_item(rows, pool.threads());
+    let items = rows.div_ceil(chunk);
+    let counter = Counter::new();
+    pool.run(&|_| {
+        while let Some(c) = counter.next(items) {
+            for r in c * chunk..((c + 1) * chunk).min(rows) {
+                let row = w.row(r);
+                for t in 0..tokens {
+                    let v = match dot {
+                        Dot::Float(f) => f(row, act.floats(t)),
+                        Dot::Quant(f) => f(row, act.blocks(t)),
+                    };
+                    // SAFETY: `t * rows + r < out.len()` (checked above), and each row
+                    // `r` belongs to exactly one work item, so no two threads write the
+                    // same element; `run` returns only when every thread is done.
+                    unsafe { *ptr.at(t * rows + r) = v };
+                }
+            }
+        }
+    });
+}
+
+/// The activation type llama.cpp converts f32 inputs to for weights of type `ty`.
+pub fn activation_type(ty: GgmlType) -> GgmlType {
+    match ty {
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => GgmlType::F32,
+        GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => GgmlType::Q8_0,
+        GgmlType::Q4_1 | GgmlType::Q5_1 => GgmlType::Q8_1,
+        _ => GgmlType::Q8K,
+    }
+}
+
+#[cfg(test)]
+mod tests;

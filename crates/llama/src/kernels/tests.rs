@@ -1,0 +1,184 @@
+//! The kernels against each other and against dequantize-then-f64: the SIMD kernels give
+//! the scalar ones' bits, and both stay within float rounding of the exact product of the
+//! values the blocks hold.
+
+use amalgam_gguf::{GgmlType, quant};
+
+use super::*;
+use crate::sampling::Rng;
+
+const WEIGHTS: [GgmlType; 13] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q2K,
+    GgmlType::Q3K,
+    GgmlType::Q4K,
+    GgmlType::Q5K,
+    GgmlType::Q6K,
+];
+
+fn random(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| ((rng.uniform() * 2.0 - 1.0) as f32) * scale).collect()
+}
+
+/// A weight row of `ty` holding random values, and the values it holds.
+fn weight_row(rng: &mut Rng, ty: GgmlType, n: usize) -> (Vec<u8>, Vec<f32>) {
+    let x = random(rng, n, 0.5);
+    let mut bytes = vec![0u8; n / ty.block_size() * ty.type_size()];
+    quant::quantize(ty, &x, &mut bytes);
+    let mut held = vec![0f32; n];
+    quant::dequantize(ty, &bytes, &mut held);
+    (bytes, held)
+}
+
+/// The values activations hold after preparation for `ty`.
+fn held_activations(act: &Activations, ty: GgmlType) -> Vec<f32> {
+    let a = activation_type(ty);
+    if a == GgmlType::F32 {
+        return act.floats(0).to_vec();
+    }
+    let mut held = vec![0f32; act.cols()];
+    quant::dequantize(a, act.blocks(0), &mut held);
+    held
+}
+
+fn dot_of(kernels: &Kernels, ty: GgmlType, w: &[u8], act: &Activations) -> f32 {
+    match kernels.dot(ty) {
+        Some(Dot::Float(f)) => f(w, act.floats(0)),
+        Some(Dot::Quant(f)) => f(w, act.blocks(0)),
+        None => panic!("{ty} has no dot product"),
+    }
+}
+
+#[test]
+fn simd_kernels_equal_scalar_and_the_exact_product() {
+    let mut rng = Rng::new(7);
+    for ty in WEIGHTS {
+        for n in [256, 512, 1536, 2560] {
+            for _ in 0..20 {
+                let (w, held_w) = weight_row(&mut rng, ty, n);
+                let x = random(&mut rng, n, 3.0);
+                let act = Activations::new(ty, &x, n);
+                let scalar = dot_of(Kernels::scalar(), ty, &w, &act);
+                let best = dot_of(Kernels::best(), ty, &w, &act);
+                assert_eq!(scalar.to_bits(), best.to_bits(), "{ty} n={n}: {scalar} vs {best}");
+                let held_a = held_activations(&act, ty);
+                let exact: f64 =
+                    held_w.iter().zip(&held_a).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+                let magnitude: f64 =
+                    held_w.iter().zip(&held_a).map(|(&a, &b)| f64::from(a * b).abs()).sum();
+                // Each block adds a few f32 roundings (scales, then the running sum):
+                // a few units of 2^-24 of the magnitude per block at most, plus the
+                // scales' own f16 products.
+                let bound = magnitude * 1e-5 + 1e-6 + q8_1_sum_error(ty, &w, &held_a);
+                assert!(
+                    (f64::from(scalar) - exact).abs() <= bound,
+                    "{ty} n={n}: {scalar} vs exact {exact} (bound {bound})"
+                );
+            }
+        }
+    }
+}
+
+/// Q4_1 and Q5_1 take `m · s` with `s = d · Σq` stored as f16 in the Q8_1 block: each
+/// block's term is off by up to half an f16 unit (2^-11 relative) of `|m · Σa|`.
+fn q8_1_sum_error(ty: GgmlType, w: &[u8], held_a: &[f32]) -> f64 {
+    if !matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1) {
+        return 0.0;
+    }
+    w.chunks_exact(ty.type_size())
+        .zip(held_a.chunks_exact(32))
+        .map(|(b, a)| {
+            let m = half::f16::from_le_bytes([b[2], b[3]]).to_f32();
+            let sum: f32 = a.iter().sum();
+            f64::from((m * sum).abs()) * 2f64.powi(-11) * 1.01
+        })
+        .sum()
+}
+
+#[test]
+fn float_kernels_agree_on_rows_with_a_tail() {
+    let mut rng = Rng::new(3);
+    for ty in [GgmlType::F32, GgmlType::F16, GgmlType::BF16] {
+        for n in [1, 7, 31, 33, 64, 100, 576] {
+            let (w, _) = weight_row(&mut rng, ty, n);
+            let x = random(&mut rng, n, 1.0);
+            let act = Activations::new(ty, &x, n);
+            let (a, b) =
+                (dot_of(Kernels::scalar(), ty, &w, &act), dot_of(Kernels::best(), ty, &w, &act));
+            assert_eq!(a.to_bits(), b.to_bits(), "{ty} n={n}");
+        }
+    }
+}
+
+#[test]
+fn q8_activations_round_half_to_even_with_127_over_amax() {
+    // amax 127 gives id = 1 exactly, so 2.5 and 3.5 sit on rounding midpoints.
+    let mut x = vec![0f32; 32];
+    x[0] = 127.0;
+    x[1] = 2.5;
+    x[2] = 3.5;
+    x[3] = -2.5;
+    let mut out = vec![0u8; 34];
+    activations::quantize_q8_0(&x, &mut out);
+    assert_eq!([out[3] as i8, out[4] as i8, out[5] as i8], [2, 4, -2]);
+    let mut out1 = vec![0u8; 36];
+    activations::quantize_q8_1(&x, &mut out1);
+    let sum = 127 + 2 + 4 - 2;
+    assert_eq!(half::f16::from_le_bytes([out1[2], out1[3]]).to_f32(), sum as f32);
+}
+
+#[test]
+fn matmul_is_the_same_for_any_thread_count() {
+    let mut rng = Rng::new(11);
+    let (rows, cols, tokens) = (64, 512, 3);
+    for ty in [GgmlType::Q4_1, GgmlType::Q4K, GgmlType::F16] {
+        let data: Vec<u8> = (0..rows).flat_map(|_| weight_row(&mut rng, ty, cols).0).collect();
+        let w = Matrix { ty, rows, cols, data: &data };
+        let x = random(&mut rng, tokens * cols, 1.0);
+        let act = Activations::new(ty, &x, cols);
+        let run = |threads: usize| {
+            let pool = Pool::new(threads);
+            let mut out = vec![0f32; tokens * rows];
+            matmul(&pool, Kernels::best(), &w, &act, &mut out);
+            out
+        };
+        let one = run(1);
+        assert_eq!(one, run(2), "{ty}");
+        assert_eq!(one, run(3), "{ty}");
+        for t in 0..tokens {
+            let single = Activations::new(ty, &x[t * cols..(t + 1) * cols], cols);
+            for r in 0..rows {
+                let d = dot_of(Kernels::best(), ty, w.row(r), &single);
+                assert_eq!(d.to_bits(), one[t * rows + r].to_bits(), "{ty} token {t} row {r}");
+            }
+        }
+    }
+}
+
+#[test]
+fn axpy_kernels_agree() {
+    let mut rng = Rng::new(5);
+    for (ty, width) in [(GgmlType::F16, 2), (GgmlType::F32, 4)] {
+        for n in [1, 8, 13, 64, 128] {
+            let (v, _) = weight_row(&mut rng, ty, n);
+            let base = random(&mut rng, n, 1.0);
+            let (mut a, mut b) = (base.clone(), base.clone());
+            let (s, f) = if width == 2 {
+                (Kernels::scalar().axpy_f16, Kernels::best().axpy_f16)
+            } else {
+                (Kernels::scalar().axpy_f32, Kernels::best().axpy_f32)
+            };
+            s(0.37, &v, &mut a);
+            f(0.37, &v, &mut b);
+            assert_eq!(a, b, "{ty} n={n}");
+            assert_ne!(a, base);
+        }
+    }
+}

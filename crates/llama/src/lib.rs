@@ -1,0 +1,32 @@
+//! amalgam's CPU inference engine for the Llama family (llama, mistral, qwen2, qwen3):
+//! a model is a list of layers whose weights are views into memory-mapped files, each
+//! layer with its own KV cache, so the same engine runs a model as stored or a layer map
+//! that repeats layers. Kernels, tokenizer, chat template, sampling and perplexity live
+//! here; merge configs do not.
+
+pub mod assets;
+pub mod config;
+pub mod error;
+pub mod forward;
+pub mod generate;
+pub mod kernels;
+pub mod kv;
+pub mod model;
+pub mod ops;
+pub mod perplexity;
+pub mod pool;
+pub mod rope;
+pub mod sampling;
+pub mod source;
+pub mod template;
+pub mod tokenizer;
+
+pub use assets::Assets;
+pub use config::{Arch, Config};
+pub use error::{Error, Result};
+pub use forward::{Logits, Session};
+pub use kv::KvType;
+pub use model::{Layer, Matrix, Model};
+pub use sampling::{Sampler, SamplerConfig};
+pub use source::{RopeStyle, TensorSource};
+pub use tokenizer::Tokenizer;
