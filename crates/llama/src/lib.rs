@@ -27,6 +27,7 @@ pub use error::{Error, Result};
 pub use forward::{Logits, Session};
 pub use kv::KvType;
 pub use model::{Layer, Matrix, Model};
+pub use pool::Pool;
 pub use sampling::{Sampler, SamplerConfig};
 pub use source::{RopeStyle, TensorSource};
 pub use tokenizer::Tokenizer;

@@ -3,7 +3,7 @@
 //! llama.cpp's x86 CPU backend quantizes them.
 
 use amalgam_gguf::GgmlType;
-use amalgam_gguf::blocks::{BlockQ8_0, BlockQ8_1, QK, as_blocks_mut};
+use amalgam_gguf::blocks::{BlockQ8_0, BlockQ8_1, QK, as_blocks, as_blocks_mut};
 use amalgam_gguf::quant;
 
 use super::activation_type;
@@ -15,6 +15,19 @@ pub struct Activations {
     cols: usize,
     floats: Vec<f32>,
     blocks: Vec<u8>,
+    /// Q8_0/Q8_1: each block's `d` (and Q8_1's `s`) widened to f32 (exactly), so kernels
+    /// read a float instead of converting a half per product.
+    d: Vec<f32>,
+    s: Vec<f32>,
+}
+
+/// One token's quantized activations: the blocks and their widened scales (empty for
+/// Q8_K, whose scale is stored as f32).
+#[derive(Clone, Copy, Debug)]
+pub struct ActRow<'a> {
+    pub blocks: &'a [u8],
+    pub d: &'a [f32],
+    pub s: &'a [f32],
 }
 
 impl Activations {
@@ -23,7 +36,15 @@ impl Activations {
     pub fn new(weight: GgmlType, x: &[f32], cols: usize) -> Activations {
         let ty = activation_type(weight);
         let tokens = x.len().checked_div(cols).unwrap_or(0);
-        let mut act = Activations { ty, tokens, cols, floats: Vec::new(), blocks: Vec::new() };
+        let mut act = Activations {
+            ty,
+            tokens,
+            cols,
+            floats: Vec::new(),
+            blocks: Vec::new(),
+            d: Vec::new(),
+            s: Vec::new(),
+        };
         if ty == GgmlType::F32 {
             act.floats = x.to_vec();
             return act;
@@ -37,7 +58,35 @@ impl Activations {
                 _ => quant::quantize(GgmlType::Q8K, row, out),
             }
         }
+        act.widen_scales();
         act
+    }
+
+    fn widen_scales(&mut self) {
+        let half = |b: [u8; 2]| half::f16::from_le_bytes(b).to_f32();
+        match self.ty {
+            GgmlType::Q8_0 => {
+                let blocks: &[BlockQ8_0] = as_blocks(&self.blocks).unwrap_or_default();
+                self.d = blocks.iter().map(|b| half(b.d)).collect();
+            }
+            GgmlType::Q8_1 => {
+                let blocks: &[BlockQ8_1] = as_blocks(&self.blocks).unwrap_or_default();
+                self.d = blocks.iter().map(|b| half(b.d)).collect();
+                self.s = blocks.iter().map(|b| half(b.s)).collect();
+            }
+            _ => {}
+        }
+    }
+
+    /// Token `t`'s blocks and widened scales.
+    pub fn row(&self, t: usize) -> ActRow<'_> {
+        let tokens = self.tokens.max(1);
+        let (nd, ns) = (self.d.len() / tokens, self.s.len() / tokens);
+        ActRow {
+            blocks: self.blocks(t),
+            d: &self.d[t * nd..(t + 1) * nd],
+            s: &self.s[t * ns..(t + 1) * ns],
+        }
     }
 
     /// Whether these activations serve weights of type `weight`.

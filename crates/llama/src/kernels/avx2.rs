@@ -6,12 +6,11 @@
 use std::arch::x86_64::*;
 
 use amalgam_gguf::blocks::{
-    Block, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1,
+    Block, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1, as_blocks,
 };
 
 use super::float::{LANES, fold, fold8};
-use super::legacy::pairs;
-use super::{Kernels, avx2_k};
+use super::{ActRow, Kernels, TILE, avx2_k};
 
 /// The AVX2 kernels, if this CPU has AVX2, FMA and F16C.
 pub fn kernels() -> Option<Kernels> {
@@ -48,17 +47,31 @@ macro_rules! checked {
         }
     )*};
 }
-pub(super) use checked;
 
 checked! {
     fn dot_f32(w: &[u8], x: &[f32]) => f32_body;
     fn dot_f16(w: &[u8], x: &[f32]) => f16_body;
     fn dot_bf16(w: &[u8], x: &[f32]) => bf16_body;
-    fn dot_q4_0(w: &[u8], a: &[u8]) => q4_0_body;
-    fn dot_q4_1(w: &[u8], a: &[u8]) => q4_1_body;
-    fn dot_q5_0(w: &[u8], a: &[u8]) => q5_0_body;
-    fn dot_q5_1(w: &[u8], a: &[u8]) => q5_1_body;
-    fn dot_q8_0(w: &[u8], a: &[u8]) => q8_0_body;
+}
+
+/// Declares safe multi-token kernels that call their `#[target_feature]` bodies.
+macro_rules! checked_tiled {
+    ($($name:ident => $body:ident;)*) => {$(
+        pub(super) fn $name(w: &[u8], a: &[super::ActRow], out: &mut [f32]) {
+            // SAFETY: these kernels are only reachable through `kernels()`, which returns
+            // them only when the CPU has AVX2, FMA and F16C.
+            unsafe { $body(w, a, out) }
+        }
+    )*};
+}
+pub(super) use checked_tiled;
+
+checked_tiled! {
+    dot_q4_0 => q4_0_body;
+    dot_q4_1 => q4_1_body;
+    dot_q5_0 => q5_0_body;
+    dot_q5_1 => q5_1_body;
+    dot_q8_0 => q8_0_body;
 }
 
 fn axpy_f16(a: f32, v: &[u8], out: &mut [f32]) {
@@ -233,64 +246,156 @@ fn bf16_body(w: &[u8], x: &[f32]) -> f32 {
     )
 }
 
-/// Runs `block` (per block: the scale product, the eight integer lanes, the mins term)
-/// over the blocks as the scalar kernels do: `fma` per float lane, lanes folded last.
+/// Products of one weight row with up to [`TILE`] tokens at a time: each weight block is
+/// decoded once by `prep`; per token, `mul` (given the block and its widened `d` and `s`)
+/// gives the scale product, the eight integer lanes and the mins term, added as the
+/// scalar kernels add them (`fma` per float lane, lanes folded last, `+ sign · Σ mins`),
+/// so every output has the one-token bits.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-pub(super) fn lanes_dot<W: Block, A: Block>(
+pub(super) fn tiled<W: Block, A: Block, P>(
     w: &[u8],
-    a: &[u8],
+    acts: &[ActRow],
+    out: &mut [f32],
     sign: f32,
-    block: impl Fn(&W, &A) -> (f32, __m256i, f32),
-) -> f32 {
+    prep: impl Fn(&W) -> P,
+    mul: impl Fn(&P, &A, f32, f32) -> (f32, __m256i, f32),
+) {
+    let weights: &[W] = as_blocks(w).unwrap_or_default();
+    for (acts, out) in acts.chunks(TILE).zip(out.chunks_mut(TILE)) {
+        let mut ab: [Row<A>; TILE] = [Row { blocks: &[], d: &[], s: &[] }; TILE];
+        for (b, a) in ab.iter_mut().zip(acts) {
+            *b = Row { blocks: as_blocks(a.blocks).unwrap_or_default(), d: a.d, s: a.s };
+        }
+        let ab = &ab[..acts.len()];
+        match ab.len() {
+            4 => tile::<W, A, P, 4>(weights, ab, out, sign, &prep, &mul),
+            3 => tile::<W, A, P, 3>(weights, ab, out, sign, &prep, &mul),
+            2 => tile::<W, A, P, 2>(weights, ab, out, sign, &prep, &mul),
+            _ => tile::<W, A, P, 1>(weights, ab, out, sign, &prep, &mul),
+        }
+    }
+}
+
+/// [`tile`] for one token, as a plain zip over the blocks.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn single<W: Block, A: Block, P>(
+    weights: &[W],
+    act: Row<A>,
+    out: &mut [f32],
+    sign: f32,
+    prep: &impl Fn(&W) -> P,
+    mul: &impl Fn(&P, &A, f32, f32) -> (f32, __m256i, f32),
+) {
     let (mut acc, mut mins) = (_mm256_setzero_ps(), 0f32);
-    for (x, y) in pairs::<W, A>(w, a) {
-        let (d, lanes, m) = block(x, y);
+    let mut step = |x: &W, y: &A, d: f32, s: f32| {
+        _mm_prefetch::<_MM_HINT_T0>((x as *const W).cast::<i8>().wrapping_add(1024));
+        let (d, lanes, m) = mul(&prep(x), y, d, s);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(lanes), acc);
         mins += m;
+    };
+    let pairs = weights.iter().zip(act.blocks);
+    match (act.d.len() == act.blocks.len(), act.s.len() == act.blocks.len()) {
+        (true, true) => {
+            pairs.zip(act.d.iter().zip(act.s)).for_each(|((x, y), (&d, &s))| step(x, y, d, s))
+        }
+        (true, false) => pairs.zip(act.d).for_each(|((x, y), &d)| step(x, y, d, 0.0)),
+        _ => pairs.for_each(|(x, y)| step(x, y, 0.0, 0.0)),
     }
-    let mut out = [0f32; 8];
-    // SAFETY: writes the 8 floats of `out`.
-    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), acc) };
-    fold8(&out) + sign * mins
+    let mut lanes = [0f32; 8];
+    // SAFETY: writes the 8 floats of `lanes`.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+    if let Some(o) = out.first_mut() {
+        *o = fold8(&lanes) + sign * mins;
+    }
+}
+
+/// One token's activation blocks with their widened scales (empty for Q8_K).
+#[derive(Clone, Copy)]
+struct Row<'a, A> {
+    blocks: &'a [A],
+    d: &'a [f32],
+    s: &'a [f32],
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q4_0_body(w: &[u8], a: &[u8]) -> f32 {
-    lanes_dot(w, a, 1.0, |x: &BlockQ4_0, y: &BlockQ8_0| {
-        let q = _mm256_sub_epi8(nibbles(&x.qs), _mm256_set1_epi8(8));
-        (f16(x.d) * f16(y.d), dot_i8_i8(q, load32i(&y.qs)), 0.0)
-    })
+#[inline]
+fn tile<W: Block, A: Block, P, const T: usize>(
+    weights: &[W],
+    acts: &[Row<A>],
+    out: &mut [f32],
+    sign: f32,
+    prep: &impl Fn(&W) -> P,
+    mul: &impl Fn(&P, &A, f32, f32) -> (f32, __m256i, f32),
+) {
+    let Ok(acts) = <[Row<A>; T]>::try_from(&acts[..T.min(acts.len())]) else { return };
+    if T == 1 {
+        return single(weights, acts[0], out, sign, prep, mul);
+    }
+    let n = acts.iter().map(|a| a.blocks.len()).fold(weights.len(), usize::min);
+    // Widened scales where the activation type has them, else 0 (not read).
+    let scale = |v: &[f32], i: usize| v.get(i).copied().unwrap_or(0.0);
+    let (mut acc, mut mins) = ([_mm256_setzero_ps(); T], [0f32; T]);
+    for (i, x) in weights[..n].iter().enumerate() {
+        // A hint only (the address need not be valid): the rows stream from memory.
+        _mm_prefetch::<_MM_HINT_T0>((x as *const W).cast::<i8>().wrapping_add(1024));
+        let p = prep(x);
+        for t in 0..T {
+            let a = &acts[t];
+            let (d, lanes, m) = mul(&p, &a.blocks[i], scale(a.d, i), scale(a.s, i));
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(lanes), acc[t]);
+            mins[t] += m;
+        }
+    }
+    for (o, (a, m)) in out.iter_mut().zip(acc.iter().zip(mins)) {
+        let mut lanes = [0f32; 8];
+        // SAFETY: writes the 8 floats of `lanes`.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *a) };
+        *o = fold8(&lanes) + sign * m;
+    }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q4_1_body(w: &[u8], a: &[u8]) -> f32 {
-    lanes_dot(w, a, 1.0, |x: &BlockQ4_1, y: &BlockQ8_1| {
-        let lanes = dot_u8_i8(nibbles(&x.qs), load32i(&y.qs));
-        (f16(x.d) * f16(y.d), lanes, f16(x.m) * f16(y.s))
-    })
+fn q4_0_body(w: &[u8], a: &[ActRow], out: &mut [f32]) {
+    let prep = |x: &BlockQ4_0| (_mm256_sub_epi8(nibbles(&x.qs), _mm256_set1_epi8(8)), f16(x.d));
+    tiled(w, a, out, 1.0, prep, |p, y: &BlockQ8_0, d, _| {
+        (p.1 * d, dot_i8_i8(p.0, load32i(&y.qs)), 0.0)
+    });
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q5_0_body(w: &[u8], a: &[u8]) -> f32 {
-    lanes_dot(w, a, 1.0, |x: &BlockQ5_0, y: &BlockQ8_0| {
+fn q4_1_body(w: &[u8], a: &[ActRow], out: &mut [f32]) {
+    let prep = |x: &BlockQ4_1| (nibbles(&x.qs), f16(x.d), f16(x.m));
+    tiled(w, a, out, 1.0, prep, |p, y: &BlockQ8_1, d, s| {
+        (p.1 * d, dot_u8_i8(p.0, load32i(&y.qs)), p.2 * s)
+    });
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q5_0_body(w: &[u8], a: &[ActRow], out: &mut [f32]) {
+    let prep = |x: &BlockQ5_0| {
         let q = _mm256_or_si256(nibbles(&x.qs), high_bits(x.qh));
-        let q = _mm256_sub_epi8(q, _mm256_set1_epi8(16));
-        (f16(x.d) * f16(y.d), dot_i8_i8(q, load32i(&y.qs)), 0.0)
-    })
+        (_mm256_sub_epi8(q, _mm256_set1_epi8(16)), f16(x.d))
+    };
+    tiled(w, a, out, 1.0, prep, |p, y: &BlockQ8_0, d, _| {
+        (p.1 * d, dot_i8_i8(p.0, load32i(&y.qs)), 0.0)
+    });
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q5_1_body(w: &[u8], a: &[u8]) -> f32 {
-    lanes_dot(w, a, 1.0, |x: &BlockQ5_1, y: &BlockQ8_1| {
-        let q = _mm256_or_si256(nibbles(&x.qs), high_bits(x.qh));
-        (f16(x.d) * f16(y.d), dot_u8_i8(q, load32i(&y.qs)), f16(x.m) * f16(y.s))
-    })
+fn q5_1_body(w: &[u8], a: &[ActRow], out: &mut [f32]) {
+    let prep =
+        |x: &BlockQ5_1| (_mm256_or_si256(nibbles(&x.qs), high_bits(x.qh)), f16(x.d), f16(x.m));
+    tiled(w, a, out, 1.0, prep, |p, y: &BlockQ8_1, d, s| {
+        (p.1 * d, dot_u8_i8(p.0, load32i(&y.qs)), p.2 * s)
+    });
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q8_0_body(w: &[u8], a: &[u8]) -> f32 {
-    lanes_dot(w, a, 1.0, |x: &BlockQ8_0, y: &BlockQ8_0| {
-        (f16(x.d) * f16(y.d), dot_i8_i8(load32i(&x.qs), load32i(&y.qs)), 0.0)
-    })
+fn q8_0_body(w: &[u8], a: &[ActRow], out: &mut [f32]) {
+    let prep = |x: &BlockQ8_0| (load32i(&x.qs), f16(x.d));
+    tiled(w, a, out, 1.0, prep, |p, y: &BlockQ8_0, d, _| {
+        (p.1 * d, dot_i8_i8(p.0, load32i(&y.qs)), 0.0)
+    });
 }

@@ -1,7 +1,7 @@
-//! AVX2 dot products of the K-quant super-blocks with Q8_K activations: levels unpacked
-//! 32 at a time in registers, `maddubs` with the activations, `madd` with the group scales
-//! into eight integer lanes, then the scalar kernels' float steps (`fma` per lane, the
-//! mins term apart), so the two give the same bits.
+//! AVX2 dot products of the K-quant super-blocks with Q8_K activations, several tokens
+//! per pass over a weight row: each super-block's levels are unpacked once (32 per
+//! register) with its scales; per token, `maddubs` with the activations and `madd` with
+//! the group scales give eight integer lanes, finished as the scalar kernels finish them.
 
 use std::arch::x86_64::*;
 
@@ -9,15 +9,28 @@ use amalgam_gguf::blocks::{
     BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, q3k_scales,
 };
 
-use super::avx2::{checked, f16, lanes_dot, load32};
-use super::kquants::{bsum, k4_scales, q2k_scales, q8k_d, widen};
+use super::ActRow;
+use super::avx2::{checked_tiled, f16, load32, tiled};
+use super::kquants::{bsum, k4_mins, k4_scales, q2k_mins, q2k_scales, q8k_d, widen};
 
-checked! {
-    fn dot_q2_k(w: &[u8], a: &[u8]) => q2_k_body;
-    fn dot_q3_k(w: &[u8], a: &[u8]) => q3_k_body;
-    fn dot_q4_k(w: &[u8], a: &[u8]) => q4_k_body;
-    fn dot_q5_k(w: &[u8], a: &[u8]) => q5_k_body;
-    fn dot_q6_k(w: &[u8], a: &[u8]) => q6_k_body;
+checked_tiled! {
+    dot_q2_k => q2_k_body;
+    dot_q3_k => q3_k_body;
+    dot_q4_k => q4_k_body;
+    dot_q5_k => q5_k_body;
+    dot_q6_k => q6_k_body;
+}
+
+/// A super-block decoded once for every token: its eight 32-level chunks and their
+/// scale vectors (one i16 per element pair), the scales and mins as integers, and the
+/// block's scales.
+struct Decoded<const M: usize> {
+    levels: [__m256i; 8],
+    scales: [__m256i; 8],
+    /// Per-group scales (for offset corrections) or mins (for the mins term).
+    ints: [i32; M],
+    d: f32,
+    dmin: f32,
 }
 
 /// Activations `32c..32c + 32` of a Q8_K block.
@@ -46,137 +59,154 @@ fn bits(v: __m256i, shift: u32, mask: i8) -> __m256i {
     _mm256_and_si256(shifted, _mm256_set1_epi8(mask))
 }
 
-/// `lanes + scales · (levels · activations)`: `scales` holds one i16 scale per element
-/// pair (one value for 32 elements, or two halves for two 16-element groups).
+/// The eight integer lanes of one token: `Σ_c scales_c · (levels_c · activations_c)`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn add_chunk(lanes: __m256i, levels: __m256i, act: __m256i, scales: __m256i) -> __m256i {
-    _mm256_add_epi32(lanes, _mm256_madd_epi16(_mm256_maddubs_epi16(levels, act), scales))
-}
-
-/// The scale vector of chunk `c` with 16-element groups.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn pair_scales(scales: &[i32; 16], c: usize) -> __m256i {
-    _mm256_set_m128i(_mm_set1_epi16(scales[2 * c + 1] as i16), _mm_set1_epi16(scales[2 * c] as i16))
-}
-
-/// Lanes of 2-bit chunks (plus `extra(g)`'s bits) with 16-element scales, less
-/// `offset · Σ scale · bsum` in lane 0.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn lanes_2bit(
-    qs: &[u8; 64],
-    y: &BlockQ8K,
-    scales: &[i32; 16],
-    offset: i32,
-    extra: impl Fn(usize) -> __m256i,
-) -> __m256i {
+fn lanes<const M: usize>(b: &Decoded<M>, y: &BlockQ8K) -> __m256i {
     let mut lanes = _mm256_setzero_si256();
-    for h in 0..2 {
-        let v = load_at(qs, 32 * h);
-        for k in 0..4 {
-            let g = 4 * h + k;
-            let levels = _mm256_or_si256(bits(v, 2 * k as u32, 3), extra(g));
-            lanes = add_chunk(lanes, levels, act(y, g), pair_scales(scales, g));
-        }
-    }
-    correct(lanes, y, scales, offset)
-}
-
-/// `lanes[0] −= offset · Σ scale_g · bsum_g`.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn correct(lanes: __m256i, y: &BlockQ8K, scales: &[i32; 16], offset: i32) -> __m256i {
-    if offset == 0 {
-        return lanes;
-    }
-    let correction: i32 = (0..16).map(|g| scales[g] * bsum(y, g)).sum();
-    _mm256_sub_epi32(lanes, _mm256_setr_epi32(offset * correction, 0, 0, 0, 0, 0, 0, 0))
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q2_k_body(w: &[u8], a: &[u8]) -> f32 {
-    lanes_dot(w, a, -1.0, |x: &BlockQ2K, y: &BlockQ8K| {
-        let (scales, mins) = q2k_scales(x, y);
-        let lanes = lanes_2bit(&x.qs, y, &scales, 0, |_| _mm256_setzero_si256());
-        (q8k_d(y) * f16(x.d), lanes, (q8k_d(y) * f16(x.dmin)) * mins as f32)
-    })
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q3_k_body(w: &[u8], a: &[u8]) -> f32 {
-    lanes_dot(w, a, -1.0, |x: &BlockQ3K, y: &BlockQ8K| {
-        let hmask = load32(&x.hmask);
-        let scales = widen(q3k_scales(&x.scales));
-        let lanes =
-            lanes_2bit(&x.qs, y, &scales, 4, |g| _mm256_slli_epi16(bits(hmask, g as u32, 1), 2));
-        (f16(x.d) * q8k_d(y), lanes, 0.0)
-    })
-}
-
-/// Lanes of Q4_K/Q5_K chunks (`high(c, half)` adds bit 4) with 32-element scales.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn lanes_4bit(
-    qs: &[u8; 128],
-    y: &BlockQ8K,
-    scales: &[i32; 8],
-    high: impl Fn(usize, u32) -> __m256i,
-) -> __m256i {
-    let mut lanes = _mm256_setzero_si256();
-    for c in 0..4 {
-        let v = load_at(qs, 32 * c);
-        let lo = _mm256_or_si256(bits(v, 0, 0x0F), high(c, 0));
-        let hi = _mm256_or_si256(bits(v, 4, 0x0F), high(c, 1));
-        let s = |j: usize| _mm256_set1_epi16(scales[j] as i16);
-        lanes = add_chunk(lanes, lo, act(y, 2 * c), s(2 * c));
-        lanes = add_chunk(lanes, hi, act(y, 2 * c + 1), s(2 * c + 1));
+    for c in 0..8 {
+        let products = _mm256_maddubs_epi16(b.levels[c], act(y, c));
+        lanes = _mm256_add_epi32(lanes, _mm256_madd_epi16(products, b.scales[c]));
     }
     lanes
 }
 
+/// `lanes[0] −= offset · Σ scale_g · bsum_g` (levels stored `offset` above the quants).
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q4_k_body(w: &[u8], a: &[u8]) -> f32 {
-    lanes_dot(w, a, -1.0, |x: &BlockQ4K, y: &BlockQ8K| {
-        let (scales, mins) = k4_scales(&x.scales, y);
-        let lanes = lanes_4bit(&x.qs, y, &scales, |_, _| _mm256_setzero_si256());
-        (q8k_d(y) * f16(x.d), lanes, (q8k_d(y) * f16(x.dmin)) * mins as f32)
+#[inline]
+fn correct(lanes: __m256i, y: &BlockQ8K, scales: &[i32; 16], offset: i32) -> __m256i {
+    let correction: i32 = (0..16).map(|g| scales[g] * bsum(y, g)).sum();
+    _mm256_sub_epi32(lanes, _mm256_setr_epi32(offset * correction, 0, 0, 0, 0, 0, 0, 0))
+}
+
+/// The scale vectors of chunks with two 16-element groups each.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn pair_scales(scales: &[i32; 16]) -> [__m256i; 8] {
+    std::array::from_fn(|c| {
+        _mm256_set_m128i(
+            _mm_set1_epi16(scales[2 * c + 1] as i16),
+            _mm_set1_epi16(scales[2 * c] as i16),
+        )
+    })
+}
+
+/// The 2-bit chunks of Q2_K/Q3_K: element `128h + 32k + l` is bits `2k` of `qs[32h + l]`;
+/// `extra(g)` adds chunk `g`'s high bits.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn levels_2bit(qs: &[u8; 64], extra: impl Fn(usize) -> __m256i) -> [__m256i; 8] {
+    let halves = [load_at(qs, 0), load_at(qs, 32)];
+    std::array::from_fn(|g| _mm256_or_si256(bits(halves[g / 4], 2 * (g % 4) as u32, 3), extra(g)))
+}
+
+/// The 4-bit chunks of Q4_K/Q5_K: chunk `2c` the low nibbles of `qs[32c..]`, `2c + 1` the
+/// high ones; `high(j)` adds chunk `j`'s bit 4.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn levels_4bit(qs: &[u8; 128], high: impl Fn(usize) -> __m256i) -> [__m256i; 8] {
+    std::array::from_fn(|j| {
+        let v = load_at(qs, 32 * (j / 2));
+        _mm256_or_si256(bits(v, 4 * (j % 2) as u32, 0x0F), high(j))
     })
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q5_k_body(w: &[u8], a: &[u8]) -> f32 {
-    lanes_dot(w, a, -1.0, |x: &BlockQ5K, y: &BlockQ8K| {
-        let (scales, mins) = k4_scales(&x.scales, y);
-        let qh = load32(&x.qh);
-        let lanes = lanes_4bit(&x.qs, y, &scales, |c, half| {
-            _mm256_slli_epi16(bits(qh, 2 * c as u32 + half, 1), 4)
-        });
-        (q8k_d(y) * f16(x.d), lanes, (q8k_d(y) * f16(x.dmin)) * mins as f32)
-    })
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q6_k_body(w: &[u8], a: &[u8]) -> f32 {
-    lanes_dot(w, a, -1.0, |x: &BlockQ6K, y: &BlockQ8K| {
-        let scales = widen(x.scales);
-        let mut lanes = _mm256_setzero_si256();
-        for h in 0..2 {
-            let ql = [load_at(&x.ql, 64 * h), load_at(&x.ql, 64 * h + 32)];
-            let qh = load_at(&x.qh, 32 * h);
-            for k in 0..4 {
-                let low = bits(ql[k % 2], 4 * (k as u32 / 2), 0x0F);
-                let high = _mm256_slli_epi16(bits(qh, 2 * k as u32, 3), 4);
-                let g = 4 * h + k;
-                lanes = add_chunk(
-                    lanes,
-                    _mm256_or_si256(low, high),
-                    act(y, g),
-                    pair_scales(&scales, g),
-                );
-            }
+fn q2_k_body(w: &[u8], a: &[ActRow], out: &mut [f32]) {
+    let prep = |x: &BlockQ2K| {
+        let (scales, mins) = q2k_scales(x);
+        Decoded {
+            levels: levels_2bit(&x.qs, |_| _mm256_setzero_si256()),
+            scales: pair_scales(&scales),
+            ints: mins,
+            d: f16(x.d),
+            dmin: f16(x.dmin),
         }
-        (f16(x.d) * q8k_d(y), correct(lanes, y, &scales, 32), 0.0)
-    })
+    };
+    tiled(w, a, out, -1.0, prep, |b, y: &BlockQ8K, _, _| {
+        let mins = q2k_mins(&b.ints, y);
+        (q8k_d(y) * b.d, lanes(b, y), (q8k_d(y) * b.dmin) * mins as f32)
+    });
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q3_k_body(w: &[u8], a: &[ActRow], out: &mut [f32]) {
+    let prep = |x: &BlockQ3K| {
+        let hmask = load32(&x.hmask);
+        let scales = widen(q3k_scales(&x.scales));
+        Decoded {
+            levels: levels_2bit(&x.qs, |g| _mm256_slli_epi16(bits(hmask, g as u32, 1), 2)),
+            scales: pair_scales(&scales),
+            ints: scales,
+            d: f16(x.d),
+            dmin: 0.0,
+        }
+    };
+    tiled(w, a, out, -1.0, prep, |b, y: &BlockQ8K, _, _| {
+        (b.d * q8k_d(y), correct(lanes(b, y), y, &b.ints, 4), 0.0)
+    });
+}
+
+/// Q4_K/Q5_K decoded, `high(j)` giving chunk `j`'s bit 4.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn decode_k4(
+    packed: &[u8; 12],
+    qs: &[u8; 128],
+    d: [u8; 2],
+    dmin: [u8; 2],
+    high: impl Fn(usize) -> __m256i,
+) -> Decoded<8> {
+    let (scales, mins) = k4_scales(packed);
+    Decoded {
+        levels: levels_4bit(qs, high),
+        scales: scales.map(|s| _mm256_set1_epi16(s as i16)),
+        ints: mins,
+        d: f16(d),
+        dmin: f16(dmin),
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_k_body(w: &[u8], a: &[ActRow], out: &mut [f32]) {
+    let prep = |x: &BlockQ4K| decode_k4(&x.scales, &x.qs, x.d, x.dmin, |_| _mm256_setzero_si256());
+    tiled(w, a, out, -1.0, prep, |b, y: &BlockQ8K, _, _| {
+        let mins = k4_mins(&b.ints, y);
+        (q8k_d(y) * b.d, lanes(b, y), (q8k_d(y) * b.dmin) * mins as f32)
+    });
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q5_k_body(w: &[u8], a: &[ActRow], out: &mut [f32]) {
+    let prep = |x: &BlockQ5K| {
+        let qh = load32(&x.qh);
+        decode_k4(&x.scales, &x.qs, x.d, x.dmin, |j| _mm256_slli_epi16(bits(qh, j as u32, 1), 4))
+    };
+    tiled(w, a, out, -1.0, prep, |b, y: &BlockQ8K, _, _| {
+        let mins = k4_mins(&b.ints, y);
+        (q8k_d(y) * b.d, lanes(b, y), (q8k_d(y) * b.dmin) * mins as f32)
+    });
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q6_k_body(w: &[u8], a: &[ActRow], out: &mut [f32]) {
+    let prep = |x: &BlockQ6K| {
+        let ql = [load_at(&x.ql, 0), load_at(&x.ql, 32), load_at(&x.ql, 64), load_at(&x.ql, 96)];
+        let qh = [load_at(&x.qh, 0), load_at(&x.qh, 32)];
+        let scales = widen(x.scales);
+        Decoded {
+            levels: std::array::from_fn(|g| {
+                let (h, k) = (g / 4, g % 4);
+                let low = bits(ql[2 * h + k % 2], 4 * (k as u32 / 2), 0x0F);
+                _mm256_or_si256(low, _mm256_slli_epi16(bits(qh[h], 2 * k as u32, 3), 4))
+            }),
+            scales: pair_scales(&scales),
+            ints: scales,
+            d: f16(x.d),
+            dmin: 0.0,
+        }
+    };
+    tiled(w, a, out, -1.0, prep, |b, y: &BlockQ8K, _, _| {
+        (b.d * q8k_d(y), correct(lanes(b, y), y, &b.ints, 32), 0.0)
+    });
 }

@@ -117,28 +117,33 @@ pub fn unpack_q6k(x: &BlockQ6K) -> [u8; QK_K] {
     u
 }
 
-/// Q4_K/Q5_K scales and the mins term `Σ m_j · (bsum_2j + bsum_2j+1)`.
+/// Q4_K/Q5_K scales and mins, one per 32 elements.
 #[inline(always)]
-pub fn k4_scales(packed: &[u8; 12], y: &BlockQ8K) -> ([i32; 8], i32) {
-    let (mut scales, mut mins) = ([0i32; 8], 0i32);
-    for (j, s) in scales.iter_mut().enumerate() {
+pub fn k4_scales(packed: &[u8; 12]) -> ([i32; 8], [i32; 8]) {
+    let (mut scales, mut mins) = ([0i32; 8], [0i32; 8]);
+    for j in 0..8 {
         let (sc, m) = scale_min_k4(j, packed);
-        *s = i32::from(sc);
-        mins += i32::from(m) * (bsum(y, 2 * j) + bsum(y, 2 * j + 1));
+        (scales[j], mins[j]) = (i32::from(sc), i32::from(m));
     }
     (scales, mins)
 }
 
-/// Q2_K scales (low nibbles) and the mins term `Σ m_j · bsum_j` (high nibbles).
+/// The Q4_K/Q5_K mins term `Σ m_j · (bsum_2j + bsum_2j+1)`.
 #[inline(always)]
-pub fn q2k_scales(x: &BlockQ2K, y: &BlockQ8K) -> ([i32; 16], i32) {
-    let mut scales = [0i32; 16];
-    let mut mins = 0;
-    for (j, s) in scales.iter_mut().enumerate() {
-        *s = i32::from(x.scales[j] & 0x0F);
-        mins += i32::from(x.scales[j] >> 4) * bsum(y, j);
-    }
-    (scales, mins)
+pub fn k4_mins(mins: &[i32; 8], y: &BlockQ8K) -> i32 {
+    (0..8).map(|j| mins[j] * (bsum(y, 2 * j) + bsum(y, 2 * j + 1))).sum()
+}
+
+/// Q2_K scales (low nibbles) and mins (high nibbles), one per 16 elements.
+#[inline(always)]
+pub fn q2k_scales(x: &BlockQ2K) -> ([i32; 16], [i32; 16]) {
+    (x.scales.map(|s| i32::from(s & 0x0F)), x.scales.map(|s| i32::from(s >> 4)))
+}
+
+/// The Q2_K mins term `Σ m_j · bsum_j`.
+#[inline(always)]
+pub fn q2k_mins(mins: &[i32; 16], y: &BlockQ8K) -> i32 {
+    (0..16).map(|j| mins[j] * bsum(y, j)).sum()
 }
 
 /// Signed 16-element scales as i32.
@@ -157,40 +162,48 @@ fn dot<W: amalgam_gguf::blocks::Block>(
     lanes_dot(w, a, -1.0, block)
 }
 
-pub fn dot_q2_k(w: &[u8], a: &[u8]) -> f32 {
+fn one_q2_k(w: &[u8], a: &[u8]) -> f32 {
     dot(w, a, |x: &BlockQ2K, y| {
-        let (scales, mins) = q2k_scales(x, y);
+        let (scales, mins) = q2k_scales(x);
         let lanes = lanes_by_16(&unpack_2bit(&x.qs), y, &scales, 0);
-        (q8k_d(y) * f16(x.d), lanes, (q8k_d(y) * f16(x.dmin)) * mins as f32)
+        (q8k_d(y) * f16(x.d), lanes, (q8k_d(y) * f16(x.dmin)) * q2k_mins(&mins, y) as f32)
     })
 }
 
-pub fn dot_q3_k(w: &[u8], a: &[u8]) -> f32 {
+fn one_q3_k(w: &[u8], a: &[u8]) -> f32 {
     dot(w, a, |x: &BlockQ3K, y| {
         let lanes = lanes_by_16(&unpack_q3k(x), y, &widen(q3k_scales(&x.scales)), 4);
         (f16(x.d) * q8k_d(y), lanes, 0.0)
     })
 }
 
-pub fn dot_q4_k(w: &[u8], a: &[u8]) -> f32 {
+fn one_q4_k(w: &[u8], a: &[u8]) -> f32 {
     dot(w, a, |x: &BlockQ4K, y| {
-        let (scales, mins) = k4_scales(&x.scales, y);
+        let (scales, mins) = k4_scales(&x.scales);
         let lanes = lanes_by_32(&unpack_4bit(&x.qs), y, &scales);
-        (q8k_d(y) * f16(x.d), lanes, (q8k_d(y) * f16(x.dmin)) * mins as f32)
+        (q8k_d(y) * f16(x.d), lanes, (q8k_d(y) * f16(x.dmin)) * k4_mins(&mins, y) as f32)
     })
 }
 
-pub fn dot_q5_k(w: &[u8], a: &[u8]) -> f32 {
+fn one_q5_k(w: &[u8], a: &[u8]) -> f32 {
     dot(w, a, |x: &BlockQ5K, y| {
-        let (scales, mins) = k4_scales(&x.scales, y);
+        let (scales, mins) = k4_scales(&x.scales);
         let lanes = lanes_by_32(&unpack_q5k(x), y, &scales);
-        (q8k_d(y) * f16(x.d), lanes, (q8k_d(y) * f16(x.dmin)) * mins as f32)
+        (q8k_d(y) * f16(x.d), lanes, (q8k_d(y) * f16(x.dmin)) * k4_mins(&mins, y) as f32)
     })
 }
 
-pub fn dot_q6_k(w: &[u8], a: &[u8]) -> f32 {
+fn one_q6_k(w: &[u8], a: &[u8]) -> f32 {
     dot(w, a, |x: &BlockQ6K, y| {
         let lanes = lanes_by_16(&unpack_q6k(x), y, &widen(x.scales), 32);
         (f16(x.d) * q8k_d(y), lanes, 0.0)
     })
+}
+
+super::per_token! {
+    dot_q2_k => one_q2_k;
+    dot_q3_k => one_q3_k;
+    dot_q4_k => one_q4_k;
+    dot_q5_k => one_q5_k;
+    dot_q6_k => one_q6_k;
 }

@@ -88,30 +88,38 @@ fn dot<W: Block, A: Block>(
     lanes_dot(w, a, 1.0, block)
 }
 
-pub fn dot_q4_0(w: &[u8], a: &[u8]) -> f32 {
+fn one_q4_0(w: &[u8], a: &[u8]) -> f32 {
     dot(w, a, |x: &BlockQ4_0, y: &BlockQ8_0| {
         (f16(x.d) * f16(y.d), lanes32(&nibbles(&x.qs, 8), &y.qs), 0.0)
     })
 }
 
-pub fn dot_q4_1(w: &[u8], a: &[u8]) -> f32 {
+fn one_q4_1(w: &[u8], a: &[u8]) -> f32 {
     dot(w, a, |x: &BlockQ4_1, y: &BlockQ8_1| {
         (f16(x.d) * f16(y.d), lanes32(&nibbles(&x.qs, 0), &y.qs), f16(x.m) * f16(y.s))
     })
 }
 
-pub fn dot_q5_0(w: &[u8], a: &[u8]) -> f32 {
+fn one_q5_0(w: &[u8], a: &[u8]) -> f32 {
     dot(w, a, |x: &BlockQ5_0, y: &BlockQ8_0| {
         (f16(x.d) * f16(y.d), lanes32(&five_bits(&x.qs, x.qh, 16), &y.qs), 0.0)
     })
 }
 
-pub fn dot_q5_1(w: &[u8], a: &[u8]) -> f32 {
+fn one_q5_1(w: &[u8], a: &[u8]) -> f32 {
     dot(w, a, |x: &BlockQ5_1, y: &BlockQ8_1| {
         (f16(x.d) * f16(y.d), lanes32(&five_bits(&x.qs, x.qh, 0), &y.qs), f16(x.m) * f16(y.s))
     })
 }
 
-pub fn dot_q8_0(w: &[u8], a: &[u8]) -> f32 {
+fn one_q8_0(w: &[u8], a: &[u8]) -> f32 {
     dot(w, a, |x: &BlockQ8_0, y: &BlockQ8_0| (f16(x.d) * f16(y.d), lanes32(&x.qs, &y.qs), 0.0))
+}
+
+super::per_token! {
+    dot_q4_0 => one_q4_0;
+    dot_q4_1 => one_q4_1;
+    dot_q5_0 => one_q5_0;
+    dot_q5_1 => one_q5_1;
+    dot_q8_0 => one_q8_0;
 }

@@ -20,15 +20,34 @@ use std::sync::OnceLock;
 
 use amalgam_gguf::GgmlType;
 
-pub use activations::Activations;
+pub use activations::{ActRow, Activations};
 
 use crate::model::Matrix;
 use crate::pool::{Counter, Pool, SharedOut};
 
 /// A dot product of a stored float row with f32 activations.
 pub type FloatDot = fn(&[u8], &[f32]) -> f32;
-/// A dot product of a stored quantized row with a row of activation blocks.
-pub type QuantDot = fn(&[u8], &[u8]) -> f32;
+/// Dot products of a stored quantized row with several tokens' rows of activation
+/// blocks: `out[t] = w · a[t]`, each computed exactly as for one token alone.
+pub type QuantDot = fn(&[u8], &[ActRow], &mut [f32]);
+
+/// Tokens whose products one pass over a weight row computes.
+pub const TILE: usize = 4;
+
+/// Rows and tokens of the blocks a thread walks through, sized for L1.
+const BLOCK: usize = 16;
+
+/// Declares multi-token kernels that run a one-token kernel per token.
+macro_rules! per_token {
+    ($($name:ident => $one:ident;)*) => {$(
+        pub fn $name(w: &[u8], a: &[super::ActRow], out: &mut [f32]) {
+            for (o, a) in out.iter_mut().zip(a) {
+                *o = $one(w, a.blocks);
+            }
+        }
+    )*};
+}
+pub(crate) use per_token;
 /// `out += a · v` for a stored float row `v`.
 pub type Axpy = fn(f32, &[u8], &mut [f32]);
 
@@ -140,19 +159,35 @@ pub fn matmul(pool: &Pool, kernels: &Kernels, w: &Matrix, act: &Activations, out
     let chunk = rows_per_item(rows, pool.threads());
     let items = rows.div_ceil(chunk);
     let counter = Counter::new();
+    let blocks: Vec<ActRow> = (0..tokens).map(|t| act.row(t)).collect();
     pool.run(&|_| {
+        let mut tile = [0f32; TILE];
         while let Some(c) = counter.next(items) {
-            for r in c * chunk..((c + 1) * chunk).min(rows) {
-                let row = w.row(r);
-                for t in 0..tokens {
-                    let v = match dot {
-                        Dot::Float(f) => f(row, act.floats(t)),
-                        Dot::Quant(f) => f(row, act.blocks(t)),
-                    };
-                    // SAFETY: `t * rows + r < out.len()` (checked above), and each row
-                    // `r` belongs to exactly one work item, so no two threads write the
-                    // same element; `run` returns only when every thread is done.
-                    unsafe { *ptr.at(t * rows + r) = v };
+            let rows_here = c * chunk..((c + 1) * chunk).min(rows);
+            // 16 rows × 16 tokens at a time, so both stay in L1 while they are reused.
+            for r0 in rows_here.clone().step_by(BLOCK) {
+                for t1 in (0..tokens).step_by(BLOCK) {
+                    for r in r0..(r0 + BLOCK).min(rows_here.end) {
+                        let row = w.row(r);
+                        for t0 in (t1..(t1 + BLOCK).min(tokens)).step_by(TILE) {
+                            let n = TILE.min(tokens - t0).min(t1 + BLOCK - t0);
+                            match dot {
+                                Dot::Float(f) => {
+                                    for (t, o) in tile[..n].iter_mut().enumerate() {
+                                        *o = f(row, act.floats(t0 + t));
+                                    }
+                                }
+                                Dot::Quant(f) => f(row, &blocks[t0..t0 + n], &mut tile[..n]),
+                            }
+                            for (t, &v) in tile[..n].iter().enumerate() {
+                                // SAFETY: `(t0 + t) * rows + r < out.len()` (checked
+                                // above), and each row `r` belongs to exactly one work item,
+                                // so no two threads write the same element; `run` returns
+                                // when every thread is done.
+                                unsafe { *ptr.at((t0 + t) * rows + r) = v };
+                            }
+                        }
+                    }
                 }
             }
         }
