@@ -166,7 +166,10 @@ fn usage(name: &str) -> String {
          pipeline = transformers.pipeline(\n    \"text-generation\",\n    model=model,\n    \
          torch_dtype=torch.float16,\n    device_map=\"auto\",\n)\n\n\
          outputs = pipeline(prompt, max_new_tokens=256, do_sample=True, temperature=0.7, top_k=50, top_p=0.95)\n\
-         print(outputs[0][\"generated_text\"])\n```\n"
+         print(outputs[0][\"generated_text\"])\n```\n\n\
+         Or on a CPU with amalgam, from this folder (or its GGUF):\n\n```sh\n\
+         amalgam chat {name} --temperature 0.7 --top-k 50 --top-p 0.95\n\
+         amalgam perplexity {name} -f some-text.txt\n```\n"
     )
 }
 

@@ -39,6 +39,10 @@ fn slerp_card_lists_both_models_and_the_source_license() {
     );
     assert!(card.contains("* base\n* ft_a\n"), "{card}");
     assert!(card.contains("| 0–5 | base layers 0–5; ft_a layers 0–5 |"), "{card}");
+    assert!(
+        card.contains("amalgam chat my-merge --temperature 0.7 --top-k 50 --top-p 0.95\n"),
+        "the card tells how to talk to the merge with amalgam: {card}"
+    );
 }
 
 #[test]
