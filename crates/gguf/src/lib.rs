@@ -6,6 +6,7 @@ pub mod blocks;
 pub mod convert;
 pub mod error;
 pub mod ggml_type;
+pub mod hf_tokenizer;
 pub mod llama;
 pub mod mixture;
 pub mod model;

@@ -13,7 +13,6 @@ use crate::ggml_type::GgmlType;
 use crate::names;
 use crate::quant;
 use crate::read::{GgufFile, TensorInfo};
-use crate::tokenizer::{CONTROL, USER_DEFINED};
 use crate::value::Value;
 
 /// Where an HF tensor lives in the GGUF.
@@ -174,13 +173,18 @@ impl GgufModel {
         let id = |key: &str| h.get(key).and_then(Value::as_u64);
         let text = |key: &str| id(key).and_then(|i| tokens.get(i as usize)).cloned();
         let flag = |key: &str| matches!(h.get(key), Some(Value::Bool(true)));
-        let add_bos = flag("tokenizer.ggml.add_bos_token");
+        // llama.cpp adds BOS for SentencePiece vocabularies unless told otherwise.
+        let add_bos = match h.get("tokenizer.ggml.add_bos_token") {
+            Some(Value::Bool(b)) => *b,
+            _ => kind == "llama",
+        };
+        let mut files = Vec::new();
         let (file, bytes, class) = match kind {
             "gpt2" => {
                 let merges = h.get("tokenizer.ggml.merges").map(strings).unwrap_or_default();
                 let pre = h.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
                 let bos = text("tokenizer.ggml.bos_token_id");
-                let json = tokenizer_json(
+                let json = crate::hf_tokenizer::bpe_json(
                     &tokens,
                     &types,
                     &merges,
@@ -189,7 +193,16 @@ impl GgufModel {
                 );
                 ("tokenizer.json", pretty(&json), "PreTrainedTokenizerFast")
             }
-            "llama" => ("tokenizer.model", self.sentencepiece(&tokens, &types), "LlamaTokenizer"),
+            "llama" => {
+                let json = self.spm_json(
+                    &tokens,
+                    &types,
+                    text("tokenizer.ggml.bos_token_id").as_deref().filter(|_| add_bos),
+                    text("tokenizer.ggml.unknown_token_id").as_deref(),
+                );
+                files.push(("tokenizer.json", pretty(&json)));
+                ("tokenizer.model", self.sentencepiece(&tokens, &types), "LlamaTokenizer")
+            }
             _ => return None,
         };
         let mut config = json!({
@@ -222,20 +235,46 @@ impl GgufModel {
                 generation[hf] = json!(v);
             }
         }
-        Some(vec![
-            (file, bytes),
-            ("tokenizer_config.json", pretty(&config)),
-            ("generation_config.json", pretty(&generation)),
-        ])
+        files.push((file, bytes));
+        files.push(("tokenizer_config.json", pretty(&config)));
+        files.push(("generation_config.json", pretty(&generation)));
+        Some(files)
+    }
+
+    /// The SentencePiece vocabulary as a `tokenizer.json`.
+    fn spm_json(
+        &self,
+        tokens: &[String],
+        types: &[i64],
+        bos: Option<&str>,
+        unk: Option<&str>,
+    ) -> Json {
+        let h = &self.parts[0].header;
+        crate::hf_tokenizer::spm_json(&crate::hf_tokenizer::SpmVocab {
+            tokens,
+            scores: &self.scores(),
+            types,
+            add_space_prefix: !matches!(
+                h.get("tokenizer.ggml.add_space_prefix"),
+                Some(Value::Bool(false))
+            ),
+            bos,
+            unk,
+        })
+    }
+
+    /// `tokenizer.ggml.scores`, or none.
+    fn scores(&self) -> Vec<f32> {
+        let h = &self.parts[0].header;
+        h.get("tokenizer.ggml.scores")
+            .and_then(Value::as_array)
+            .map_or_else(Vec::new, |a| a.iter().map(|v| v.as_f64().unwrap_or(0.0) as f32).collect())
     }
 
     /// A SentencePiece `tokenizer.model` from the token list, scores and types.
     fn sentencepiece(&self, tokens: &[String], types: &[i64]) -> Vec<u8> {
         let h = &self.parts[0].header;
-        let scores: Vec<f32> =
-            h.get("tokenizer.ggml.scores").and_then(Value::as_array).map_or_else(Vec::new, |a| {
-                a.iter().map(|v| v.as_f64().unwrap_or(0.0) as f32).collect()
-            });
+        let scores = self.scores();
         let pieces = tokens
             .iter()
             .enumerate()
@@ -331,76 +370,4 @@ fn hf_config(file: &GgufFile, parts: &[GgufFile]) -> Result<Map<String, Json>> {
         Json::Object(map) => Ok(map),
         _ => unreachable!("built as an object"),
     }
-}
-
-/// The pre-tokenizer of a llama.cpp pre-tokenizer name.
-fn pre_tokenizer(pre: &str) -> Json {
-    let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
-    match pre {
-        "llama-bpe" | "llama3" | "llama-v3" => json!({"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": LLAMA3_REGEX}, "behavior": "Isolated", "invert": false},
-            byte_level(false)]}),
-        "smollm" => json!({"type": "Sequence", "pretokenizers": [
-            {"type": "Digits", "individual_digits": true}, byte_level(true)]}),
-        _ => byte_level(true),
-    }
-}
-
-/// Llama 3's pre-tokenizer split pattern.
-const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-
-/// A `tokenizer.json` for a byte-level BPE vocabulary.
-fn tokenizer_json(
-    tokens: &[String],
-    types: &[i64],
-    merges: &[String],
-    pre: &str,
-    bos: Option<&str>,
-) -> Json {
-    let is_added = |i: usize| matches!(types.get(i).copied(), Some(t) if t == i64::from(CONTROL) || t == i64::from(USER_DEFINED));
-    // Hugging Face's own files keep added tokens that follow the vocabulary (Llama 3's)
-    // out of `model.vocab`, and those among it (SmolLM2's ids 0-16) in it: the tokenizers
-    // library numbers an added token missing from the vocabulary after the vocabulary.
-    let added_count = (0..tokens.len()).filter(|&i| is_added(i)).count();
-    let tail = (0..tokens.len()).filter(|&i| is_added(i)).all(|i| i >= tokens.len() - added_count);
-    let vocab: Map<String, Json> = tokens
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !(tail && is_added(*i)))
-        .map(|(i, t)| (t.clone(), json!(i)))
-        .collect();
-    let added: Vec<Json> = tokens
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| is_added(*i))
-        .map(|(i, t)| {
-            let special = types[i] == i64::from(CONTROL);
-            json!({"id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false,
-                   "normalized": !special, "special": special})
-        })
-        .collect();
-    let post = match bos {
-        Some(bos) => json!({"type": "TemplateProcessing",
-            "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-            "pair": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-                     {"SpecialToken": {"id": bos, "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
-            "special_tokens": {bos: {"id": bos, "ids": [tokens.iter().position(|t| t == bos)], "tokens": [bos]}}}),
-        None => {
-            json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true})
-        }
-    };
-    json!({
-        "version": "1.0",
-        "truncation": null,
-        "padding": null,
-        "added_tokens": added,
-        "normalizer": null,
-        "pre_tokenizer": pre_tokenizer(pre),
-        "post_processor": post,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
-                  "ignore_merges": matches!(pre, "llama-bpe" | "llama3" | "llama-v3"),
-                  "vocab": vocab, "merges": merges},
-    })
 }

@@ -74,8 +74,8 @@ impl Assets {
         let Some(json) = find("tokenizer.json") else {
             return Err(Error::Tokenizer {
                 path: path.to_owned(),
-                reason: "has a SentencePiece (llama) vocabulary, which the engine cannot \
-                         tokenize yet; GGUF files with gpt2-style BPE vocabularies run"
+                reason: "has a vocabulary the engine cannot rebuild (it runs gpt2-style BPE \
+                         and SentencePiece `llama` vocabularies)"
                     .into(),
             });
         };

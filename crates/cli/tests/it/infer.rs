@@ -165,3 +165,31 @@ fn a_template_that_raises_is_an_error() {
     let err = error_of(amalgam().arg("generate").arg(&model).args(["--chat", "-p", "hi"]));
     assert!(err.contains("the template raised: system messages are not supported"), "{err}");
 }
+
+/// A SentencePiece vocabulary (trained by the `sentencepiece` package on GPL-3:
+/// `scripts/goldens/spm_vocab.py`) written into a GGUF and rebuilt from its metadata
+/// encodes as `sentencepiece` encodes and decodes back to the text.
+#[test]
+fn a_sentencepiece_gguf_tokenizes_as_sentencepiece() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    copy_model(&tiny(), &model);
+    std::fs::remove_file(model.join("tokenizer.json")).unwrap();
+    let spm = data().join("sentencepiece");
+    std::fs::copy(spm.join("tokenizer.model"), model.join("tokenizer.model")).unwrap();
+    let gguf = tmp.path().join("spm.gguf");
+    run_ok(amalgam().arg("quantize").arg(&model).arg(&gguf).args(["--quant", "F32", "--quiet"]));
+    let gguf = amalgam_gguf::GgufModel::open(&gguf).unwrap();
+    let assets = amalgam_llama::Assets::from_gguf(&gguf).unwrap();
+    let cases = json(&spm.join("encodings.json"));
+    for case in cases.as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let want: Vec<u32> =
+            case["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!(assets.tokenizer.encode(text, false).unwrap(), want, "{text:?}");
+        assert_eq!(assets.tokenizer.decode(&want, true).unwrap(), text, "{text:?}");
+    }
+    // llama.cpp adds BOS to SentencePiece vocabularies by default.
+    let bos = gguf.file().header.get("tokenizer.ggml.bos_token_id").and_then(|v| v.as_u64());
+    assert_eq!(assets.tokenizer.added_prefix().map(u64::from), bos);
+}
