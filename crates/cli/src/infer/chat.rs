@@ -76,7 +76,13 @@ pub fn run(args: ChatArgs) -> Result<()> {
     // The tokens whose keys and values the session holds.
     let mut cached: Vec<u32> = Vec::new();
     let mut out = std::io::stdout();
-    for line in std::io::stdin().lock().lines() {
+    let mut lines = std::io::stdin().lock().lines();
+    loop {
+        if interactive {
+            print!("> ");
+            out.flush().context("writing to stdout")?;
+        }
+        let Some(line) = lines.next() else { break };
         let line = line.context("reading stdin")?;
         let text = line.trim();
         match text {

@@ -118,6 +118,18 @@ fn chat_reads_turns_from_piped_stdin() {
     assert!(stderr(&out).contains("(new conversation)"));
 }
 
+#[test]
+fn a_cached_hub_id_runs() {
+    let out = run_ok(
+        amalgam()
+            .env("HF_HUB_CACHE", crate::common::seed_hub())
+            .args(["generate", "meta-llama/Meta-Llama-3-70B-Instruct", "--chat", "-p", "hi"])
+            .args(["-n", "4", "--temperature", "0", "--ignore-eos"]),
+    );
+    assert!(stderr(&out).contains("llama 80 layers"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("generated 4 tokens"), "{}", stderr(&out));
+}
+
 fn error_of(cmd: &mut std::process::Command) -> String {
     let out = run(cmd);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
