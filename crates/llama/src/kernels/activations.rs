@@ -84,8 +84,8 @@ impl Activations {
         let (nd, ns) = (self.d.len() / tokens, self.s.len() / tokens);
         ActRow {
             blocks: self.blocks(t),
-            d: &self.d[t * nd..(t + 1) * nd],
-            s: &self.s[t * ns..(t + 1) * ns],
+            d: self.d.get(t * nd..(t + 1) * nd).unwrap_or_default(),
+            s: self.s.get(t * ns..(t + 1) * ns).unwrap_or_default(),
         }
     }
 
@@ -104,13 +104,13 @@ impl Activations {
 
     /// Token `t`'s f32 row (float weights).
     pub fn floats(&self, t: usize) -> &[f32] {
-        &self.floats[t * self.cols..(t + 1) * self.cols]
+        self.floats.get(t * self.cols..(t + 1) * self.cols).unwrap_or_default()
     }
 
     /// Token `t`'s row of blocks (quantized weights).
     pub fn blocks(&self, t: usize) -> &[u8] {
         let n = self.blocks.len() / self.tokens.max(1);
-        &self.blocks[t * n..(t + 1) * n]
+        self.blocks.get(t * n..(t + 1) * n).unwrap_or_default()
     }
 }
 

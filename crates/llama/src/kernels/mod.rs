@@ -27,6 +27,9 @@ use crate::pool::{Counter, Pool, SharedOut};
 
 /// A dot product of a stored float row with f32 activations.
 pub type FloatDot = fn(&[u8], &[f32]) -> f32;
+/// Dot products of a stored float row with several tokens' f32 activations, each
+/// computed exactly as [`FloatDot`] computes it.
+pub type FloatDots = fn(&[u8], &[&[f32]], &mut [f32]);
 /// Dot products of a stored quantized row with several tokens' rows of activation
 /// blocks: `out[t] = w · a[t]`, each computed exactly as for one token alone.
 pub type QuantDot = fn(&[u8], &[ActRow], &mut [f32]);
@@ -58,6 +61,9 @@ pub struct Kernels {
     pub f32: FloatDot,
     pub f16: FloatDot,
     pub bf16: FloatDot,
+    pub f32_tiled: FloatDots,
+    pub f16_tiled: FloatDots,
+    pub bf16_tiled: FloatDots,
     pub q4_0: QuantDot,
     pub q4_1: QuantDot,
     pub q5_0: QuantDot,
@@ -75,7 +81,7 @@ pub struct Kernels {
 /// A dot product for one weight type.
 #[derive(Clone, Copy)]
 pub enum Dot {
-    Float(FloatDot),
+    Float(FloatDots),
     Quant(QuantDot),
 }
 
@@ -100,9 +106,9 @@ impl Kernels {
     /// The dot product for weights of type `ty`; `None` for activation-only types.
     pub fn dot(&self, ty: GgmlType) -> Option<Dot> {
         Some(match ty {
-            GgmlType::F32 => Dot::Float(self.f32),
-            GgmlType::F16 => Dot::Float(self.f16),
-            GgmlType::BF16 => Dot::Float(self.bf16),
+            GgmlType::F32 => Dot::Float(self.f32_tiled),
+            GgmlType::F16 => Dot::Float(self.f16_tiled),
+            GgmlType::BF16 => Dot::Float(self.bf16_tiled),
             GgmlType::Q4_0 => Dot::Quant(self.q4_0),
             GgmlType::Q4_1 => Dot::Quant(self.q4_1),
             GgmlType::Q5_0 => Dot::Quant(self.q5_0),
@@ -123,6 +129,9 @@ static SCALAR: Kernels = Kernels {
     f32: float::dot_f32,
     f16: float::dot_f16,
     bf16: float::dot_bf16,
+    f32_tiled: float::dot_f32_tiled,
+    f16_tiled: float::dot_f16_tiled,
+    bf16_tiled: float::dot_bf16_tiled,
     q4_0: legacy::dot_q4_0,
     q4_1: legacy::dot_q4_1,
     q5_0: legacy::dot_q5_0,
@@ -160,23 +169,22 @@ pub fn matmul(pool: &Pool, kernels: &Kernels, w: &Matrix, act: &Activations, out
     let items = rows.div_ceil(chunk);
     let counter = Counter::new();
     let blocks: Vec<ActRow> = (0..tokens).map(|t| act.row(t)).collect();
+    let floats: Vec<&[f32]> = (0..tokens).map(|t| act.floats(t)).collect();
+    // f32 activations take four times the bytes of Q8 ones: fewer per block keep L1.
+    let token_block = if matches!(dot, Dot::Float(_)) { TILE } else { BLOCK };
     pool.run(&|_| {
         let mut tile = [0f32; TILE];
         while let Some(c) = counter.next(items) {
             let rows_here = c * chunk..((c + 1) * chunk).min(rows);
             // 16 rows × 16 tokens at a time, so both stay in L1 while they are reused.
             for r0 in rows_here.clone().step_by(BLOCK) {
-                for t1 in (0..tokens).step_by(BLOCK) {
+                for t1 in (0..tokens).step_by(token_block) {
                     for r in r0..(r0 + BLOCK).min(rows_here.end) {
                         let row = w.row(r);
-                        for t0 in (t1..(t1 + BLOCK).min(tokens)).step_by(TILE) {
-                            let n = TILE.min(tokens - t0).min(t1 + BLOCK - t0);
+                        for t0 in (t1..(t1 + token_block).min(tokens)).step_by(TILE) {
+                            let n = TILE.min(tokens - t0).min(t1 + token_block - t0);
                             match dot {
-                                Dot::Float(f) => {
-                                    for (t, o) in tile[..n].iter_mut().enumerate() {
-                                        *o = f(row, act.floats(t0 + t));
-                                    }
-                                }
+                                Dot::Float(f) => f(row, &floats[t0..t0 + n], &mut tile[..n]),
                                 Dot::Quant(f) => f(row, &blocks[t0..t0 + n], &mut tile[..n]),
                             }
                             for (t, &v) in tile[..n].iter().enumerate() {

@@ -50,7 +50,11 @@ fn held_activations(act: &Activations, ty: GgmlType) -> Vec<f32> {
 
 fn dot_of(kernels: &Kernels, ty: GgmlType, w: &[u8], act: &Activations) -> f32 {
     match kernels.dot(ty) {
-        Some(Dot::Float(f)) => f(w, act.floats(0)),
+        Some(Dot::Float(f)) => {
+            let mut out = [0f32];
+            f(w, &[act.floats(0)], &mut out);
+            out[0]
+        }
         Some(Dot::Quant(f)) => {
             let mut out = [0f32];
             f(w, &[act.row(0)], &mut out);
