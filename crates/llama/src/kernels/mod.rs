@@ -172,6 +172,27 @@ pub fn matmul(pool: &Pool, kernels: &Kernels, w: &Matrix, act: &Activations, out
     let floats: Vec<&[f32]> = (0..tokens).map(|t| act.floats(t)).collect();
     // f32 activations take four times the bytes of Q8 ones: fewer per block keep L1.
     let token_block = if matches!(dot, Dot::Float(_)) { TILE } else { BLOCK };
+    let one = |row: &[u8], t: usize, out: &mut [f32]| match dot {
+        Dot::Float(f) => f(row, &floats[t..t + 1], out),
+        Dot::Quant(f) => f(row, &blocks[t..t + 1], out),
+    };
+    if tokens == 1 {
+        // Decode: each work item fills its own contiguous run of the output.
+        pool.run(&|_| {
+            while let Some(c) = counter.next(items) {
+                let rows_here = c * chunk..((c + 1) * chunk).min(rows);
+                // SAFETY: `rows_here` is inside `0..rows = out.len()` and belongs to this
+                // work item alone; `run` returns when every thread is done.
+                let out = unsafe {
+                    std::slice::from_raw_parts_mut(ptr.at(rows_here.start), rows_here.len())
+                };
+                for (r, o) in rows_here.zip(out) {
+                    one(w.row(r), 0, std::slice::from_mut(o));
+                }
+            }
+        });
+        return;
+    }
     pool.run(&|_| {
         let mut tile = [0f32; TILE];
         while let Some(c) = counter.next(items) {
