@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use amalgam_gguf::GgufModel;
 use amalgam_llama::forward::Logits;
+use amalgam_llama::machine::{peak_rss_mib, physical_cores};
 use amalgam_llama::{Config, KvType, Model, Session, TensorSource, pool};
 use amalgam_tensors::ModelFolder;
 
@@ -27,23 +28,13 @@ fn stats(xs: &[f64]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let Some(path) = args.get(1).map(Path::new) else {
         eprintln!("usage: bench MODEL [-t THREADS] [-p 128] [-n 128] [-r 3]");
         std::process::exit(2);
     };
-    let threads = pool::init(arg(&args, "-t", pool::physical_cores()));
+    let threads = pool::init(arg(&args, "-t", physical_cores()));
     let (pp, tg, reps) = (arg(&args, "-p", 128), arg(&args, "-n", 128), arg(&args, "-r", 3));
     let gguf;
     let folder;
@@ -82,6 +73,6 @@ fn main() {
     let (tm, ts) = stats(&tg_rates);
     println!(
         "| {name} | {threads} | pp{pp} {pm:.1} ± {ps:.1} | tg{tg} {tm:.1} ± {ts:.1} | {:.0} MiB |",
-        peak_rss_mib()
+        peak_rss_mib().unwrap_or(0.0)
     );
 }

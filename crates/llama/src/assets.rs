@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use amalgam_gguf::GgufModel;
+use amalgam_tensors::folder::read_json;
 use serde_json::{Map, Value};
 
 use crate::config::ids;
@@ -153,10 +154,11 @@ fn template_of(value: Option<&Value>) -> Option<String> {
 
 /// A JSON object file, or an empty object if the file is absent.
 fn read_object(path: &Path) -> Result<Map<String, Value>> {
-    let Ok(text) = std::fs::read_to_string(path) else { return Ok(Map::new()) };
-    match serde_json::from_str::<Value>(&text) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(Error::Invalid(format!("{}: expected a JSON object", path.display()))),
-        Err(e) => Err(Error::Invalid(format!("{}: {e}", path.display()))),
+    if !path.is_file() {
+        return Ok(Map::new());
+    }
+    match read_json(path)? {
+        Value::Object(map) => Ok(map),
+        _ => Err(Error::Invalid(format!("{}: expected a JSON object", path.display()))),
     }
 }

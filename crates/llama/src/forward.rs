@@ -93,6 +93,11 @@ impl<'m, 'a> Session<'m, 'a> {
         self.caches.iter().map(KvCache::bytes).sum()
     }
 
+    /// The pool the session runs on.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
     /// The model.
     pub fn model(&self) -> &'m Model<'a> {
         self.model

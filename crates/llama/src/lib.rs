@@ -11,6 +11,7 @@ pub mod forward;
 pub mod generate;
 pub mod kernels;
 pub mod kv;
+pub mod machine;
 pub mod model;
 pub mod ops;
 pub mod perplexity;

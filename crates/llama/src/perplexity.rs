@@ -2,10 +2,9 @@
 //! windows of `ctx` tokens (the rest dropped), the first token of each window replaced by
 //! BOS when the model adds one, and the second half of every window scored.
 
-use rayon::prelude::*;
-
 use crate::error::{Error, Result};
 use crate::forward::{Logits, Session};
+use crate::pool::{Counter, SharedOut};
 
 /// The running figures after each window.
 #[derive(Clone, Copy, Debug)]
@@ -62,10 +61,7 @@ pub fn perplexity(
         let window = &tokens[c * ctx..(c + 1) * ctx];
         let logits = window_logits(session, window, options, first)?;
         let vocab = logits.len() / (ctx - first);
-        let values: Vec<f64> = (0..ctx - 1 - first)
-            .into_par_iter()
-            .map(|i| log_prob(&logits[i * vocab..(i + 1) * vocab], window[first + i + 1]))
-            .collect();
+        let values = scored_log_probs(session, &logits, vocab, &window[first + 1..]);
         for v in values {
             nll -= v;
             nll2 += v * v;
@@ -78,6 +74,22 @@ pub fn perplexity(
     let ppl = mean.exp();
     let error = if var > 0.0 && count > 1 { (var / (count - 1) as f64).sqrt() * ppl } else { 0.0 };
     Ok(Estimate { ppl, error, scored: count, chunks })
+}
+
+/// `log p(targets[i])` under logits row `i`, the rows shared among the session's threads.
+fn scored_log_probs(session: &Session, logits: &[f32], vocab: usize, targets: &[u32]) -> Vec<f64> {
+    let mut values = vec![0f64; targets.len()];
+    let out = SharedOut::new(&mut values);
+    let counter = Counter::new();
+    session.pool().run(&|_| {
+        while let Some(i) = counter.next(targets.len()) {
+            let v = log_prob(&logits[i * vocab..(i + 1) * vocab], targets[i]);
+            // SAFETY: `i < values.len()`, and each `i` is handed to one thread only;
+            // `run` returns when every thread is done.
+            unsafe { *out.at(i) = v };
+        }
+    });
+    values
 }
 
 /// The logits of positions `first..ctx` of one window.

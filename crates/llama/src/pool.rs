@@ -176,23 +176,7 @@ pub fn init(threads: usize) -> usize {
 
 /// The global pool (one thread per physical core unless [`init`] said otherwise).
 pub fn global() -> Arc<Pool> {
-    Arc::clone(GLOBAL.get_or_init(|| Arc::new(Pool::new(physical_cores()))))
-}
-
-/// Physical cores, from the kernel's topology (each core's sibling list counted once).
-pub fn physical_cores() -> usize {
-    let logical = std::thread::available_parallelism().map_or(1, usize::from);
-    let mut cores = std::collections::HashSet::new();
-    for cpu in 0..logical {
-        let path = format!("/sys/devices/system/cpu/cpu{cpu}/topology/core_cpus_list");
-        match std::fs::read_to_string(&path) {
-            Ok(list) => {
-                cores.insert(list.trim().to_owned());
-            }
-            Err(_) => return logical,
-        }
-    }
-    cores.len().max(1)
+    Arc::clone(GLOBAL.get_or_init(|| Arc::new(Pool::new(crate::machine::physical_cores()))))
 }
 
 /// A counter handing out work items to the threads of one dispatch.
@@ -217,22 +201,29 @@ impl Default for Counter {
 }
 
 /// An output buffer the threads of one dispatch write into, each its own elements.
-#[derive(Clone, Copy)]
-pub struct SharedOut(*mut f32);
+pub struct SharedOut<T>(*mut T);
 
-impl SharedOut {
-    pub fn new(out: &mut [f32]) -> SharedOut {
+impl<T> Clone for SharedOut<T> {
+    fn clone(&self) -> SharedOut<T> {
+        *self
+    }
+}
+
+impl<T> Copy for SharedOut<T> {}
+
+impl<T> SharedOut<T> {
+    pub fn new(out: &mut [T]) -> SharedOut<T> {
         SharedOut(out.as_mut_ptr())
     }
 
     /// The pointer `i` elements on (a method, so closures capture the whole wrapper).
-    pub fn at(self, i: usize) -> *mut f32 {
+    pub fn at(self, i: usize) -> *mut T {
         self.0.wrapping_add(i)
     }
 }
 
 // SAFETY: a `SharedOut` is only written through `at` by work items that own disjoint
 // elements, within one `Pool::run`, which returns before the buffer is used again.
-unsafe impl Send for SharedOut {}
+unsafe impl<T: Send> Send for SharedOut<T> {}
 // SAFETY: as above.
-unsafe impl Sync for SharedOut {}
+unsafe impl<T: Send> Sync for SharedOut<T> {}

@@ -10,7 +10,9 @@ use amalgam_llama::{Assets, Sampler, Session};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use super::{Engine, EngineArgs, SamplingArgs, Store, peak_rss_mib};
+use amalgam_llama::machine::peak_rss_mib;
+
+use super::{Engine, EngineArgs, SamplingArgs, Store};
 
 /// Generate text from a prompt with a model folder, a GGUF file or a cached hub id.
 ///

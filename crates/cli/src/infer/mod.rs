@@ -1,26 +1,29 @@
 //! What `generate`, `chat` and `perplexity` share: the MODEL argument and the engine
 //! flags, opening a model folder, GGUF file or cached hub id, threads, the sampling
-//! flags over `generation_config.json`'s defaults, and the peak-memory figure.
+//! flags over `generation_config.json`'s defaults.
 
 pub mod chat;
 pub mod generate;
 pub mod perplexity;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use amalgam_gguf::GgufModel;
 use amalgam_llama::assets::GenerationDefaults;
-use amalgam_llama::pool;
 use amalgam_llama::{Assets, Config, KvType, Model, SamplerConfig, TensorSource};
-use amalgam_tensors::{ModelFolder, hub};
+use amalgam_llama::{machine, pool};
+use amalgam_tensors::ModelFolder;
 use anyhow::{Context, Result, bail};
+
+use crate::progress::Bar;
 use clap::{Args, ValueEnum};
 
 /// The model and how to run it.
 #[derive(Args, Debug)]
 pub struct EngineArgs {
     /// A Hugging Face model folder (safetensors), a .gguf file (the first part of a split
-    /// one opens them all), or a hub id (org/name[@revision]) in the local hub cache.
+    /// one opens them all), or a hub id (org/name[@revision]): from the local hub cache,
+    /// else downloaded into it as `amalgam merge` does (HF_HUB_OFFLINE=1 forbids that).
     #[arg(value_name = "MODEL")]
     pub model: String,
 
@@ -68,9 +71,10 @@ pub enum Store {
 }
 
 impl Store {
-    /// Opens MODEL: a folder, a `.gguf` file, or a cached hub id.
+    /// Opens MODEL: a folder, a `.gguf` file, or a hub id (found as `amalgam merge`
+    /// finds its inputs).
     pub fn open(model: &str) -> Result<Store> {
-        let path = locate(model)?;
+        let path = crate::quantize::locate(model, &Bar::new(false))?;
         if path.is_file() {
             let gguf =
                 GgufModel::open(&path).with_context(|| format!("opening {}", path.display()))?;
@@ -97,36 +101,6 @@ impl Store {
     }
 }
 
-/// The path MODEL names.
-fn locate(model: &str) -> Result<PathBuf> {
-    let local = Path::new(model);
-    if local.is_dir() {
-        return Ok(local.to_owned());
-    }
-    if local.is_file() {
-        if local.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
-            return Ok(local.to_owned());
-        }
-        bail!(
-            "{model} is a file but not a .gguf; MODEL is a model folder, a .gguf file or a hub id"
-        );
-    }
-    let (id, revision) = match model.split_once('@') {
-        Some((id, rev)) => (id, Some(rev)),
-        None => (model, None),
-    };
-    if !hub::is_repo_id(id) {
-        bail!("{model} does not exist (MODEL is a model folder, a .gguf file or a hub id)");
-    }
-    let cache = hub::cache_dir();
-    hub::find_cached(&cache, id, revision).with_context(|| {
-        format!(
-            "{model} is not in the hub cache {} (set HF_HUB_CACHE, or pass a folder)",
-            cache.display()
-        )
-    })
-}
-
 /// A loaded model and the settings it runs with.
 pub struct Engine<'s> {
     pub model: Model<'s>,
@@ -138,7 +112,7 @@ pub struct Engine<'s> {
 impl<'s> Engine<'s> {
     /// Loads the model of `store` with the flags' overrides and starts the threads.
     pub fn load(store: &'s Store, args: &EngineArgs) -> Result<Engine<'s>> {
-        start_threads(args.threads)?;
+        pool::init(args.threads.filter(|&n| n > 0).unwrap_or_else(machine::physical_cores));
         let source = store.source();
         let mut config = Config::from_hf(source.config())
             .with_context(|| format!("reading the model at {}", source.path().display()))?;
@@ -168,13 +142,6 @@ impl<'s> Engine<'s> {
             amalgam_llama::kernels::Kernels::best().name
         )
     }
-}
-
-/// Starts the engine's worker pool: `threads`, else one per physical core.
-fn start_threads(threads: Option<usize>) -> Result<()> {
-    let n = threads.filter(|&n| n > 0).unwrap_or_else(pool::physical_cores);
-    pool::init(n);
-    Ok(())
 }
 
 /// Sampling flags, each overriding `generation_config.json`.
@@ -226,12 +193,4 @@ fn random_seed() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     (t as u64) ^ u64::from(std::process::id()).rotate_left(32)
-}
-
-/// The process's peak resident memory in MiB (Linux), if known.
-pub fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
 }

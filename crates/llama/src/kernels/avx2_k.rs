@@ -71,6 +71,21 @@ fn lanes<const M: usize>(b: &Decoded<M>, y: &BlockQ8K) -> __m256i {
     lanes
 }
 
+/// One token's product for the types with a mins term (Q2_K, Q4_K, Q5_K): the scale
+/// product, the lanes, and `dmin`'s share of `mins`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn with_mins<const M: usize>(b: &Decoded<M>, y: &BlockQ8K, mins: i32) -> (f32, __m256i, f32) {
+    (q8k_d(y) * b.d, lanes(b, y), (q8k_d(y) * b.dmin) * mins as f32)
+}
+
+/// One token's product for the types stored `offset` above their quants (Q3_K, Q6_K).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn with_offset(b: &Decoded<16>, y: &BlockQ8K, offset: i32) -> (f32, __m256i, f32) {
+    (b.d * q8k_d(y), correct(lanes(b, y), y, &b.ints, offset), 0.0)
+}
+
 /// `lanes[0] −= offset · Σ scale_g · bsum_g` (levels stored `offset` above the quants).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
@@ -123,10 +138,7 @@ fn q2_k_body(w: &[u8], a: &[ActRow], out: &mut [f32]) {
             dmin: f16(x.dmin),
         }
     };
-    tiled(w, a, out, -1.0, prep, |b, y: &BlockQ8K, _, _| {
-        let mins = q2k_mins(&b.ints, y);
-        (q8k_d(y) * b.d, lanes(b, y), (q8k_d(y) * b.dmin) * mins as f32)
-    });
+    tiled(w, a, out, -1.0, prep, |b, y: &BlockQ8K, _, _| with_mins(b, y, q2k_mins(&b.ints, y)));
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -142,9 +154,7 @@ fn q3_k_body(w: &[u8], a: &[ActRow], out: &mut [f32]) {
             dmin: 0.0,
         }
     };
-    tiled(w, a, out, -1.0, prep, |b, y: &BlockQ8K, _, _| {
-        (b.d * q8k_d(y), correct(lanes(b, y), y, &b.ints, 4), 0.0)
-    });
+    tiled(w, a, out, -1.0, prep, |b, y: &BlockQ8K, _, _| with_offset(b, y, 4));
 }
 
 /// Q4_K/Q5_K decoded, `high(j)` giving chunk `j`'s bit 4.
@@ -170,10 +180,7 @@ fn decode_k4(
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q4_k_body(w: &[u8], a: &[ActRow], out: &mut [f32]) {
     let prep = |x: &BlockQ4K| decode_k4(&x.scales, &x.qs, x.d, x.dmin, |_| _mm256_setzero_si256());
-    tiled(w, a, out, -1.0, prep, |b, y: &BlockQ8K, _, _| {
-        let mins = k4_mins(&b.ints, y);
-        (q8k_d(y) * b.d, lanes(b, y), (q8k_d(y) * b.dmin) * mins as f32)
-    });
+    tiled(w, a, out, -1.0, prep, |b, y: &BlockQ8K, _, _| with_mins(b, y, k4_mins(&b.ints, y)));
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -182,10 +189,7 @@ fn q5_k_body(w: &[u8], a: &[ActRow], out: &mut [f32]) {
         let qh = load32(&x.qh);
         decode_k4(&x.scales, &x.qs, x.d, x.dmin, |j| _mm256_slli_epi16(bits(qh, j as u32, 1), 4))
     };
-    tiled(w, a, out, -1.0, prep, |b, y: &BlockQ8K, _, _| {
-        let mins = k4_mins(&b.ints, y);
-        (q8k_d(y) * b.d, lanes(b, y), (q8k_d(y) * b.dmin) * mins as f32)
-    });
+    tiled(w, a, out, -1.0, prep, |b, y: &BlockQ8K, _, _| with_mins(b, y, k4_mins(&b.ints, y)));
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -206,7 +210,5 @@ fn q6_k_body(w: &[u8], a: &[ActRow], out: &mut [f32]) {
             dmin: 0.0,
         }
     };
-    tiled(w, a, out, -1.0, prep, |b, y: &BlockQ8K, _, _| {
-        (b.d * q8k_d(y), correct(lanes(b, y), y, &b.ints, 32), 0.0)
-    });
+    tiled(w, a, out, -1.0, prep, |b, y: &BlockQ8K, _, _| with_offset(b, y, 32));
 }
