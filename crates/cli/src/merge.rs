@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use amalgam_merge::to_gguf::GgufTypes;
 use amalgam_merge::{MergeOptions, Summary};
 use anyhow::Context;
 use clap::Args;
@@ -88,9 +89,13 @@ pub struct MergeArgs {
     #[arg(long, value_name = "PATH")]
     transformers_cache: Option<PathBuf>,
     /// When OUT_DIR ends in .gguf: the llama.cpp quantization mixture (Q4_K_M, Q8_0, ...;
-    /// see `amalgam quantize --help`). Default: the merge dtype, unquantized.
-    #[arg(long, short = 'q', visible_alias = "outtype", value_name = "TYPE", value_parser = crate::quantize::parse_file_type)]
-    quant: Option<amalgam_gguf::FileType>,
+    /// see `amalgam quantize --help`), or `source`: every tensor keeps its input's type —
+    /// a GGUF tensor a passthrough leaves unscaled (or scales by 1) is copied block for block (a lossless
+    /// self-merge of a quantized GGUF), a scaled or merged one is quantized again to its
+    /// input's type (one more rounding, for those tensors only). Default: `source` when
+    /// every input is a GGUF, else the merge dtype, unquantized.
+    #[arg(long, short = 'q', visible_alias = "outtype", value_name = "TYPE", value_parser = parse_gguf_types)]
+    quant: Option<GgufTypes>,
     /// When writing GGUF: `tokenizer.ggml.pre`, overriding detection.
     #[arg(long, value_name = "NAME")]
     tokenizer_pre: Option<String>,
@@ -204,6 +209,14 @@ pub fn parse_kmb(text: &str) -> Result<u64, String> {
         .filter(|v: &f64| v.is_finite() && *v >= 0.0)
         .ok_or_else(|| format!("{text:?} is not a size; write e.g. 5B, 500M or 1000000"))?;
     Ok((value * scale).round() as u64)
+}
+
+/// `--quant`: `source`, or a llama.cpp mixture name.
+fn parse_gguf_types(text: &str) -> Result<GgufTypes, String> {
+    if text.eq_ignore_ascii_case("source") {
+        return Ok(GgufTypes::Source);
+    }
+    crate::quantize::parse_file_type(text).map(GgufTypes::Mixture)
 }
 
 /// Runs `amalgam merge`.

@@ -111,7 +111,7 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
 fn requantize(args: &QuantizeArgs, gguf: &std::path::Path, bar: &Bar) -> anyhow::Result<()> {
     let config = crate::convert::single_model_config(gguf, "float32")?;
     let options = amalgam_merge::MergeOptions {
-        quant: Some(args.quant),
+        quant: Some(amalgam_merge::to_gguf::GgufTypes::Mixture(args.quant)),
         tokenizer_pre: args.tokenizer_pre.clone(),
         split_max_size: args.split_max_size,
         ..crate::convert::single_model_options(args.force)

@@ -44,6 +44,13 @@ pub struct OutTensor {
 pub trait RowSource: Sync {
     /// Fills `out` (a whole number of rows) with rows `first..` of the HF tensor `name`.
     fn read_rows(&self, name: &str, first: usize, out: &mut [f32]) -> Result<()>;
+
+    /// The finished bytes of the HF tensor `name` as type `ty` in GGUF's row order, when
+    /// the source holds them (a GGUF tensor passed through unchanged): written as they
+    /// are instead of rows being read and quantized.
+    fn stored(&self, _name: &str, _ty: GgmlType) -> Option<&[u8]> {
+        None
+    }
 }
 
 impl RowSource for ModelFolder {
@@ -232,6 +239,21 @@ fn write_tensor(
             writer.write_at(index, 0, &bytes)?;
             progress(bytes.len() as u64);
             Ok(())
+        }
+        Source::Hf { name, .. } if source.stored(name, ty).is_some() => {
+            let bytes = source.stored(name, ty).unwrap_or_default();
+            if bytes.len() as u64 != tensor.spec.size() {
+                return Err(GgufError::Convert(format!(
+                    "{name}: the stored {ty} bytes ({}) are not the {} the tensor takes",
+                    bytes.len(),
+                    tensor.spec.size()
+                )));
+            }
+            bytes.par_chunks(CHUNK).enumerate().try_for_each(|(c, chunk)| {
+                writer.write_at(index, (c * CHUNK) as u64, chunk)?;
+                progress(chunk.len() as u64);
+                Ok(())
+            })
         }
         Source::Hf { name, rows, cols, permute_heads } => {
             let row_bytes = tensor.spec.size() as usize / rows.max(&1);

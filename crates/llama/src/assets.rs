@@ -93,6 +93,18 @@ impl Assets {
         Ok(Assets::assemble(tokenizer, &tok_config, None, &generation, model.config(), &eog))
     }
 
+    /// Replaces the chat template's source (a merge config's `chat_template`), keeping
+    /// the BOS and EOS texts it renders with.
+    pub fn set_template(&mut self, source: String) {
+        match &mut self.template {
+            Some(t) => t.source = source,
+            None => {
+                let (bos_token, eos_token) = (String::new(), String::new());
+                self.template = Some(ChatTemplate { source, bos_token, eos_token });
+            }
+        }
+    }
+
     fn assemble(
         tokenizer: Tokenizer,
         tok_config: &Map<String, Value>,

@@ -151,6 +151,7 @@ impl<'m, 'a> Session<'m, 'a> {
         let mut x = vec![0f32; tokens.len() * h];
         for (row, &t) in x.chunks_exact_mut(h).zip(tokens) {
             self.model.embed.decode_row(t as usize, row);
+            ops::scale(row, self.model.embed.scale);
         }
         x
     }
@@ -178,6 +179,7 @@ fn products<const N: usize>(
         if let Some(a) = &act {
             matmul(pool, kernels, w, a, &mut out);
         }
+        ops::scale(&mut out, w.scale);
         out
     })
 }

@@ -14,7 +14,8 @@ pub enum KvType {
 }
 
 impl KvType {
-    fn size(self) -> usize {
+    /// Bytes per stored value.
+    pub fn size(self) -> usize {
         match self {
             KvType::F16 => 2,
             KvType::F32 => 4,

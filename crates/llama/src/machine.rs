@@ -1,5 +1,6 @@
-//! What the engine reads of the machine: its physical cores (the default thread count)
-//! and the process's peak resident memory (for the figures commands print).
+//! What the engine reads of the machine: its physical cores (the default thread count),
+//! the process's peak resident memory (for the figures commands print) and the memory
+//! still available (before merging a config into memory).
 
 /// Physical cores, from the kernel's topology (each core's sibling list counted once).
 pub fn physical_cores() -> usize {
@@ -23,4 +24,13 @@ pub fn peak_rss_mib() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
+}
+
+/// Memory the kernel says can be given to a new process without swapping, in bytes
+/// (`MemAvailable`, Linux), if known.
+pub fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }

@@ -1,6 +1,7 @@
 //! A model as the forward pass sees it: weight matrices that are views of stored bytes,
 //! small vectors (norms, biases) decoded to f32, and a list of layers. A layer is a
-//! bundle of views, so a list may name the same stored layer more than once.
+//! bundle of views, so a list may name the same stored layer more than once
+//! (`layer_map` builds models from these parts).
 
 use amalgam_gguf::{GgmlType, quant};
 
@@ -16,6 +17,9 @@ pub struct Matrix<'a> {
     pub rows: usize,
     pub cols: usize,
     pub data: &'a [u8],
+    /// What products with the matrix are multiplied by (1: as stored); a layer map's
+    /// per-tensor scale.
+    pub scale: f32,
 }
 
 impl<'a> Matrix<'a> {
@@ -48,7 +52,7 @@ impl<'a> Matrix<'a> {
                 row_bytes * raw.rows
             )));
         }
-        Ok(Matrix { ty: raw.ty, rows: raw.rows, cols: raw.cols, data: raw.data })
+        Ok(Matrix { ty: raw.ty, rows: raw.rows, cols: raw.cols, data: raw.data, scale: 1.0 })
     }
 
     /// Bytes per row.
@@ -107,28 +111,16 @@ pub struct Model<'a> {
 }
 
 impl<'a> Model<'a> {
-    /// Loads every layer of `source` in order. `config` is the source's, possibly with
-    /// overrides (RoPE theta) applied.
-    pub fn load(source: &'a dyn TensorSource, config: Config) -> Result<Model<'a>> {
-        let layers =
-            (0..config.layers).map(|i| load_layer(source, &config, i)).collect::<Result<_>>()?;
-        Model::assemble(source, config, layers)
-    }
-
-    /// A model from `source`'s embeddings, norm and output around the given layers.
-    pub fn assemble(
-        source: &'a dyn TensorSource,
+    /// The model of these parts, with RoPE as `rope_source` stores it.
+    pub(crate) fn finish(
+        rope_source: &dyn TensorSource,
         mut config: Config,
+        embed: Matrix<'a>,
         layers: Vec<Layer<'a>>,
+        norm: Vec<f32>,
+        output: Matrix<'a>,
     ) -> Result<Model<'a>> {
-        let loader = Loader { source, arch: config.arch };
-        let embed = loader.matrix("model.embed_tokens.weight", config.vocab, config.hidden)?;
-        let output = match loader.maybe_matrix("lm_head.weight", config.vocab, config.hidden)? {
-            Some(m) if !config.tie_embeddings => m,
-            _ => embed,
-        };
-        let norm = loader.vector("model.norm.weight", config.hidden)?;
-        let rope = Rope::new(&config, source.rope_freqs()?.as_deref())?;
+        let rope = Rope::new(&config, rope_source.rope_freqs()?.as_deref())?;
         config.layers = layers.len();
         Ok(Model { config, embed, layers, norm, output, rope })
     }
@@ -159,7 +151,7 @@ pub fn load_layer<'a>(
     config: &Config,
     i: usize,
 ) -> Result<Layer<'a>> {
-    let l = Loader { source, arch: config.arch };
+    let l = Loader::new(source, config.arch);
     let p = format!("model.layers.{i}.");
     let (h, q, kv, ff) = (config.hidden, config.q_dim(), config.kv_dim(), config.intermediate);
     let bias = |name: &str, n: usize| -> Result<Option<Vec<f32>>> {
@@ -197,17 +189,26 @@ pub fn load_layer<'a>(
 }
 
 /// Reads tensors of one source with shape checks.
-struct Loader<'a> {
+pub(crate) struct Loader<'a> {
     source: &'a dyn TensorSource,
     arch: Arch,
 }
 
 impl<'a> Loader<'a> {
+    pub(crate) fn new(source: &'a dyn TensorSource, arch: Arch) -> Loader<'a> {
+        Loader { source, arch }
+    }
+
     fn missing(&self, name: &str) -> Error {
         Error::MissingTensor { name: name.to_owned(), arch: self.arch.name().to_owned() }
     }
 
-    fn maybe_matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Option<Matrix<'a>>> {
+    pub(crate) fn maybe_matrix(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Option<Matrix<'a>>> {
         let Some(raw) = self.source.tensor(name)? else { return Ok(None) };
         if raw.dims != 2 || raw.rows != rows || raw.cols != cols {
             return Err(Error::Tensor {
@@ -221,7 +222,7 @@ impl<'a> Loader<'a> {
         Matrix::new(name, raw).map(Some)
     }
 
-    fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Matrix<'a>> {
+    pub(crate) fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Matrix<'a>> {
         self.maybe_matrix(name, rows, cols)?.ok_or_else(|| self.missing(name))
     }
 
@@ -239,7 +240,7 @@ impl<'a> Loader<'a> {
         Ok(Some(out))
     }
 
-    fn vector(&self, name: &str, n: usize) -> Result<Vec<f32>> {
+    pub(crate) fn vector(&self, name: &str, n: usize) -> Result<Vec<f32>> {
         self.maybe_vector(name, n)?.ok_or_else(|| self.missing(name))
     }
 }

@@ -53,6 +53,13 @@ pub fn add(x: &mut [f32], y: &[f32]) {
     x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
 }
 
+/// `x *= factor`; nothing to do (and no rounding) for a factor of 1.
+pub fn scale(x: &mut [f32], factor: f32) {
+    if factor != 1.0 {
+        x.iter_mut().for_each(|v| *v *= factor);
+    }
+}
+
 /// Adds `bias` to every `bias.len()`-wide row of `x`.
 pub fn add_rows(x: &mut [f32], bias: &[f32]) {
     for r in x.chunks_exact_mut(bias.len()) {

@@ -8,12 +8,14 @@ use crate::pool::{Counter, SharedOut};
 
 /// The running figures after each window.
 #[derive(Clone, Copy, Debug)]
-pub struct Progress {
+pub struct Progress<'a> {
     /// 1-based window index.
     pub chunk: usize,
     pub chunks: usize,
     /// Perplexity over every window so far.
     pub ppl: f64,
+    /// The window's scored logits (its second half less the last position, row-major).
+    pub logits: &'a [f32],
 }
 
 /// The final estimate.
@@ -67,7 +69,9 @@ pub fn perplexity(
             nll2 += v * v;
         }
         count += ctx - 1 - first;
-        progress(Progress { chunk: c + 1, chunks, ppl: (nll / count as f64).exp() });
+        let ppl = (nll / count as f64).exp();
+        let scored = &logits[..(ctx - 1 - first) * vocab];
+        progress(Progress { chunk: c + 1, chunks, ppl, logits: scored });
     }
     let mean = nll / count as f64;
     let var = nll2 / count as f64 - mean * mean;

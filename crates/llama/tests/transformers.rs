@@ -6,10 +6,9 @@
 use std::path::{Path, PathBuf};
 
 use amalgam_llama::forward::Logits;
-use amalgam_llama::model::load_layer;
 use amalgam_llama::sampling::argmax;
 use amalgam_llama::template::Message;
-use amalgam_llama::{Assets, Config, KvType, Model, Session};
+use amalgam_llama::{Assets, Config, KvType, LayerMap, LayerRef, Model, Session};
 use amalgam_tensors::ModelFolder;
 use serde_json::Value;
 
@@ -115,14 +114,23 @@ fn a_repeated_layer_list_matches_the_merged_seed_model() {
     let hub = data("seed/hub/models--meta-llama--Meta-Llama-3-70B-Instruct/snapshots");
     let snapshot = std::fs::read_dir(&hub).unwrap().next().unwrap().unwrap().path();
     let source = ModelFolder::open(&snapshot).unwrap();
-    let config = Config::from_hf(source.config()).unwrap();
-    let layers = (0..7)
+    let config = config_of(&source);
+    let mut map = LayerMap::identity(0);
+    map.layers = (0..7)
         .flat_map(|s| 10 * s..10 * s + 20)
-        .map(|i| load_layer(&source, &config, i).unwrap())
-        .collect::<Vec<_>>();
-    assert_eq!(layers.len(), 140);
-    let model = Model::assemble(&source, config, layers).unwrap();
+        .map(|layer| LayerRef { source: 0, layer, scales: Vec::new() })
+        .collect();
+    assert_eq!((map.layers.len(), map.distinct_layers()), (140, 80));
+    let model = Model::from_map(&[&source], config, &map).unwrap();
     check(&model, &Golden::read("seed-120b-tiny.json"), TOLERANCE);
+    assert_eq!(
+        model.weight_bytes(),
+        Model::load(&source, config_of(&source)).unwrap().weight_bytes()
+    );
+}
+
+fn config_of(source: &ModelFolder) -> Config {
+    Config::from_hf(source.config()).unwrap()
 }
 
 #[test]

@@ -14,11 +14,12 @@ use crate::config::{Diagnostics, MergeConfig};
 use crate::config::{TokenizerConfig, VocabSource};
 use crate::error::{MergeError, Result};
 use crate::execute::{self, Progress};
+use crate::opened::Opened;
 use crate::output;
-use crate::plan::{self, Catalog, Plan};
+use crate::plan::Plan;
 use crate::resolve::Resolver;
 use crate::source::Model;
-use crate::to_gguf::{self, GgufOutput};
+use crate::to_gguf::{self, GgufOutput, GgufTypes};
 use crate::vocab::{self, ModelTokenizer, Vocabulary};
 
 /// mergekit-yaml's options, where they mean something here.
@@ -42,8 +43,9 @@ pub struct MergeOptions {
     pub truncate_vocab: bool,
     /// The hub cache to use instead of the environment's.
     pub cache_dir: Option<PathBuf>,
-    /// For a `.gguf` output: the llama.cpp mixture (default: the merge dtype, unquantized).
-    pub quant: Option<amalgam_gguf::FileType>,
+    /// For a `.gguf` output: the llama.cpp mixture, or each input's own types (default:
+    /// the inputs' types when every input is a GGUF, else the merge dtype unquantized).
+    pub quant: Option<to_gguf::GgufTypes>,
     /// For a `.gguf` output: `tokenizer.ggml.pre`, overriding detection.
     pub tokenizer_pre: Option<String>,
     /// For a `.gguf` output: split into parts of at most this many bytes.
@@ -105,30 +107,16 @@ pub fn run_config(
     if !options.dry_run && !gguf {
         check_output(out_dir, options.force)?;
     }
-    let models = config.referenced_models();
     let resolver = Resolver {
         cache: options.cache_dir.clone().unwrap_or_else(hub::cache_dir),
         offline: hub::offline(),
         progress: &|file, done, total| reporter.download(file, done, total),
     };
-    let mut located = Vec::with_capacity(models.len());
-    let mut folders = Vec::with_capacity(models.len());
-    for model in &models {
-        let found = resolver.locate(model)?;
-        folders.push(match &found.adapter {
-            Some(adapter) => Model::open_adapted(&found.folder, adapter)?,
-            None => Model::open(&found.folder)?,
-        });
-        located.push(found);
-    }
-    let plan = plan::plan(&config, &Folders(&folders), options.allow_crimes)?;
-    for note in &plan.notes {
-        reporter.warn(note);
-    }
+    let opened = Opened::open_with(&config, &resolver, options.allow_crimes, reporter)?;
+    let (folders, located, plan) = (&opened.models, &opened.located, &opened.plan);
+    let models = &plan.models;
     let vocabulary = match &config.tokenizer {
-        Some(tokenizer) => {
-            Some(merged_vocabulary(tokenizer, &plan, &folders, &resolver, reporter)?)
-        }
+        Some(tokenizer) => Some(merged_vocabulary(tokenizer, plan, folders, &resolver, reporter)?),
         None => None,
     };
     let bind = execute::BindOptions {
@@ -138,7 +126,7 @@ pub fn run_config(
         truncate_vocab: options.truncate_vocab,
         vocab: vocabulary.as_ref(),
     };
-    let bound = execute::bind(&plan, &folders, bind)?;
+    let bound = execute::bind(plan, folders, bind)?;
     let vocab_size =
         vocabulary.as_ref().map(|v| v.padded).or_else(|| truncated_vocab(&bound, reporter));
     let mut config_notes = Vec::new();
@@ -156,12 +144,10 @@ pub fn run_config(
     if gguf {
         return merge_to_gguf(
             &config,
-            &plan,
+            &opened,
             &bound,
             &out_config,
             vocabulary.as_ref(),
-            &folders,
-            &located,
             out_dir,
             options,
             reporter,
@@ -186,7 +172,7 @@ pub fn run_config(
             .collect(),
         models: models
             .iter()
-            .zip(&located)
+            .zip(located)
             .map(|(m, l)| (m.to_string(), l.folder.clone()))
             .collect(),
     };
@@ -219,7 +205,7 @@ pub fn run_config(
             models[plan.donor]
         ));
     }
-    if let Some(template) = chat_template(&config, &folders, reporter) {
+    if let Some(template) = opened.chat_template(&config, reporter) {
         if copied.is_empty() {
             reporter.warn("chat_template: the output has no tokenizer, so the template is dropped");
         } else {
@@ -227,8 +213,8 @@ pub fn run_config(
         }
     }
     if options.write_model_card {
-        let card = CardContext { config: &config, text, plan: &plan, config_notes: &config_notes };
-        write_card(&staging.path, out_dir, &card, &folders, &located, options)?;
+        let card = CardContext { config: &config, text, plan, config_notes: &config_notes };
+        write_card(&staging.path, out_dir, &card, folders, located, options)?;
     }
     staging.commit(out_dir, options.force)?;
     Ok(summary)
@@ -258,21 +244,29 @@ fn truncated_vocab(bound: &[execute::Bound], reporter: &dyn Reporter) -> Option<
 #[allow(clippy::too_many_arguments)]
 fn merge_to_gguf(
     config: &MergeConfig,
-    plan: &Plan,
+    opened: &Opened,
     bound: &[execute::Bound],
     out_config: &Map<String, Value>,
     vocabulary: Option<&Vocabulary>,
-    models: &[Model],
-    located: &[crate::resolve::Located],
     out_path: &Path,
     options: &MergeOptions,
     reporter: &dyn Reporter,
 ) -> Result<Summary> {
-    let donor = &models[plan.donor];
+    let (plan, located) = (&opened.plan, &opened.located);
+    let donor = opened.donor();
     let dtype = config.out_dtype.or(config.dtype);
+    let all_gguf = opened.models.iter().all(|m| matches!(m, Model::Gguf(_)));
+    let types = match options.quant {
+        Some(types) => types,
+        None if all_gguf => GgufTypes::Source,
+        None => GgufTypes::Mixture(to_gguf::file_type(None, dtype)),
+    };
     let out = GgufOutput {
         path: out_path,
-        ftype: to_gguf::file_type(options.quant, dtype),
+        ftype: match types {
+            GgufTypes::Mixture(ftype) => ftype,
+            GgufTypes::Source => to_gguf::file_type(None, dtype),
+        },
         config: out_config,
         donor,
         tokenizer_pre: options.tokenizer_pre.as_deref(),
@@ -288,8 +282,18 @@ fn merge_to_gguf(
             chat_template_file: None,
         }),
     };
-    let (mut metadata, tensors) = to_gguf::prepare(&out, bound, reporter)?;
-    if let Some(template) = chat_template(config, models, reporter) {
+    let (mut metadata, mut tensors) = to_gguf::prepare(&out, bound, reporter)?;
+    if types == GgufTypes::Source {
+        source_file_type(&mut metadata, donor);
+        let requantized = to_gguf::use_source_types(&mut tensors, bound)?;
+        if requantized > 0 {
+            reporter.warn(&format!(
+                "{requantized} tensors are changed by the merge (scaled or combined) and \
+                 quantized again to their inputs' types; the others are copied block for block"
+            ));
+        }
+    }
+    if let Some(template) = opened.chat_template(config, reporter) {
         let key = "tokenizer.chat_template";
         metadata.retain(|(k, _)| k != key);
         metadata.push((key.to_owned(), amalgam_gguf::Value::String(template)));
@@ -315,18 +319,6 @@ fn merge_to_gguf(
     reporter.begin(tensors.len(), bytes);
     to_gguf::write(&out, bound, &metadata, &tensors, reporter)?;
     Ok(summary)
-}
-
-/// The planner's view of the opened models.
-struct Folders<'a>(&'a [Model]);
-
-impl Catalog for Folders<'_> {
-    fn config(&self, model: usize) -> &Map<String, Value> {
-        self.0[model].config()
-    }
-    fn contains(&self, model: usize, tensor: &str) -> bool {
-        self.0[model].contains(tensor)
-    }
 }
 
 /// Builds the merged vocabulary from the models' tokenizers (and a `source:` model's).
@@ -417,18 +409,15 @@ fn write_tokenizer(vocab: &Vocabulary, donor: &Model, dir: &Path) -> Result<Vec<
     Ok(written)
 }
 
-/// The config's chat template, resolved against the input models (`auto` votes).
-fn chat_template(
-    config: &MergeConfig,
-    models: &[Model],
-    reporter: &dyn Reporter,
-) -> Option<String> {
-    let value = config.chat_template.as_deref()?;
-    let template = chat_template::resolve(value, models);
-    if template.is_none() {
-        reporter.warn("chat_template: auto, but no input model has a chat template; none is set");
+/// `general.file_type` of an output in its inputs' types: the donor GGUF's.
+fn source_file_type(metadata: &mut [(String, amalgam_gguf::Value)], donor: &Model) {
+    let Model::Gguf(g) = donor.unadapted() else { return };
+    let Some(value) = g.file().header.get("general.file_type") else { return };
+    for (key, v) in metadata.iter_mut() {
+        if key == "general.file_type" {
+            *v = value.clone();
+        }
     }
-    template
 }
 
 /// Refuses an output path that is a file, or a non-empty folder without `--force`.

@@ -1,6 +1,7 @@
 //! Merging straight into a (quantized) GGUF file in one streaming pass: the merged rows
 //! of each tensor are computed on demand, Q/K rows permuted, quantized by llama.cpp's
-//! mixture rules and written at their offsets — the fp16 intermediate never exists.
+//! mixture rules (or to each input's own type, copying unchanged GGUF tensors block for
+//! block) and written at their offsets — the fp16 intermediate never exists.
 
 use std::collections::HashMap;
 use std::fs;
@@ -10,19 +11,30 @@ use std::sync::{Arc, Mutex};
 
 use amalgam_gguf::convert::{self, RowSource};
 use amalgam_gguf::llama::LlamaParams;
-use amalgam_gguf::{FileType, GgufError, Value, tokenizer};
+use amalgam_gguf::{FileType, GgmlType, GgufError, Value, tokenizer};
 use amalgam_tensors::DType;
 use serde_json::{Map, Value as Json};
 
 use crate::error::{MergeError, Result};
 use crate::execute::{self, Bound};
-use crate::methods::Stats;
+use crate::methods::{Kernel, Stats};
 use crate::run::Reporter;
-use crate::source::Model;
+use crate::source::{Input, Model};
 
 /// Whether an output path names a GGUF file.
 pub fn is_gguf_path(path: &Path) -> bool {
     path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
+
+/// How a merge into GGUF picks each tensor's block type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GgufTypes {
+    /// llama.cpp's mixture rules for this file type.
+    Mixture(FileType),
+    /// Each tensor keeps its first input's stored type: a GGUF tensor passed through
+    /// unchanged is copied block for block, a changed one (scaled, merged) is quantized
+    /// again to that type.
+    Source,
 }
 
 /// The mixture of a GGUF output: as asked, else the merge's dtype unquantized.
@@ -32,6 +44,54 @@ pub fn file_type(quant: Option<FileType>, dtype: Option<DType>) -> FileType {
         Some(DType::BF16) => FileType::BF16,
         _ => FileType::F32,
     })
+}
+
+/// Gives each tensor its first input's stored type (`--quant source`); returns how many
+/// are computed and so quantized again rather than copied.
+pub fn use_source_types(tensors: &mut [convert::OutTensor], bound: &[Bound]) -> Result<usize> {
+    let by_name: HashMap<&str, &Bound> = bound.iter().map(|b| (b.spec.name.as_str(), b)).collect();
+    let mut requantized = 0;
+    for t in tensors {
+        let convert::Source::Hf { name, .. } = &t.source else { continue };
+        let Some(b) = by_name.get(name.as_str()) else { continue };
+        let Some(input) = b.inputs.first() else { continue };
+        let ty = stored_type(input);
+        if verbatim(b, ty).is_none() {
+            if matches!(ty, GgmlType::Q8_1 | GgmlType::Q8K) {
+                return Err(MergeError::Output(format!(
+                    "{name} is stored as {ty}, an activation type no GGUF weight is written                      in, and the merge changes it; pass --quant with a llama.cpp mixture"
+                )));
+            }
+            requantized += 1;
+        }
+        t.spec.ty = ty;
+    }
+    Ok(requantized)
+}
+
+/// The GGUF type an input is stored as (a safetensors dtype's float type).
+fn stored_type(input: &Input) -> GgmlType {
+    match input {
+        Input::Gguf { ty, .. } => *ty,
+        Input::Adapted { base, .. } => stored_type(base),
+        other => match other.dtype() {
+            DType::F16 => GgmlType::F16,
+            DType::BF16 => GgmlType::BF16,
+            DType::F32 | DType::F64 => GgmlType::F32,
+        },
+    }
+}
+
+/// The stored bytes of a tensor that is one GGUF input of type `ty` passed through
+/// unscaled (or scaled by 1): what a lossless passthrough copies.
+fn verbatim<'a>(b: &Bound<'a>, ty: GgmlType) -> Option<&'a [u8]> {
+    let [Input::Gguf { model, name, ty: stored, .. }] = b.inputs.as_slice() else { return None };
+    let unscaled = match b.kernel {
+        Kernel::Passthrough { scale } => scale.is_none_or(|s| s == 1.0),
+        _ => false,
+    };
+    let unchanged = unscaled && *stored == ty;
+    unchanged.then(|| model.raw(name).map(|(_, data)| data)).flatten()
 }
 
 /// GGUF metadata entries.
@@ -193,6 +253,10 @@ impl RowSource for MergedRows<'_> {
         execute::merged_values(lazy.bound, &stats, first * cols, out).map_err(failed)?;
         lazy.served(out.len() / cols);
         Ok(())
+    }
+
+    fn stored(&self, name: &str, ty: GgmlType) -> Option<&[u8]> {
+        verbatim(self.tensors.get(name)?.bound, ty)
     }
 }
 

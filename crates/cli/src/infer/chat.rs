@@ -45,12 +45,12 @@ static ANSWERING: AtomicBool = AtomicBool::new(false);
 pub fn run(args: ChatArgs) -> Result<()> {
     let store = Store::open(&args.engine.model)?;
     let engine = Engine::load(&store, &args.engine)?;
-    let assets = store.assets()?;
+    let assets = &store.assets;
     let template = assets.template.clone().context(
         "the model has no chat template (tokenizer_config.json, chat_template.jinja or GGUF \
          tokenizer.chat_template); use `amalgam generate` for plain text",
     )?;
-    eprintln!("{}", engine.describe(store.source().path()));
+    engine.announce(&store);
     ctrlc::set_handler(|| {
         if ANSWERING.load(Ordering::SeqCst) {
             STOP.store(true, Ordering::SeqCst);

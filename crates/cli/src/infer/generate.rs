@@ -51,9 +51,9 @@ pub struct GenerateArgs {
 pub fn run(args: GenerateArgs) -> Result<()> {
     let store = Store::open(&args.engine.model)?;
     let engine = Engine::load(&store, &args.engine)?;
-    let assets = store.assets()?;
-    eprintln!("{}", engine.describe(store.source().path()));
-    let prompt = prompt_ids(&assets, &args)?;
+    let assets = &store.assets;
+    engine.announce(&store);
+    let prompt = prompt_ids(assets, &args)?;
     if prompt.len() >= engine.ctx {
         bail!(
             "the prompt is {} tokens; the context holds {} (pass a larger --ctx-size)",

@@ -1,29 +1,31 @@
 //! What `generate`, `chat` and `perplexity` share: the MODEL argument and the engine
-//! flags, opening a model folder, GGUF file or cached hub id, threads, the sampling
-//! flags over `generation_config.json`'s defaults.
+//! flags (MODEL itself is opened by `store`), threads, the sampling flags over
+//! `generation_config.json`'s defaults.
 
 pub mod chat;
 pub mod generate;
 pub mod perplexity;
+pub mod store;
 
-use std::path::Path;
+pub use store::Store;
 
-use amalgam_gguf::GgufModel;
 use amalgam_llama::assets::GenerationDefaults;
-use amalgam_llama::{Assets, Config, KvType, Model, SamplerConfig, TensorSource};
+use amalgam_llama::{KvType, Model, SamplerConfig};
 use amalgam_llama::{machine, pool};
-use amalgam_tensors::ModelFolder;
-use anyhow::{Context, Result, bail};
-
-use crate::progress::Bar;
+use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 
 /// The model and how to run it.
 #[derive(Args, Debug)]
 pub struct EngineArgs {
     /// A Hugging Face model folder (safetensors), a .gguf file (the first part of a split
-    /// one opens them all), or a hub id (org/name[@revision]): from the local hub cache,
-    /// else downloaded into it as `amalgam merge` does (HF_HUB_OFFLINE=1 forbids that).
+    /// one opens them all), a hub id (org/name[@revision]: from the local hub cache, else
+    /// downloaded into it as `amalgam merge` does; HF_HUB_OFFLINE=1 forbids that), or a
+    /// merge config (.yml). A passthrough config runs virtually: each output layer reuses
+    /// its source layer's stored weights (with its own KV cache), so nothing is written
+    /// and the weights take the memory of the sources, and `scale` multiplies a matrix's
+    /// products instead of its rounded weights. Other methods are merged into memory
+    /// first.
     #[arg(value_name = "MODEL")]
     pub model: String,
 
@@ -64,43 +66,6 @@ impl From<KvTypeArg> for KvType {
     }
 }
 
-/// Where a model's weights are.
-pub enum Store {
-    Folder(ModelFolder),
-    Gguf(Box<GgufModel>),
-}
-
-impl Store {
-    /// Opens MODEL: a folder, a `.gguf` file, or a hub id (found as `amalgam merge`
-    /// finds its inputs).
-    pub fn open(model: &str) -> Result<Store> {
-        let path = crate::quantize::locate(model, &Bar::new(false))?;
-        if path.is_file() {
-            let gguf =
-                GgufModel::open(&path).with_context(|| format!("opening {}", path.display()))?;
-            return Ok(Store::Gguf(Box::new(gguf)));
-        }
-        let folder =
-            ModelFolder::open(&path).with_context(|| format!("opening {}", path.display()))?;
-        Ok(Store::Folder(folder))
-    }
-
-    pub fn source(&self) -> &dyn TensorSource {
-        match self {
-            Store::Folder(f) => f,
-            Store::Gguf(g) => g.as_ref(),
-        }
-    }
-
-    /// The tokenizer and chat settings.
-    pub fn assets(&self) -> Result<Assets> {
-        Ok(match self {
-            Store::Folder(f) => Assets::from_folder(f.root(), f.config())?,
-            Store::Gguf(g) => Assets::from_gguf(g)?,
-        })
-    }
-}
-
 /// A loaded model and the settings it runs with.
 pub struct Engine<'s> {
     pub model: Model<'s>,
@@ -113,34 +78,37 @@ impl<'s> Engine<'s> {
     /// Loads the model of `store` with the flags' overrides and starts the threads.
     pub fn load(store: &'s Store, args: &EngineArgs) -> Result<Engine<'s>> {
         pool::init(args.threads.filter(|&n| n > 0).unwrap_or_else(machine::physical_cores));
-        let source = store.source();
-        let mut config = Config::from_hf(source.config())
-            .with_context(|| format!("reading the model at {}", source.path().display()))?;
-        if let Some(theta) = args.rope_theta {
-            config.rope_theta = theta;
-        }
-        let ctx = args.ctx_size.unwrap_or(config.max_positions.min(4096));
+        let model = store.load(|config| {
+            if let Some(theta) = args.rope_theta {
+                config.rope_theta = theta;
+            }
+        })?;
+        let ctx = args.ctx_size.unwrap_or(model.config.max_positions.min(4096));
         if ctx == 0 {
             bail!("--ctx-size must be at least 1");
         }
-        let model = Model::load(source, config)
-            .with_context(|| format!("loading {}", source.path().display()))?;
         Ok(Engine { model, ctx, kv: args.kv_type.into(), batch: args.batch.max(1) })
     }
 
-    /// One line describing what runs.
-    pub fn describe(&self, path: &Path) -> String {
+    /// Prints what runs: one line, and the notes that go with it.
+    pub fn announce(&self, store: &Store) {
+        let (kind, notes) = store.describe(&self.model);
         let c = &self.model.config;
-        format!(
-            "{}: {} {} layers, {:.0} MiB of weights mapped, context {}, {} threads, {} kernels",
-            path.display(),
+        let kv_bytes = self.model.layers.len() * 2 * self.ctx * c.kv_dim() * self.kv.size();
+        eprintln!(
+            "{}: {} {kind}, {:.0} MiB of weights mapped, context {} ({:.0} MiB of KV cache), \
+             {} threads, {} kernels",
+            store.path().display(),
             c.arch.name(),
-            c.layers,
             self.model.weight_bytes() as f64 / 1048576.0,
             self.ctx,
+            kv_bytes as f64 / 1048576.0,
             pool::global().threads(),
             amalgam_llama::kernels::Kernels::best().name
-        )
+        );
+        for note in notes {
+            eprintln!("note: {note}");
+        }
     }
 }
 

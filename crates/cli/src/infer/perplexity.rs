@@ -35,14 +35,19 @@ pub struct PerplexityArgs {
     /// No progress bar.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+
+    /// Also print a 64-bit FNV-1a hash of every scored logit's bits, so two runs (a
+    /// virtual merge and the written one) can be compared bit for bit.
+    #[arg(long, hide = true)]
+    pub logits_digest: bool,
 }
 
 pub fn run(mut args: PerplexityArgs) -> Result<()> {
     args.engine.ctx_size.get_or_insert(512);
     let store = Store::open(&args.engine.model)?;
     let engine = Engine::load(&store, &args.engine)?;
-    let assets = store.assets()?;
-    eprintln!("{}", engine.describe(store.source().path()));
+    let assets = &store.assets;
+    engine.announce(&store);
     let mut text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("reading {}", args.file.display()))?;
     if text.ends_with('\n') {
@@ -62,7 +67,11 @@ pub fn run(mut args: PerplexityArgs) -> Result<()> {
     let mut session = Session::new(&engine.model, ctx, engine.kv);
     let options = Options { ctx, batch: engine.batch, bos, max_chunks: args.chunks };
     let mut out = std::io::stdout().lock();
+    let mut digest = Fnv::default();
     let estimate = perplexity(&mut session, &tokens, options, |p| {
+        if args.logits_digest {
+            p.logits.iter().for_each(|l| digest.add(&l.to_bits().to_le_bytes()));
+        }
         bar.suspend(|| {
             let _ = write!(out, "[{}]{:.4},", p.chunk, p.ppl).and_then(|()| out.flush());
         });
@@ -71,7 +80,27 @@ pub fn run(mut args: PerplexityArgs) -> Result<()> {
     bar.finish_and_clear();
     writeln!(out)?;
     writeln!(out, "Final estimate: PPL = {:.4} +/- {:.5}", estimate.ppl, estimate.error)?;
+    if args.logits_digest {
+        writeln!(out, "logits digest: {:016x}", digest.0)?;
+    }
     Ok(())
+}
+
+/// A 64-bit FNV-1a hash.
+struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    fn add(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
 }
 
 fn progress_bar(quiet: bool, windows: u64) -> ProgressBar {

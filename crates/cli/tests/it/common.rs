@@ -259,3 +259,28 @@ pub fn write_safetensors(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]
     }
     write_raw(path, &header, &data);
 }
+
+/// Every tensor's (type, dims, bytes) by name.
+pub fn gguf_tensors(path: &Path) -> Vec<(String, String, Vec<u64>, Vec<u8>)> {
+    let file = amalgam_gguf::GgufFile::open(path).unwrap();
+    let mut out: Vec<_> = file
+        .header
+        .tensors
+        .iter()
+        .map(|t| (t.name.clone(), t.ty.name().to_owned(), t.dims.clone(), file.data(t).to_vec()))
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// The SmolLM2 GGUF fetched by scripts/fetch-smollm2 (scripts/test fetches it first).
+pub fn smollm2() -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../.cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/fetch-smollm2 (scripts/test does)",
+        path.display()
+    );
+    path
+}

@@ -19,19 +19,6 @@ fn self_merge_config(dir: &Path, model: &Path) -> PathBuf {
     path
 }
 
-/// Every tensor's (type, dims, bytes) by name.
-fn gguf_tensors(path: &Path) -> Vec<(String, String, Vec<u64>, Vec<u8>)> {
-    let file = GgufFile::open(path).unwrap();
-    let mut out: Vec<_> = file
-        .header
-        .tensors
-        .iter()
-        .map(|t| (t.name.clone(), t.ty.name().to_owned(), t.dims.clone(), file.data(t).to_vec()))
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
-}
-
 #[test]
 fn merging_straight_to_gguf_equals_merging_then_quantizing() {
     let tmp = tempfile::tempdir().unwrap();
@@ -126,18 +113,6 @@ fn hf_to_gguf_f32_to_hf_is_bit_exact() {
     assert!(merges(&tok) == merges(&orig), "merges differ");
     let template = json(&back.join("tokenizer_config.json"))["chat_template"].clone();
     assert_eq!(template, json(&data().join("gguf/tiny-kq/tokenizer_config.json"))["chat_template"]);
-}
-
-/// The SmolLM2 GGUF fetched by scripts/fetch-smollm2 (scripts/test fetches it first).
-fn smollm2() -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../.cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/fetch-smollm2 (scripts/test does)",
-        path.display()
-    );
-    path
 }
 
 #[test]

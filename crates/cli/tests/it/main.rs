@@ -14,4 +14,5 @@ mod lora;
 mod methods;
 mod seed;
 mod templates;
+mod virtual_merge;
 mod vocab;

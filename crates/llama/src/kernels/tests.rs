@@ -148,7 +148,7 @@ fn matmul_is_the_same_for_any_thread_count() {
     let (rows, cols, tokens) = (64, 512, 3);
     for ty in [GgmlType::Q4_1, GgmlType::Q4K, GgmlType::F16] {
         let data: Vec<u8> = (0..rows).flat_map(|_| weight_row(&mut rng, ty, cols).0).collect();
-        let w = Matrix { ty, rows, cols, data: &data };
+        let w = Matrix { ty, rows, cols, data: &data, scale: 1.0 };
         let x = random(&mut rng, tokens * cols, 1.0);
         let act = Activations::new(ty, &x, cols);
         let run = |threads: usize| {
