@@ -64,6 +64,7 @@ pub fn run(mut args: PerplexityArgs) -> Result<()> {
         if bos.is_some() { ", BOS first" } else { "" }
     );
     let bar = progress_bar(args.quiet, windows as u64);
+    let started = std::time::Instant::now();
     let mut session = Session::new(&engine.model, ctx, engine.kv);
     let options = Options { ctx, batch: engine.batch, bos, max_chunks: args.chunks };
     let mut out = std::io::stdout().lock();
@@ -83,6 +84,9 @@ pub fn run(mut args: PerplexityArgs) -> Result<()> {
     if args.logits_digest {
         writeln!(out, "logits digest: {:016x}", digest.0)?;
     }
+    let peak = amalgam_llama::machine::peak_rss_mib()
+        .map_or(String::new(), |m| format!(", peak memory {m:.0} MiB"));
+    eprintln!("{} windows in {:.1} s{peak}", estimate.chunks, started.elapsed().as_secs_f64());
     Ok(())
 }
 
