@@ -59,7 +59,8 @@ pub fn use_source_types(tensors: &mut [convert::OutTensor], bound: &[Bound]) -> 
         if verbatim(b, ty).is_none() {
             if matches!(ty, GgmlType::Q8_1 | GgmlType::Q8K) {
                 return Err(MergeError::Output(format!(
-                    "{name} is stored as {ty}, an activation type no GGUF weight is written                      in, and the merge changes it; pass --quant with a llama.cpp mixture"
+                    "{name} is stored as {ty}, an activation type no GGUF weight is written \
+                     in, and the merge changes it; pass --quant with a llama.cpp mixture"
                 )));
             }
             requantized += 1;

@@ -284,3 +284,13 @@ pub fn smollm2() -> PathBuf {
     );
     path
 }
+
+pub fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+pub fn error_of(cmd: &mut std::process::Command) -> String {
+    let out = run(cmd);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    stderr(&out)
+}

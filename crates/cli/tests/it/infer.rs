@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::Stdio;
 
-use crate::common::{amalgam, copy_model, data, json, run, run_ok};
+use crate::common::{amalgam, copy_model, data, error_of, json, run_ok, stderr};
 
 fn tiny() -> PathBuf {
     data().join("methods/models/base")
@@ -14,10 +14,6 @@ fn tiny() -> PathBuf {
 
 fn stdout(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &std::process::Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 #[test]
@@ -128,12 +124,6 @@ fn a_cached_hub_id_runs() {
     );
     assert!(stderr(&out).contains("llama 80 layers"), "{}", stderr(&out));
     assert!(stderr(&out).contains("generated 4 tokens"), "{}", stderr(&out));
-}
-
-fn error_of(cmd: &mut std::process::Command) -> String {
-    let out = run(cmd);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    stderr(&out)
 }
 
 #[test]

@@ -285,3 +285,72 @@ fn a_linear_config_is_merged_into_memory_first_and_answers_as_its_written_merge(
     });
     assert_eq!(pid_files, 0, "the in-memory merge is removed once open");
 }
+
+/// A copy of the tiny Q8_0 GGUF with every `attn_output` stored as Q8_1 (an activation
+/// type, which no converter writes and the engine does not multiply by).
+fn with_q8_1_outputs(dir: &Path) -> PathBuf {
+    use amalgam_gguf::quant::{dequantize, quantize};
+    use amalgam_gguf::{GgmlType, GgufWriter, Layout, TensorSpec};
+    let file = GgufFile::open(&data().join("gguf/tiny-kq-Q8_0.gguf")).unwrap();
+    let mut specs = Vec::new();
+    let mut datas = Vec::new();
+    for t in &file.header.tensors {
+        let mut spec = TensorSpec { name: t.name.clone(), dims: t.dims.clone(), ty: t.ty };
+        let mut bytes = file.data(t).to_vec();
+        if t.name.ends_with("attn_output.weight") {
+            let n = t.dims.iter().product::<u64>() as usize;
+            let mut values = vec![0f32; n];
+            dequantize(t.ty, &bytes, &mut values);
+            spec.ty = GgmlType::Q8_1;
+            bytes = vec![0u8; spec.size() as usize];
+            quantize(GgmlType::Q8_1, &values, &mut bytes);
+        }
+        specs.push(spec);
+        datas.push(bytes);
+    }
+    let path = dir.join("q8_1.gguf");
+    let writer =
+        GgufWriter::create(&path, Layout::new(&file.header.metadata, &specs).unwrap()).unwrap();
+    for (i, bytes) in datas.iter().enumerate() {
+        writer.write_at(i, 0, bytes).unwrap();
+    }
+    writer.finish().unwrap();
+    path
+}
+
+#[test]
+fn a_scale_on_a_type_that_cannot_be_written_again_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model =
+        serde_json::to_string(&with_q8_1_outputs(tmp.path()).display().to_string()).unwrap();
+    let yaml = format!(
+        "slices:\n- sources: [{{model: {model}, layer_range: [0, 4]}}]\n- sources: [{{model: {model}, layer_range: [2, 6], parameters: {{scale: [{{filter: o_proj, value: 0.5}}]}}}}]\nmerge_method: passthrough\n"
+    );
+    let config = tmp.path().join("scaled.yml");
+    fs::write(&config, yaml).unwrap();
+    let err = error_of(amalgam().arg("merge").arg(&config).arg(tmp.path().join("out.gguf")));
+    assert!(
+        err.contains("blk.2.attn_output.weight") || err.contains("model.layers.4.self_attn.o_proj"),
+        "{err}"
+    );
+    assert!(err.contains("Q8_1") && err.contains("pass --quant"), "{err}");
+    let err = error_of(amalgam().arg("generate").arg(&config).args(["-p", "hi"]));
+    assert!(err.contains("o_proj") && err.contains("Q8_1, which is an activation type"), "{err}");
+}
+
+#[test]
+fn a_layer_range_past_the_source_is_an_error_naming_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = data().join("gguf/tiny-kq-Q8_0.gguf");
+    let model = serde_json::to_string(&model.display().to_string()).unwrap();
+    let config = tmp.path().join("long.yml");
+    let yaml = format!(
+        "slices:\n- sources: [{{model: {model}, layer_range: [4, 12]}}]\nmerge_method: passthrough\n"
+    );
+    fs::write(&config, yaml).unwrap();
+    let err = error_of(amalgam().arg("perplexity").arg(&config).args(["-f", "/dev/null"]));
+    assert!(
+        err.contains("slices[0].sources[0].layer_range: [4, 12] goes past the 8 layers"),
+        "{err}"
+    );
+}
