@@ -260,6 +260,25 @@ fn a_scaled_product_is_within_one_rounding_of_the_scaled_weight() {
 }
 
 #[test]
+fn slices_of_two_models_run_virtually_bit_equal_to_their_merge() {
+    let tmp = tempfile::tempdir().unwrap();
+    let text = text(tmp.path());
+    let models = data().join("methods/models");
+    let path = |m: &str| serde_json::to_string(&models.join(m).display().to_string()).unwrap();
+    let (a, b) = (path("ft_a"), path("ft_b"));
+    let yaml = format!(
+        "slices:\n- sources: [{{model: {a}, layer_range: [0, 4]}}]\n- sources: [{{model: {b}, layer_range: [2, 6]}}]\n- sources: [{{model: {a}, layer_range: [4, 6]}}]\nmerge_method: passthrough\ndtype: bfloat16\n"
+    );
+    let config = tmp.path().join("franken.yml");
+    fs::write(&config, yaml).unwrap();
+    let (virt, log) = perplexity(&config, &text, None);
+    assert!(log.contains("10 layers over 10 stored layers of "), "{log}");
+    let written = tmp.path().join("written");
+    run_ok(amalgam().arg("merge").arg(&config).arg(&written).arg("--quiet"));
+    assert_eq!(virt, perplexity(&written, &text, None).0, "virtual and written merge differ");
+}
+
+#[test]
 fn a_linear_config_is_merged_into_memory_first_and_answers_as_its_written_merge() {
     let models = data().join("methods/models");
     let config = data().join("methods/configs/linear.yml");
