@@ -30,6 +30,7 @@ enum Command {
     Generate(infer::generate::GenerateArgs),
     Chat(infer::chat::ChatArgs),
     Perplexity(infer::perplexity::PerplexityArgs),
+    Compare(infer::compare::CompareArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +50,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => infer::generate::run(args),
         Command::Chat(args) => infer::chat::run(args),
         Command::Perplexity(args) => infer::perplexity::run(args),
+        Command::Compare(args) => infer::compare::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,13 +5,16 @@
 //! here; merge configs do not.
 
 pub mod assets;
+pub mod compare;
 pub mod config;
+pub mod divergence;
 pub mod error;
 pub mod forward;
 pub mod generate;
 pub mod kernels;
 pub mod kv;
 pub mod layer_map;
+pub mod logits_file;
 pub mod machine;
 pub mod model;
 pub mod ops;

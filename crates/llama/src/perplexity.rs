@@ -4,7 +4,6 @@
 
 use crate::error::{Error, Result};
 use crate::forward::{Logits, Session};
-use crate::pool::{Counter, SharedOut};
 
 /// The running figures after each window.
 #[derive(Clone, Copy, Debug)]
@@ -83,21 +82,15 @@ pub fn perplexity(
 /// `log p(targets[i])` under logits row `i`, the rows shared among the session's threads.
 fn scored_log_probs(session: &Session, logits: &[f32], vocab: usize, targets: &[u32]) -> Vec<f64> {
     let mut values = vec![0f64; targets.len()];
-    let out = SharedOut::new(&mut values);
-    let counter = Counter::new();
-    session.pool().run(&|_| {
-        while let Some(i) = counter.next(targets.len()) {
-            let v = log_prob(&logits[i * vocab..(i + 1) * vocab], targets[i]);
-            // SAFETY: `i < values.len()`, and each `i` is handed to one thread only;
-            // `run` returns when every thread is done.
-            unsafe { *out.at(i) = v };
-        }
+    session.pool().for_each_chunk(&mut values, 1, |i, v| {
+        v[0] = log_prob(&logits[i * vocab..(i + 1) * vocab], targets[i]);
     });
     values
 }
 
-/// The logits of positions `first..ctx` of one window.
-fn window_logits(
+/// The logits of positions `first..ctx` of one window (its first token replaced by
+/// `options.bos`, if set).
+pub fn window_logits(
     session: &mut Session,
     window: &[u32],
     options: Options,

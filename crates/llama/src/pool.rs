@@ -179,6 +179,32 @@ pub fn global() -> Arc<Pool> {
     Arc::clone(GLOBAL.get_or_init(|| Arc::new(Pool::new(crate::machine::physical_cores()))))
 }
 
+impl Pool {
+    /// Calls `f(i, piece)` for every `chunk`-long piece of `out` (the last may be
+    /// shorter), the pieces shared among the threads.
+    pub fn for_each_chunk<T: Send>(
+        &self,
+        out: &mut [T],
+        chunk: usize,
+        f: impl Fn(usize, &mut [T]) + Sync,
+    ) {
+        let (len, chunk) = (out.len(), chunk.max(1));
+        let pieces = len.div_ceil(chunk);
+        let ptr = SharedOut::new(out);
+        let counter = Counter::new();
+        self.run(&|_| {
+            while let Some(i) = counter.next(pieces) {
+                let start = i * chunk;
+                let n = chunk.min(len - start);
+                // SAFETY: piece `i` is `out[start..start + n]`, inside `out`, handed to
+                // one thread only; `run` returns when every thread is done.
+                let piece = unsafe { std::slice::from_raw_parts_mut(ptr.at(start), n) };
+                f(i, piece);
+            }
+        });
+    }
+}
+
 /// A counter handing out work items to the threads of one dispatch.
 pub struct Counter(AtomicUsize);
 

@@ -3,6 +3,7 @@
 //! `generation_config.json`'s defaults.
 
 pub mod chat;
+pub mod compare;
 pub mod generate;
 pub mod perplexity;
 pub mod store;
@@ -16,7 +17,7 @@ use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
 
 /// The model and how to run it.
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct EngineArgs {
     /// A Hugging Face model folder (safetensors), a .gguf file (the first part of a split
     /// one opens them all), a hub id (org/name[@revision]: from the local hub cache, else

@@ -5,6 +5,7 @@
 mod architectures;
 mod card;
 mod common;
+mod compare;
 mod errors;
 mod gguf;
 mod gguf_merge;
