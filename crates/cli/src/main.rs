@@ -31,6 +31,7 @@ enum Command {
     Chat(infer::chat::ChatArgs),
     Perplexity(infer::perplexity::PerplexityArgs),
     Compare(infer::compare::CompareArgs),
+    Layers(infer::layers::LayersArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +52,7 @@ fn main() -> ExitCode {
         Command::Chat(args) => infer::chat::run(args),
         Command::Perplexity(args) => infer::perplexity::run(args),
         Command::Compare(args) => infer::compare::run(args),
+        Command::Layers(args) => infer::layers::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -106,6 +106,17 @@ impl<'m, 'a> Session<'m, 'a> {
     /// Runs `tokens` at the next positions; returns the requested logits, row-major
     /// (`rows × vocab`).
     pub fn forward(&mut self, tokens: &[u32], logits: Logits) -> Result<Vec<f32>> {
+        self.forward_observed(tokens, logits, &mut |_, _| {})
+    }
+
+    /// [`Session::forward`], showing `observe` the hidden states (`tokens × hidden`,
+    /// row-major) entering the first layer (`0`) and leaving each layer `i` (`i + 1`).
+    pub fn forward_observed(
+        &mut self,
+        tokens: &[u32],
+        logits: Logits,
+        observe: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<Vec<f32>> {
         let c = &self.model.config;
         let n = tokens.len();
         if self.pos + n > self.ctx {
@@ -122,9 +133,10 @@ impl<'m, 'a> Session<'m, 'a> {
             )));
         }
         let mut x = self.embed(tokens);
+        observe(0, &x);
         let angles: Vec<Angles> =
             (self.pos..self.pos + n).map(|p| self.model.rope.angles(p)).collect();
-        for (layer, cache) in self.model.layers.iter().zip(&mut self.caches) {
+        for (i, (layer, cache)) in self.model.layers.iter().zip(&mut self.caches).enumerate() {
             let step = Step {
                 kernels: self.kernels,
                 pool: &self.pool,
@@ -134,6 +146,7 @@ impl<'m, 'a> Session<'m, 'a> {
                 n,
             };
             step.layer(layer, cache, &angles, &mut x);
+            observe(i + 1, &x);
         }
         self.pos += n;
         let from = match logits {

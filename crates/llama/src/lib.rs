@@ -20,6 +20,7 @@ pub mod model;
 pub mod ops;
 pub mod perplexity;
 pub mod pool;
+pub mod redundancy;
 pub mod rope;
 pub mod sampling;
 pub mod source;

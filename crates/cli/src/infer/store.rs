@@ -35,7 +35,7 @@ enum Weights {
 }
 
 /// Whether MODEL names a merge config rather than a model.
-fn is_config(model: &str) -> bool {
+pub fn is_config(model: &str) -> bool {
     let path = Path::new(model);
     path.is_file()
         && path

@@ -11,6 +11,7 @@ mod gguf;
 mod gguf_merge;
 mod hub;
 mod infer;
+mod layers;
 mod lora;
 mod methods;
 mod seed;
