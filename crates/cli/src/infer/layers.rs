@@ -17,8 +17,9 @@ use super::{Engine, EngineArgs, Store};
 /// that change it least are the ones a model barely needs — and the ones a passthrough
 /// self-merge can repeat with the least disruption. Prints a table per layer, the spans
 /// by start and length, the least-changing span of each length, and a passthrough config
-/// that repeats the least-changing span of --add layers (written to PREFIX.yml with
-/// --out).
+/// that repeats the least-changing span of --add layers. With --out PREFIX, the span
+/// table is drawn as a heat map (PREFIX.svg, PREFIX.png) and the config written to
+/// PREFIX.yml.
 #[derive(Args, Debug)]
 pub struct LayersArgs {
     #[command(flatten)]
@@ -40,7 +41,8 @@ pub struct LayersArgs {
     #[arg(long, value_name = "N")]
     pub add: Option<usize>,
 
-    /// Write the suggested config to PREFIX.yml.
+    /// Draw the heat map to PREFIX.svg and PREFIX.png, and write the suggested config to
+    /// PREFIX.yml.
     #[arg(long, value_name = "PREFIX")]
     pub out: Option<PathBuf>,
 }
@@ -64,7 +66,17 @@ pub fn run(mut args: LayersArgs) -> Result<()> {
         measure(&engine, &tokens[..windows * ctx], store.assets.tokenizer.added_prefix())?;
     let layers = changes.layers();
     eprintln!("{} tokens in {windows} windows of {ctx}", changes.tokens());
-    print!("{}", tables(&changes, args.max_span.clamp(1, layers)));
+    let max_span = args.max_span.clamp(1, layers);
+    print!("{}", tables(&changes, max_span));
+    if let Some(prefix) = &args.out {
+        let name = std::path::Path::new(&args.engine.model).file_name();
+        let name = name.map_or(args.engine.model.clone(), |n| n.to_string_lossy().into_owned());
+        let title = format!("{name}: change across spans (outlined: least per length)");
+
+        for path in super::heatmap::draw(&changes, max_span, &title, prefix)? {
+            eprintln!("wrote {}", path.display());
+        }
+    }
     if super::store::is_config(&args.engine.model) {
         eprintln!(
             "note: no config is suggested for a merge config (a slice cannot name one); write \

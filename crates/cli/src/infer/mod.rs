@@ -5,6 +5,7 @@
 pub mod chat;
 pub mod compare;
 pub mod generate;
+mod heatmap;
 pub mod layers;
 pub mod perplexity;
 pub mod store;

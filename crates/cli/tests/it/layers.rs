@@ -52,6 +52,10 @@ fn an_identity_layer_is_named_most_redundant_and_the_suggestion_merges() {
         .map(|l| l.split_whitespace().nth(1).unwrap().parse().unwrap())
         .collect();
     assert!(changes.iter().enumerate().all(|(i, c)| (i == 3) == (*c == 0.0)), "{changes:?}");
+    let svg = fs::read_to_string(prefix.with_extension("svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("change across spans"), "{svg}");
+    let png = fs::read(prefix.with_extension("png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 2000);
     let suggested = prefix.with_extension("yml");
     assert!(fs::read_to_string(&suggested).unwrap().contains("merge_method: passthrough"));
     let merged = tmp.path().join("merged");
