@@ -32,6 +32,7 @@ enum Command {
     Perplexity(infer::perplexity::PerplexityArgs),
     Compare(infer::compare::CompareArgs),
     Layers(infer::layers::LayersArgs),
+    Search(infer::search::SearchArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,6 +54,7 @@ fn main() -> ExitCode {
         Command::Perplexity(args) => infer::perplexity::run(args),
         Command::Compare(args) => infer::compare::run(args),
         Command::Layers(args) => infer::layers::run(args),
+        Command::Search(args) => infer::search::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,7 +7,9 @@ pub mod compare;
 pub mod generate;
 mod heatmap;
 pub mod layers;
+mod layout;
 pub mod perplexity;
+pub mod search;
 pub mod store;
 
 pub use store::Store;

@@ -111,6 +111,22 @@ impl Store {
     /// Loads the model: its config with `adjust` applied (flag overrides), then the
     /// weights as views, through the layer map for a virtual merge.
     pub fn load(&self, adjust: impl FnOnce(&mut Config)) -> Result<Model<'_>> {
+        self.load_with(adjust, None)
+    }
+
+    /// [`Store::load`] through `map` (over this model's layers) instead of its own.
+    pub fn load_map(&self, adjust: impl FnOnce(&mut Config), map: &LayerMap) -> Result<Model<'_>> {
+        if matches!(self.weights, Weights::Virtual { .. }) {
+            bail!("{} is a merge config; a layer map needs a model", self.path.display());
+        }
+        self.load_with(adjust, Some(map))
+    }
+
+    fn load_with(
+        &self,
+        adjust: impl FnOnce(&mut Config),
+        over: Option<&LayerMap>,
+    ) -> Result<Model<'_>> {
         let context = || format!("loading {}", self.path.display());
         let (sources, map) = match &self.weights {
             Weights::Folder(f) => (vec![f as &dyn TensorSource], None),
@@ -124,7 +140,7 @@ impl Store {
         let mut config = check_config(*donor)?;
         adjust(&mut config);
         let map = map.unwrap_or_else(|| LayerMap::identity(config.layers));
-        Model::from_map(&sources, config, &map).with_context(context)
+        Model::from_map(&sources, config, over.unwrap_or(&map)).with_context(context)
     }
 
     /// What kind of model this is, for the startup line, and the notes to print with it.

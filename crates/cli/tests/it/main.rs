@@ -14,6 +14,7 @@ mod infer;
 mod layers;
 mod lora;
 mod methods;
+mod search;
 mod seed;
 mod templates;
 mod virtual_merge;
