@@ -1,8 +1,9 @@
 //! amalgam's CPU inference engine for the Llama family (llama, mistral, qwen2, qwen3):
 //! a model is a list of layers whose weights are views into memory-mapped files, each
 //! layer with its own KV cache, so the same engine runs a model as stored or a layer map
-//! that repeats layers. Kernels, tokenizer, chat template, sampling and perplexity live
-//! here; merge configs do not.
+//! that repeats layers. Kernels, tokenizer, chat template, sampling, perplexity, the
+//! comparison with a reference (KL divergence) and layer redundancy live here; merge
+//! configs do not.
 
 pub mod assets;
 pub mod compare;
