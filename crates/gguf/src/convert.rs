@@ -160,7 +160,7 @@ pub fn write(
     } else {
         vec![out.to_owned()]
     };
-    let partials: Vec<std::path::PathBuf> = finals.iter().map(|p| hidden(p)).collect();
+    let partials: Vec<std::path::PathBuf> = finals.iter().map(|p| partial_path(p)).collect();
     let result = write_parts(
         &partials,
         metadata,
@@ -183,8 +183,8 @@ pub fn write(
     Ok(finals)
 }
 
-/// `.NAME.amalgam-partial-PID` beside `path`.
-fn hidden(path: &Path) -> std::path::PathBuf {
+/// `.NAME.amalgam-partial-PID` beside `path`: where a file is written until complete.
+pub fn partial_path(path: &Path) -> std::path::PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     path.with_file_name(format!(".{name}.amalgam-partial-{}", std::process::id()))
 }

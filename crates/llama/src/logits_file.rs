@@ -93,42 +93,58 @@ pub fn split_record(record: &[u16]) -> (f32, f32, &[u16]) {
     }
 }
 
-/// Writes a base file chunk by chunk.
+/// Writes a base file chunk by chunk, under a hidden name beside its path until
+/// [`LogitsWriter::finish`] renames it into place (an unfinished one is removed).
 pub struct LogitsWriter {
     out: BufWriter<File>,
+    partial: PathBuf,
     path: PathBuf,
+    finished: bool,
 }
 
 impl LogitsWriter {
-    /// Creates `path` and writes the header.
+    /// Starts the file for `path` and writes the header.
     pub fn create(path: &Path, header: &Header) -> Result<LogitsWriter> {
+        let partial = amalgam_gguf::convert::partial_path(path);
         let io = |e: std::io::Error| Error::Invalid(format!("writing {}: {e}", path.display()));
-        let mut out = BufWriter::new(File::create(path).map_err(io)?);
+        let out = BufWriter::new(File::create(&partial).map_err(io)?);
+        let mut w = LogitsWriter { out, partial, path: path.to_owned(), finished: false };
         let int = |n: usize| i32::try_from(n).map(i32::to_le_bytes);
         let too_big = |_| Error::Invalid(format!("{}: sizes past i32", path.display()));
-        out.write_all(MAGIC).map_err(io)?;
+        w.out.write_all(MAGIC).map_err(io)?;
         for n in [header.ctx, header.vocab, header.chunks] {
-            out.write_all(&int(n).map_err(too_big)?).map_err(io)?;
+            w.out.write_all(&int(n).map_err(too_big)?).map_err(io)?;
         }
         for &t in &header.tokens {
-            out.write_all(&t.to_le_bytes()).map_err(io)?;
+            w.out.write_all(&t.to_le_bytes()).map_err(io)?;
         }
-        Ok(LogitsWriter { out, path: path.to_owned() })
+        Ok(w)
+    }
+
+    fn failed(&self, e: std::io::Error) -> Error {
+        Error::Invalid(format!("writing {}: {e}", self.path.display()))
     }
 
     /// Appends records.
     pub fn write(&mut self, records: &[u16]) -> Result<()> {
         let bytes: Vec<u8> = records.iter().flat_map(|r| r.to_le_bytes()).collect();
-        self.out
-            .write_all(&bytes)
-            .map_err(|e| Error::Invalid(format!("writing {}: {e}", self.path.display())))
+        self.out.write_all(&bytes).map_err(|e| self.failed(e))
     }
 
-    /// Flushes what is written.
-    pub fn finish(&mut self) -> Result<()> {
-        self.out
-            .flush()
-            .map_err(|e| Error::Invalid(format!("writing {}: {e}", self.path.display())))
+    /// Flushes the file and renames it into place.
+    pub fn finish(mut self) -> Result<()> {
+        self.out.flush().map_err(|e| self.failed(e))?;
+        std::fs::rename(&self.partial, &self.path).map_err(|e| self.failed(e))?;
+        self.finished = true;
+        Ok(())
+    }
+}
+
+impl Drop for LogitsWriter {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = std::fs::remove_file(&self.partial);
+        }
     }
 }
 

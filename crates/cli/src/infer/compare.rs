@@ -2,13 +2,13 @@
 //! text, with the statistics and output of `llama-perplexity --kl-divergence`.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use amalgam_llama::Session;
 use amalgam_llama::compare::{CompareOptions, Reference, compare};
 use amalgam_llama::divergence::{Estimate, Tally, median, percentile};
 use amalgam_llama::logits_file::{Header, LogitsReader, LogitsWriter};
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::Args;
 
 use super::{Engine, EngineArgs, Store};
@@ -72,7 +72,7 @@ pub fn run(mut args: CompareArgs) -> Result<()> {
     let engine = Engine::load(&store, &args.engine)?;
     engine.announce(&store);
     let text_tokens = match &args.file {
-        Some(path) => Some(tokens_of(&store, path)?),
+        Some(path) => Some(store.text_tokens(path)?),
         None => None,
     };
     let chunks_in = |n: usize| (n / ctx).min(args.chunks.unwrap_or(usize::MAX));
@@ -94,7 +94,9 @@ pub fn run(mut args: CompareArgs) -> Result<()> {
         let chunks = chunks_in(tokens.len());
         run_with(&mut session, &tokens, Reference::File(&mut reader), None, options(chunks))?
     } else {
-        let (Some(reference), Some(tokens)) = (&args.reference, &text_tokens) else {
+        let (Some(reference), Some(file), Some(tokens)) =
+            (&args.reference, &args.file, &text_tokens)
+        else {
             bail!("compare needs a REFERENCE model and --file TEXT, or --logits FILE");
         };
         let ref_store = Store::open(reference)?;
@@ -102,7 +104,7 @@ pub fn run(mut args: CompareArgs) -> Result<()> {
             EngineArgs { model: reference.clone(), rope_theta: None, ..args.engine.clone() };
         let ref_engine = Engine::load(&ref_store, &ref_args)?;
         ref_engine.announce(&ref_store);
-        if tokens_of(&ref_store, args.file.as_deref().unwrap_or(Path::new("")))? != *tokens {
+        if ref_store.text_tokens(file)? != *tokens {
             bail!(
                 "{} and {reference} tokenize the text differently; comparing needs one vocabulary",
                 args.engine.model
@@ -116,28 +118,17 @@ pub fn run(mut args: CompareArgs) -> Result<()> {
             Some(path) => {
                 let tokens = tokens[..chunks * ctx].to_vec();
                 let vocab = ref_engine.model.config.vocab;
-                Some(Saved::create(path, &Header { ctx, vocab, chunks, tokens })?)
+                Some(LogitsWriter::create(path, &Header { ctx, vocab, chunks, tokens })?)
             }
             None => None,
         };
-        let writer = save.as_mut().map(|s| &mut s.writer);
-        let tally = run_with(&mut session, tokens, live, writer, options(chunks))?;
-        if let Some(s) = save {
-            s.finish()?;
+        let tally = run_with(&mut session, tokens, live, save.as_mut(), options(chunks))?;
+        if let Some(writer) = save {
+            writer.finish()?;
         }
         tally
     };
     print_summary(&tally)
-}
-
-/// The text of `path` tokenized by `store`'s tokenizer, less one trailing newline.
-fn tokens_of(store: &Store, path: &Path) -> Result<Vec<u32>> {
-    let mut text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    if text.ends_with('\n') {
-        text.pop();
-    }
-    Ok(store.assets.tokenizer.encode(&text, true)?)
 }
 
 /// Runs the comparison, printing llama.cpp's table row after each window.
@@ -226,34 +217,4 @@ fn print_summary(t: &Tally) -> Result<()> {
     writeln!(out, "RMS Δp    : {:6.3} ± {:5.3} %", 100.0 * rms.value, 100.0 * rms.error)?;
     writeln!(out, "Same top p: {:6.3} ± {:5.3} %", 100.0 * top.value, 100.0 * top.error)?;
     Ok(())
-}
-
-/// A base file written under a hidden name and renamed into place when complete.
-struct Saved {
-    writer: LogitsWriter,
-    partial: PathBuf,
-    path: PathBuf,
-}
-
-impl Saved {
-    fn create(path: &Path, header: &Header) -> Result<Saved> {
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let partial =
-            path.with_file_name(format!(".{name}.amalgam-partial-{}", std::process::id()));
-        let writer = LogitsWriter::create(&partial, header)?;
-        Ok(Saved { writer, partial, path: path.to_owned() })
-    }
-
-    fn finish(mut self) -> Result<()> {
-        self.writer.finish()?;
-        std::fs::rename(&self.partial, &self.path).with_context(|| {
-            format!("renaming {} to {}", self.partial.display(), self.path.display())
-        })
-    }
-}
-
-impl Drop for Saved {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.partial);
-    }
 }

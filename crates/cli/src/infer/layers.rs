@@ -52,12 +52,7 @@ pub fn run(mut args: LayersArgs) -> Result<()> {
     let store = Store::open(&args.engine.model)?;
     let engine = Engine::load(&store, &args.engine)?;
     engine.announce(&store);
-    let mut text = std::fs::read_to_string(&args.file)
-        .with_context(|| format!("reading {}", args.file.display()))?;
-    if text.ends_with('\n') {
-        text.pop();
-    }
-    let tokens = store.assets.tokenizer.encode(&text, true)?;
+    let tokens = store.text_tokens(&args.file)?;
     let windows = (tokens.len() / ctx).min(args.chunks);
     if windows == 0 {
         bail!("the text has {} tokens, less than one window of {ctx}", tokens.len());

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use amalgam_llama::Session;
 use amalgam_llama::perplexity::{Options, perplexity};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -48,12 +48,7 @@ pub fn run(mut args: PerplexityArgs) -> Result<()> {
     let engine = Engine::load(&store, &args.engine)?;
     let assets = &store.assets;
     engine.announce(&store);
-    let mut text = std::fs::read_to_string(&args.file)
-        .with_context(|| format!("reading {}", args.file.display()))?;
-    if text.ends_with('\n') {
-        text.pop();
-    }
-    let tokens = assets.tokenizer.encode(&text, true)?;
+    let tokens = store.text_tokens(&args.file)?;
     let ctx = engine.ctx;
     let bos = assets.tokenizer.added_prefix();
     let windows = (tokens.len() / ctx).min(args.chunks.unwrap_or(usize::MAX));

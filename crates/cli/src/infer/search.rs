@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use amalgam_llama::Session;
 use amalgam_llama::perplexity::{Options, perplexity};
 use amalgam_llama::sampling::Rng;
+use amalgam_llama::{Model, Session};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
@@ -118,12 +118,7 @@ pub fn run(mut args: SearchArgs) -> Result<()> {
         bail!("--layers {} is not more than BASE's {base_layers} layers", args.layers);
     }
     let min_scale = args.min_scale.clamp(0.1, 1.0);
-    let mut text = std::fs::read_to_string(&args.file)
-        .with_context(|| format!("reading {}", args.file.display()))?;
-    if text.ends_with('\n') {
-        text.pop();
-    }
-    let tokens = store.assets.tokenizer.encode(&text, true)?;
+    let tokens = store.text_tokens(&args.file)?;
     let windows = tokens.len() / ctx;
     if args.calibration < 2 || args.held_out < 2 {
         bail!("--calibration and --held-out need at least 2 windows each (perplexity's rule)");
@@ -139,24 +134,20 @@ pub fn run(mut args: SearchArgs) -> Result<()> {
     let calibration = &tokens[..args.calibration * ctx];
     let held_out = &tokens[(windows - args.held_out) * ctx..windows * ctx];
     let bos = store.assets.tokenizer.added_prefix();
-    let score = |layout: Option<&Layout>, part: &[u32]| -> Result<f64> {
-        let model = match layout {
-            Some(l) => store.load_map(|_| {}, &l.layer_map())?,
-            None => store.load(|_| {})?,
-        };
-        let mut session = Session::new(&model, ctx, engine.kv);
+    let ppl = |model: &Model, part: &[u32]| -> Result<f64> {
+        let mut session = Session::new(model, ctx, engine.kv);
         let options = Options { ctx, batch: engine.batch, bos, max_chunks: None };
         Ok(perplexity(&mut session, part, options, |_| {})?.ppl)
     };
-    let base_held = score(None, held_out)?;
+    let score =
+        |layout: &Layout, part: &[u32]| ppl(&store.load_map(|_| {}, &layout.layer_map())?, part);
+    let base_held = ppl(&engine.model, held_out)?;
     println!("base: {base_layers} layers, held-out PPL {base_held:.4}");
     for other in &args.versus {
         let other_store = Store::open(other)?;
         let model = other_store.load(|_| {})?;
-        let mut session = Session::new(&model, ctx, engine.kv);
-        let options = Options { ctx, batch: engine.batch, bos, max_chunks: None };
-        let ppl = perplexity(&mut session, held_out, options, |_| {})?.ppl;
-        println!("versus {other}: {} layers, held-out PPL {ppl:.4}", model.layers.len());
+        let other_held = ppl(&model, held_out)?;
+        println!("versus {other}: {} layers, held-out PPL {other_held:.4}", model.layers.len());
     }
 
     let max_evals = args.max_evals.unwrap_or(if args.budget.is_some() { usize::MAX } else { 40 });
@@ -190,7 +181,7 @@ pub fn run(mut args: SearchArgs) -> Result<()> {
             continue;
         }
         let t = Instant::now();
-        let ppl = score(Some(&candidate), calibration)?;
+        let ppl = score(&candidate, calibration)?;
         let entry = Entry {
             layout: candidate,
             calibration: ppl,
@@ -217,7 +208,7 @@ pub fn run(mut args: SearchArgs) -> Result<()> {
         bail!("no layout of {} layers fits BASE's {base_layers}", args.layers);
     }
     for e in board.iter_mut().take(args.confirm.max(1)) {
-        e.held_out = Some(score(Some(&e.layout), held_out)?);
+        e.held_out = Some(score(&e.layout, held_out)?);
     }
     let best = board
         .iter()

@@ -26,10 +26,10 @@ pub struct Store {
 enum Weights {
     Folder(ModelFolder),
     Gguf(Box<GgufModel>),
-    /// A passthrough config: its opened inputs and the stored layer of each output layer.
+    /// A passthrough config: its opened inputs and the engine's map of its layers.
     Virtual {
         opened: Box<Opened>,
-        list: LayerList,
+        map: LayerMap,
         notes: Vec<String>,
     },
 }
@@ -99,13 +99,24 @@ impl Store {
             assets.set_template(template);
         }
         let notes = virtual_notes(&config, &list);
-        let weights = Weights::Virtual { opened: Box::new(opened), list, notes };
+        let weights = Weights::Virtual { opened: Box::new(opened), map: layer_map(&list)?, notes };
         Ok(Store { path: path.to_owned(), weights, assets })
     }
 
     /// MODEL's path, for messages.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The text of `file` less one trailing newline, tokenized as llama-perplexity does
+    /// (with the tokenizer's BOS, if it adds one).
+    pub fn text_tokens(&self, file: &Path) -> Result<Vec<u32>> {
+        let mut text =
+            std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+        if text.ends_with('\n') {
+            text.pop();
+        }
+        Ok(self.assets.tokenizer.encode(&text, true)?)
     }
 
     /// Loads the model: its config with `adjust` applied (flag overrides), then the
@@ -131,33 +142,34 @@ impl Store {
         let (sources, map) = match &self.weights {
             Weights::Folder(f) => (vec![f as &dyn TensorSource], None),
             Weights::Gguf(g) => (vec![g.as_ref() as &dyn TensorSource], None),
-            Weights::Virtual { opened, list, .. } => {
+            Weights::Virtual { opened, map, .. } => {
                 let sources = opened.models.iter().map(input_source).collect::<Result<Vec<_>>>()?;
-                (sources, Some(layer_map(list)?))
+                (sources, Some(map))
             }
         };
         let donor = sources.first().context("the merge config names no model")?;
         let mut config = check_config(*donor)?;
         adjust(&mut config);
-        let map = map.unwrap_or_else(|| LayerMap::identity(config.layers));
-        Model::from_map(&sources, config, over.unwrap_or(&map)).with_context(context)
+        let identity;
+        let map = match over.or(map) {
+            Some(map) => map,
+            None => {
+                identity = LayerMap::identity(config.layers);
+                &identity
+            }
+        };
+        Model::from_map(&sources, config, map).with_context(context)
     }
 
     /// What kind of model this is, for the startup line, and the notes to print with it.
     pub fn describe(&self, model: &Model) -> (String, Vec<String>) {
         match &self.weights {
-            Weights::Virtual { opened, list, notes } => {
-                let stored: Vec<_> = {
-                    let mut v: Vec<_> = list.layers.iter().map(|l| (l.model, l.layer)).collect();
-                    v.sort_unstable();
-                    v.dedup();
-                    v
-                };
+            Weights::Virtual { opened, map, notes } => {
                 let kind = format!(
                     "virtual passthrough merge (nothing written): {} layers over {} stored layers \
                      of {}",
                     model.layers.len(),
-                    stored.len(),
+                    map.distinct_layers(),
                     opened.plan.models.iter().map(|m| m.to_string()).collect::<Vec<_>>().join(", ")
                 );
                 (kind, notes.clone())

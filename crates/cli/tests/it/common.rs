@@ -294,3 +294,12 @@ pub fn error_of(cmd: &mut std::process::Command) -> String {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     stderr(&out)
 }
+
+/// The first `bytes` bytes of the GPL-3 text (on every machine), written to
+/// `dir/gpl3.txt`.
+pub fn gpl3(dir: &Path, bytes: usize) -> PathBuf {
+    let gpl = fs::read("/usr/share/common-licenses/GPL-3").unwrap();
+    let path = dir.join("gpl3.txt");
+    fs::write(&path, &gpl[..bytes]).unwrap();
+    path
+}

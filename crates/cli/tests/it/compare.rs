@@ -3,17 +3,9 @@
 //! different vocabularies are refused.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::common::*;
-
-/// The first 16 kB of the GPL-3 text.
-fn text(dir: &Path) -> PathBuf {
-    let gpl = fs::read("/usr/share/common-licenses/GPL-3").unwrap();
-    let path = dir.join("gpl3.txt");
-    fs::write(&path, &gpl[..16384]).unwrap();
-    path
-}
 
 /// `amalgam compare` with `args`, windows of 128, two of them: stdout.
 fn compare(args: &[&std::ffi::OsStr]) -> String {
@@ -36,7 +28,7 @@ fn figure(out: &str, label: &str) -> f64 {
 #[test]
 fn a_model_against_itself_agrees_everywhere() {
     let tmp = tempfile::tempdir().unwrap();
-    let (model, text) = (smollm2(), text(tmp.path()));
+    let (model, text) = (smollm2(), gpl3(tmp.path(), 16384));
     let out = compare(&[model.as_os_str(), model.as_os_str(), "-f".as_ref(), text.as_os_str()]);
     assert_eq!(figure(&out, "Same top p"), 100.0, "{out}");
     assert!(figure(&out, "Mean    KLD").abs() < 1e-4, "{out}");
@@ -49,7 +41,7 @@ fn a_model_against_itself_agrees_everywhere() {
 #[test]
 fn a_saved_reference_gives_the_live_figures_and_the_merge_differs() {
     let tmp = tempfile::tempdir().unwrap();
-    let (base, text) = (smollm2(), text(tmp.path()));
+    let (base, text) = (smollm2(), gpl3(tmp.path(), 16384));
     let merge = PathBuf::from("examples/smollm2-self-merge.yml");
     let saved = tmp.path().join("base.kld");
     let live = compare(&[
@@ -72,7 +64,7 @@ fn a_saved_reference_gives_the_live_figures_and_the_merge_differs() {
 #[test]
 fn another_vocabulary_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let text = text(tmp.path());
+    let text = gpl3(tmp.path(), 16384);
     let tiny = data().join("methods/models/base");
     let mut cmd = amalgam();
     cmd.arg("compare").arg(&tiny).arg(smollm2()).arg("-f").arg(&text);

@@ -9,9 +9,7 @@ use crate::common::*;
 #[test]
 fn an_identity_layer_is_named_most_redundant_and_the_suggestion_merges() {
     let tmp = tempfile::tempdir().unwrap();
-    let gpl = fs::read("/usr/share/common-licenses/GPL-3").unwrap();
-    let text = tmp.path().join("gpl3.txt");
-    fs::write(&text, &gpl[..16384]).unwrap();
+    let text = gpl3(tmp.path(), 16384);
     let base =
         serde_json::to_string(&data().join("methods/models/base").display().to_string()).unwrap();
     let config = tmp.path().join("identity.yml");

@@ -7,9 +7,7 @@ use crate::common::*;
 
 /// A short search of SmolLM2 taken to 34 layers: what it scored and wrote, less timings.
 fn short_search(dir: &std::path::Path, out: &std::path::Path) -> String {
-    let gpl = fs::read("/usr/share/common-licenses/GPL-3").unwrap();
-    let text = dir.join("gpl3.txt");
-    fs::write(&text, &gpl[..24576]).unwrap();
+    let text = gpl3(dir, 24576);
     let mut cmd = amalgam();
     cmd.arg("search").arg(smollm2()).args(["--layers", "34", "-f"]).arg(&text);
     cmd.args(["-c", "64", "--max-evals", "4", "--seed", "3", "--calibration", "2"]);

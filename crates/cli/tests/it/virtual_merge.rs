@@ -11,14 +11,6 @@ use amalgam_gguf::GgufFile;
 
 use crate::common::*;
 
-/// The first 16 kB of the GPL-3 text.
-fn text(dir: &Path) -> PathBuf {
-    let gpl = fs::read("/usr/share/common-licenses/GPL-3").unwrap();
-    let path = dir.join("gpl3.txt");
-    fs::write(&path, &gpl[..16384]).unwrap();
-    path
-}
-
 /// `amalgam perplexity MODEL` on `text` in windows of 128, with the logits digest:
 /// (stdout, stderr).
 fn perplexity(model: &Path, text: &Path, hub: Option<&Path>) -> (String, String) {
@@ -53,7 +45,7 @@ fn smollm2_config(dir: &Path, model: &Path, extra: &str) -> PathBuf {
 #[test]
 fn the_seed_recipe_runs_virtually_bit_equal_to_its_bf16_merge() {
     let tmp = tempfile::tempdir().unwrap();
-    let text = text(tmp.path());
+    let text = gpl3(tmp.path(), 16384);
     let recipe = fs::read_to_string(data().join("seed/seed-120b.yml")).unwrap();
     let config = tmp.path().join("seed-bf16.yml");
     fs::write(&config, recipe.replace("dtype: float16", "dtype: bfloat16")).unwrap();
@@ -94,7 +86,7 @@ fn source_name(name: &str) -> String {
 #[test]
 fn a_quantized_gguf_self_merges_losslessly_and_runs_as_its_virtual_merge() {
     let tmp = tempfile::tempdir().unwrap();
-    let text = text(tmp.path());
+    let text = gpl3(tmp.path(), 16384);
     let config = smollm2_config(tmp.path(), &smollm2(), "dtype: float16\n");
     let out = tmp.path().join("merged.gguf");
     run_ok(amalgam().arg("merge").arg(&config).arg(&out).arg("--quiet"));
@@ -262,7 +254,7 @@ fn a_scaled_product_is_within_one_rounding_of_the_scaled_weight() {
 #[test]
 fn slices_of_two_models_run_virtually_bit_equal_to_their_merge() {
     let tmp = tempfile::tempdir().unwrap();
-    let text = text(tmp.path());
+    let text = gpl3(tmp.path(), 16384);
     let models = data().join("methods/models");
     let path = |m: &str| serde_json::to_string(&models.join(m).display().to_string()).unwrap();
     let (a, b) = (path("ft_a"), path("ft_b"));
