@@ -3,12 +3,13 @@
 //! `config.json`, `generation_config.json`, `tokenizer.json` and `tokenizer_config.json`
 //! (chat template included) rebuilt from the metadata.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use amalgam_merge::MergeOptions;
 use clap::Args;
 
 use crate::progress::Bar;
+use crate::shared::{single_model_config, single_model_options};
 
 /// Convert a GGUF model to a Hugging Face model folder (safetensors).
 #[derive(Args)]
@@ -21,7 +22,7 @@ pub struct ConvertArgs {
     #[arg(long, default_value = "float32", value_parser = ["float32", "float16", "bfloat16", "f32", "f16", "bf16"])]
     dtype: String,
     /// Bytes per output shard (K/M/B suffixes as for merge).
-    #[arg(long, value_name = "SIZE", default_value = "5B", value_parser = crate::merge::parse_kmb)]
+    #[arg(long, value_name = "SIZE", default_value = "5B", value_parser = crate::shared::parse_kmb)]
     out_shard_size: u64,
     /// Replace OUT_DIR if it is not empty.
     #[arg(long)]
@@ -29,32 +30,6 @@ pub struct ConvertArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
-}
-
-/// A passthrough config over one model (a GGUF file, for convert and re-quantize).
-pub fn single_model_config(model: &Path, dtype: &str) -> anyhow::Result<String> {
-    let path = serde_json::to_string(&model.display().to_string())?;
-    Ok(format!("merge_method: passthrough\nmodels:\n  - model: {path}\ndtype: {dtype}\n"))
-}
-
-/// Merge options for rewriting one model: no card, tokenizer carried over, strict config.
-pub fn single_model_options(force: bool) -> MergeOptions {
-    MergeOptions {
-        out_shard_size: 0,
-        copy_tokenizer: true,
-        write_model_card: false,
-        allow_crimes: false,
-        random_seed: 0,
-        strict: true,
-        force,
-        dry_run: false,
-        truncate_vocab: false,
-        cache_dir: None,
-        quant: None,
-        tokenizer_pre: None,
-        split_max_size: None,
-        detect_pre: None,
-    }
 }
 
 /// Runs `amalgam convert`.

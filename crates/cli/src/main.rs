@@ -8,6 +8,7 @@ mod merge;
 mod pretok;
 mod progress;
 mod quantize;
+mod shared;
 
 use std::process::ExitCode;
 

@@ -6,10 +6,11 @@ use std::time::Instant;
 
 use amalgam_merge::to_gguf::GgufTypes;
 use amalgam_merge::{MergeOptions, Summary};
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::Args;
 
 use crate::progress::Bar;
+use crate::shared::parse_kmb;
 
 /// Merge models as a mergekit YAML config describes (same YAML, same result as
 /// `mergekit-yaml`), streaming with bounded memory.
@@ -42,6 +43,16 @@ pub struct MergeArgs {
     /// The output folder (created; must be empty unless --force), or a `.gguf` file to merge
     /// straight into GGUF (see --quant).
     out_dir: PathBuf,
+
+    /// Measure the merge on this text before it is put in place: the model card gets a
+    /// "Merge quality" section with the perplexity of the merge and of its base (the
+    /// config's base_model, else its first model), as `amalgam perplexity` measures them
+    /// (windows of 512 tokens, or the models' context when shorter). Folder outputs only.
+    #[arg(long, value_name = "TEXT")]
+    eval_file: Option<PathBuf>,
+    /// With --eval-file: score at most this many windows.
+    #[arg(long, value_name = "N", requires = "eval_file")]
+    eval_chunks: Option<usize>,
 
     /// Bytes per output shard: a number with an optional K, M or B suffix (x1000,
     /// x1000000, x1000000000), as mergekit parses it. 0 writes a single file.
@@ -191,32 +202,12 @@ impl IgnoredFlags {
     }
 }
 
-/// Parses a size the way mergekit does: digits, or a number with a K/M/B suffix
-/// (decimal: x1e3, x1e6, x1e9). Fractions such as `1.5B` are accepted too.
-pub fn parse_kmb(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let (number, scale) = match text.char_indices().last() {
-        Some((i, c)) if c.eq_ignore_ascii_case(&'k') => (&text[..i], 1e3),
-        Some((i, c)) if c.eq_ignore_ascii_case(&'m') => (&text[..i], 1e6),
-        Some((i, c)) if c.eq_ignore_ascii_case(&'b') || c.eq_ignore_ascii_case(&'g') => {
-            (&text[..i], 1e9)
-        }
-        _ => (text, 1.0),
-    };
-    let value: f64 = number
-        .parse()
-        .ok()
-        .filter(|v: &f64| v.is_finite() && *v >= 0.0)
-        .ok_or_else(|| format!("{text:?} is not a size; write e.g. 5B, 500M or 1000000"))?;
-    Ok((value * scale).round() as u64)
-}
-
 /// `--quant`: `source`, or a llama.cpp mixture name.
 fn parse_gguf_types(text: &str) -> Result<GgufTypes, String> {
     if text.eq_ignore_ascii_case("source") {
         return Ok(GgufTypes::Source);
     }
-    crate::quantize::parse_file_type(text).map(GgufTypes::Mixture)
+    crate::shared::parse_file_type(text).map(GgufTypes::Mixture)
 }
 
 /// Runs `amalgam merge`.
@@ -246,6 +237,26 @@ pub fn run(args: MergeArgs) -> anyhow::Result<()> {
         tokenizer_pre: args.tokenizer_pre.clone(),
         split_max_size: args.split_max_size,
         detect_pre: Some(crate::pretok::detect_in),
+        evaluate: None,
+    };
+    let options = match &args.eval_file {
+        Some(_) if amalgam_merge::to_gguf::is_gguf_path(&args.out_dir) => bail!(
+            "--eval-file writes a model card section, and a GGUF output has no card: measure \
+             it with `amalgam perplexity {} -f TEXT`",
+            args.out_dir.display()
+        ),
+        Some(_) if args.no_write_model_card => {
+            bail!("--eval-file writes a model card section; drop --no-write-model-card")
+        }
+        Some(text) => MergeOptions {
+            evaluate: Some(crate::infer::quality::evaluator(
+                text.clone(),
+                args.eval_chunks,
+                bar.handle(),
+            )),
+            ..options
+        },
+        None => options,
     };
     let started = Instant::now();
     let result = amalgam_merge::run(&args.config, &args.out_dir, &options, &bar);
@@ -255,12 +266,17 @@ pub fn run(args: MergeArgs) -> anyhow::Result<()> {
         print_plan(&args, &summary);
     } else if !args.quiet {
         let seconds = started.elapsed().as_secs_f64();
+        // With --eval-file the time includes the measurement, so no rate.
+        let rate = human_bytes((summary.bytes_written as f64 / seconds.max(1e-9)) as u64);
+        let (what, rate) = match args.eval_file {
+            Some(_) => ("merged and measured", String::new()),
+            None => ("merged", format!(" ({rate}/s)")),
+        };
         eprintln!(
-            "merged {} tensors ({}) into {} in {seconds:.1} s ({}/s)",
+            "{what} {} tensors ({}) into {} in {seconds:.1} s{rate}",
             summary.tensors,
             human_bytes(summary.bytes_written),
             args.out_dir.display(),
-            human_bytes((summary.bytes_written as f64 / seconds.max(1e-9)) as u64)
         );
     }
     Ok(())
@@ -290,23 +306,5 @@ fn human_bytes(bytes: u64) -> String {
         1_000..1_000_000 => format!("{:.1} kB", b / 1e3),
         1_000_000..1_000_000_000 => format!("{:.1} MB", b / 1e6),
         _ => format!("{:.2} GB", b / 1e9),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_parse_like_mergekit() {
-        assert_eq!(parse_kmb("5B"), Ok(5_000_000_000));
-        assert_eq!(parse_kmb("1b"), Ok(1_000_000_000));
-        assert_eq!(parse_kmb("500M"), Ok(500_000_000));
-        assert_eq!(parse_kmb("2k"), Ok(2_000));
-        assert_eq!(parse_kmb("12345"), Ok(12_345));
-        assert_eq!(parse_kmb("1.5B"), Ok(1_500_000_000));
-        assert!(parse_kmb("lots").is_err());
-        assert!(parse_kmb("-1").is_err());
-        assert!(parse_kmb("").is_err());
     }
 }

@@ -23,6 +23,11 @@ impl Bar {
         Bar { bar, tensors: AtomicUsize::new(0), total_tensors: AtomicUsize::new(0) }
     }
 
+    /// The bar itself, for work that clears it before drawing its own.
+    pub fn handle(&self) -> ProgressBar {
+        self.bar.clone()
+    }
+
     /// Clears the bar.
     pub fn finish(&self) {
         self.bar.finish_and_clear();

@@ -6,13 +6,12 @@ use std::path::PathBuf;
 
 use amalgam_gguf::FileType;
 use amalgam_gguf::convert;
-use amalgam_merge::ModelRef;
-use amalgam_merge::resolve::Resolver;
-use amalgam_tensors::{ModelFolder, hub};
+use amalgam_tensors::ModelFolder;
 use anyhow::{Context, bail};
 use clap::Args;
 
 use crate::progress::Bar;
+use crate::shared::{locate, parse_file_type};
 
 /// Convert a Hugging Face model to GGUF, quantized with one of llama.cpp's mixtures.
 ///
@@ -37,7 +36,7 @@ pub struct QuantizeArgs {
     name: Option<String>,
     /// Split the output into llama.cpp-style parts (`OUT-00001-of-0000N.gguf`) of at most
     /// SIZE bytes of tensor data each (K, M, B or G suffixes, decimal).
-    #[arg(long, value_name = "SIZE", value_parser = crate::merge::parse_kmb)]
+    #[arg(long, value_name = "SIZE", value_parser = crate::shared::parse_kmb)]
     split_max_size: Option<u64>,
     /// Replace OUT if it exists.
     #[arg(long)]
@@ -45,25 +44,6 @@ pub struct QuantizeArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
-}
-
-/// Parses a mixture name, listing the valid ones on error.
-pub fn parse_file_type(text: &str) -> Result<FileType, String> {
-    FileType::from_name(text).ok_or_else(|| {
-        let names: Vec<&str> = FileType::ALL.iter().map(|f| f.name()).collect();
-        format!("unknown quantization {text:?}; choose one of {}", names.join(", "))
-    })
-}
-
-/// Finds a model folder from a path or hub id, as `amalgam merge` does.
-pub fn locate(model: &str, bar: &Bar) -> anyhow::Result<PathBuf> {
-    let reference = ModelRef::parse(model).map_err(anyhow::Error::msg)?;
-    let resolver = Resolver {
-        cache: hub::cache_dir(),
-        offline: hub::offline(),
-        progress: &|file, done, total| amalgam_merge::Reporter::download(bar, file, done, total),
-    };
-    Ok(resolver.locate(&reference)?.folder)
 }
 
 /// Runs `amalgam quantize`.
@@ -109,12 +89,12 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
 /// A GGUF input: its quantization is undone (dequantized to f32) and the model written
 /// again in the requested mixture, through the merge engine's GGUF path.
 fn requantize(args: &QuantizeArgs, gguf: &std::path::Path, bar: &Bar) -> anyhow::Result<()> {
-    let config = crate::convert::single_model_config(gguf, "float32")?;
+    let config = crate::shared::single_model_config(gguf, "float32")?;
     let options = amalgam_merge::MergeOptions {
         quant: Some(amalgam_merge::to_gguf::GgufTypes::Mixture(args.quant)),
         tokenizer_pre: args.tokenizer_pre.clone(),
         split_max_size: args.split_max_size,
-        ..crate::convert::single_model_options(args.force)
+        ..crate::shared::single_model_options(args.force)
     };
     let result = amalgam_merge::run_config(&config, "quantize", &args.out, &options, bar);
     bar.finish();

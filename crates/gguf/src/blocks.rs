@@ -213,3 +213,37 @@ pub fn q3k_scales(packed: &[u8; 12]) -> [i8; 16] {
     }
     out
 }
+
+/// Multiplies every value the blocks of type `ty` in `bytes` decode to by `s`, by
+/// multiplying each block's half-precision scales (and mins) and rounding them once to
+/// f16; the quants are untouched. Exact for a power of two (unless a scale leaves f16's
+/// normal range). `false` for types with no such scales (floats, activation types) or
+/// bytes that are not whole blocks.
+pub fn rescale(ty: GgmlType, bytes: &mut [u8], s: f32) -> bool {
+    fn each<B: Block, const N: usize>(
+        bytes: &mut [u8],
+        fields: for<'a> fn(&'a mut B) -> [&'a mut [u8; 2]; N],
+        s: f32,
+    ) -> bool {
+        let Some(blocks) = as_blocks_mut::<B>(bytes) else { return false };
+        for block in blocks {
+            for field in fields(block) {
+                *field = half::f16::from_f32(f16(*field) * s).to_le_bytes();
+            }
+        }
+        true
+    }
+    match ty {
+        GgmlType::Q4_0 => each(bytes, |b: &mut BlockQ4_0| [&mut b.d], s),
+        GgmlType::Q4_1 => each(bytes, |b: &mut BlockQ4_1| [&mut b.d, &mut b.m], s),
+        GgmlType::Q5_0 => each(bytes, |b: &mut BlockQ5_0| [&mut b.d], s),
+        GgmlType::Q5_1 => each(bytes, |b: &mut BlockQ5_1| [&mut b.d, &mut b.m], s),
+        GgmlType::Q8_0 => each(bytes, |b: &mut BlockQ8_0| [&mut b.d], s),
+        GgmlType::Q2K => each(bytes, |b: &mut BlockQ2K| [&mut b.d, &mut b.dmin], s),
+        GgmlType::Q3K => each(bytes, |b: &mut BlockQ3K| [&mut b.d], s),
+        GgmlType::Q4K => each(bytes, |b: &mut BlockQ4K| [&mut b.d, &mut b.dmin], s),
+        GgmlType::Q5K => each(bytes, |b: &mut BlockQ5K| [&mut b.d, &mut b.dmin], s),
+        GgmlType::Q6K => each(bytes, |b: &mut BlockQ6K| [&mut b.d], s),
+        _ => false,
+    }
+}

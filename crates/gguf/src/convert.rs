@@ -2,10 +2,11 @@
 //! mixture), where each one's rows come from (with Q/K rows permuted per head), and a
 //! streaming writer that quantizes a few rows at a time across threads.
 
+use std::borrow::Cow;
 use std::path::Path;
 
-use amalgam_tensors::ModelFolder;
 use amalgam_tensors::dtype::decode_f32;
+use amalgam_tensors::{ModelFolder, partial};
 use rayon::prelude::*;
 use serde_json::Value as Json;
 
@@ -47,8 +48,9 @@ pub trait RowSource: Sync {
 
     /// The finished bytes of the HF tensor `name` as type `ty` in GGUF's row order, when
     /// the source holds them (a GGUF tensor passed through unchanged): written as they
-    /// are instead of rows being read and quantized.
-    fn stored(&self, _name: &str, _ty: GgmlType) -> Option<&[u8]> {
+    /// are instead of rows being read and quantized (borrowed, or made, as for a scaled
+    /// tensor whose block scales are multiplied).
+    fn stored(&self, _name: &str, _ty: GgmlType) -> Option<Cow<'_, [u8]>> {
         None
     }
 }
@@ -95,17 +97,19 @@ pub fn plan(
                 "tensor {name} is not part of a Llama model; cannot convert it to GGUF"
             ))
         })?;
-        let gdims = names::gguf_dims(dims);
-        let ty = tensor_type(ftype, &shape, &gguf, gdims.len(), gdims[0]);
-        let heads = names::permuted_heads(&gguf, params.n_head, params.n_head_kv);
-        let cols = if dims.len() > 1 { dims[dims.len() - 1] } else { dims[0] };
-        let rows = dims.iter().product::<usize>() / cols.max(1);
-        let source = Source::Hf {
-            name: name.clone(),
-            rows,
-            cols,
-            permute_heads: heads.filter(|_| dims.len() == 2),
+        let (Some(&cols), Some(&first)) = (dims.last(), dims.first()) else {
+            return Err(GgufError::Convert(format!(
+                "tensor {name} has no dimensions (a 0-D tensor); a Llama weight has 1 or 2"
+            )));
         };
+        let gdims = names::gguf_dims(dims);
+        let ty = tensor_type(ftype, &shape, &gguf, gdims.len(), cols as u64);
+        let rows = dims.iter().product::<usize>() / cols.max(1);
+        let heads = match names::permuted_heads(&gguf, params.n_head, params.n_head_kv) {
+            Some(h) if dims.len() == 2 => Some(names::checked_heads(name, first, h)?),
+            _ => None,
+        };
+        let source = Source::Hf { name: name.clone(), rows, cols, permute_heads: heads };
         out.push(OutTensor { spec: TensorSpec { name: gguf, dims: gdims, ty }, source });
     }
     if let Some(freqs) = params.rope_freqs() {
@@ -160,7 +164,8 @@ pub fn write(
     } else {
         vec![out.to_owned()]
     };
-    let partials: Vec<std::path::PathBuf> = finals.iter().map(|p| partial_path(p)).collect();
+    let partials: Vec<std::path::PathBuf> =
+        finals.iter().map(|p| partial::sibling(p, "partial")).collect();
     let result = write_parts(
         &partials,
         metadata,
@@ -178,15 +183,9 @@ pub fn write(
         return Err(e);
     }
     for (from, to) in partials.iter().zip(&finals) {
-        std::fs::rename(from, to).map_err(|e| GgufError::io("rename into", to, e))?;
+        partial::commit(from, to)?;
     }
     Ok(finals)
-}
-
-/// `.NAME.amalgam-partial-PID` beside `path`: where a file is written until complete.
-pub fn partial_path(path: &Path) -> std::path::PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.amalgam-partial-{}", std::process::id()))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -223,6 +222,30 @@ fn write_parts(
     writers.into_iter().try_for_each(GgufWriter::finish)
 }
 
+/// Writes a tensor's finished bytes as they are, in parallel chunks.
+fn write_stored(
+    writer: &GgufWriter,
+    index: usize,
+    tensor: &OutTensor,
+    name: &str,
+    bytes: &[u8],
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<()> {
+    if bytes.len() as u64 != tensor.spec.size() {
+        return Err(GgufError::Convert(format!(
+            "{name}: the stored {} bytes ({}) are not the {} the tensor takes",
+            tensor.spec.ty,
+            bytes.len(),
+            tensor.spec.size()
+        )));
+    }
+    bytes.par_chunks(CHUNK).enumerate().try_for_each(|(c, chunk)| {
+        writer.write_at(index, (c * CHUNK) as u64, chunk)?;
+        progress(chunk.len() as u64);
+        Ok(())
+    })
+}
+
 /// Converts one tensor in chunks of whole rows.
 fn write_tensor(
     writer: &GgufWriter,
@@ -240,22 +263,10 @@ fn write_tensor(
             progress(bytes.len() as u64);
             Ok(())
         }
-        Source::Hf { name, .. } if source.stored(name, ty).is_some() => {
-            let bytes = source.stored(name, ty).unwrap_or_default();
-            if bytes.len() as u64 != tensor.spec.size() {
-                return Err(GgufError::Convert(format!(
-                    "{name}: the stored {ty} bytes ({}) are not the {} the tensor takes",
-                    bytes.len(),
-                    tensor.spec.size()
-                )));
-            }
-            bytes.par_chunks(CHUNK).enumerate().try_for_each(|(c, chunk)| {
-                writer.write_at(index, (c * CHUNK) as u64, chunk)?;
-                progress(chunk.len() as u64);
-                Ok(())
-            })
-        }
         Source::Hf { name, rows, cols, permute_heads } => {
+            if let Some(bytes) = source.stored(name, ty) {
+                return write_stored(writer, index, tensor, name, &bytes, progress);
+            }
             let row_bytes = tensor.spec.size() as usize / rows.max(&1);
             let per_chunk = (CHUNK / cols.max(&1)).max(1);
             (0..rows.div_ceil(per_chunk)).into_par_iter().try_for_each(|c| {

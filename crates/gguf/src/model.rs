@@ -56,8 +56,12 @@ impl GgufModel {
             for (index, t) in f.header.tensors.iter().enumerate() {
                 let Some(hf) = names::gguf_to_hf(&t.name) else { continue };
                 let shape: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
-                let heads =
-                    names::permuted_heads(&t.name, n_head, n_kv).filter(|_| shape.len() == 2);
+                let heads = match names::permuted_heads(&t.name, n_head, n_kv) {
+                    Some(h) if shape.len() == 2 => {
+                        Some(names::checked_heads(&t.name, shape[0], h)?)
+                    }
+                    _ => None,
+                };
                 tensors.insert(hf, Entry { part, index, shape, heads });
             }
         }

@@ -2,6 +2,8 @@
 //! permutation of Q and K (HF's rotate-half RoPE layout versus llama.cpp's adjacent pairs),
 //! and shapes (GGUF lists dimensions innermost first).
 
+use crate::error::{GgufError, Result};
+
 /// HF per-layer suffixes and their GGUF names.
 const LAYER_NAMES: &[(&str, &str)] = &[
     ("input_layernorm.weight", "attn_norm.weight"),
@@ -61,6 +63,20 @@ pub fn permuted_heads(gguf_name: &str, n_head: usize, n_head_kv: usize) -> Optio
     } else {
         None
     }
+}
+
+/// `heads` when the `rows` of the Q or K tensor `name` split into that many heads of an
+/// even size (what the row permutation needs), else an error naming the tensor and the
+/// settings that gave the count.
+pub fn checked_heads(name: &str, rows: usize, heads: usize) -> Result<usize> {
+    if heads > 0 && rows.is_multiple_of(heads) && (rows / heads).is_multiple_of(2) {
+        return Ok(heads);
+    }
+    Err(GgufError::Convert(format!(
+        "{name}: its {rows} rows do not split into {heads} attention heads of an even size; \
+         check num_attention_heads and num_key_value_heads in config.json (in a GGUF, \
+         llama.attention.head_count and head_count_kv)"
+    )))
 }
 
 /// The HF row that GGUF row `row` holds: within each head of `rows / heads` rows, GGUF

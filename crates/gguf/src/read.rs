@@ -91,23 +91,11 @@ impl GgufFile {
     }
 
     /// Drops the pages of data bytes `start..end` (relative to the data section) from the
-    /// resident set, as [`amalgam_tensors::SafetensorsFile::release`] does.
+    /// resident set ([`amalgam_tensors::safetensors::release_pages`]).
     pub fn release(&self, start: u64, end: u64) {
         let base = self.header.data_start;
-        let margin = amalgam_tensors::safetensors::FAULT_AROUND_MARGIN as u64;
-        let from = (base + start).saturating_sub(margin) as usize;
-        let to = ((base + end).saturating_add(margin) as usize).min(self.mmap.len());
-        if to > from {
-            // SAFETY: read-only, file-backed map: MADV_DONTNEED only drops clean pages,
-            // which fault back in unchanged if read again.
-            let _ = unsafe {
-                self.mmap.unchecked_advise_range(
-                    memmap2::UncheckedAdvice::DontNeed,
-                    from,
-                    to - from,
-                )
-            };
-        }
+        let to = |offset: u64| usize::try_from(base.saturating_add(offset)).unwrap_or(usize::MAX);
+        amalgam_tensors::safetensors::release_pages(&self.mmap, to(start), to(end));
     }
 
     /// The data bytes of a tensor (its range was checked against the file at open).

@@ -113,10 +113,10 @@ fn bpe_metadata(
             *slot = Some((token.clone(), NORMAL));
         }
     }
-    for (id, content, special) in &added {
-        if let Some(slot) = tokens.get_mut(*id) {
-            let kind = if *special || looks_special(content) { CONTROL } else { USER_DEFINED };
-            *slot = Some((content.clone(), kind));
+    for t in &added {
+        if let Some(slot) = tokens.get_mut(t.id) {
+            let kind = if t.special || looks_special(t.content) { CONTROL } else { USER_DEFINED };
+            *slot = Some((t.content.to_owned(), kind));
         }
     }
     let (names, types): (Vec<String>, Vec<i32>) = tokens
@@ -142,16 +142,29 @@ fn bad(what: &str) -> GgufError {
     ))
 }
 
-/// `(id, content, special)` of every added token.
-fn added_tokens(tokenizer: &Json) -> Vec<(usize, String, bool)> {
-    let Some(list) = tokenizer.get("added_tokens").and_then(Json::as_array) else {
-        return Vec::new();
-    };
-    list.iter()
-        .filter_map(|t| {
-            let id = t.get("id")?.as_u64()? as usize;
-            let content = t.get("content")?.as_str()?.to_owned();
-            Some((id, content, t.get("special").and_then(Json::as_bool).unwrap_or(false)))
+/// One entry of a `tokenizer.json`'s `added_tokens`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AddedToken<'a> {
+    pub id: usize,
+    pub content: &'a str,
+    pub special: bool,
+    /// The whole entry (`normalized`, `lstrip`, … as written).
+    pub entry: &'a Json,
+}
+
+/// Every added token of a `tokenizer.json` (entries without an id or content skipped):
+/// the one reader of the list, for GGUF metadata and for merged vocabularies.
+pub fn added_tokens(tokenizer: &Json) -> Vec<AddedToken<'_>> {
+    let list = tokenizer.get("added_tokens").and_then(Json::as_array);
+    list.into_iter()
+        .flatten()
+        .filter_map(|entry| {
+            Some(AddedToken {
+                id: usize::try_from(entry.get("id")?.as_u64()?).ok()?,
+                content: entry.get("content")?.as_str()?,
+                special: entry.get("special").and_then(Json::as_bool).unwrap_or(false),
+                entry,
+            })
         })
         .collect()
 }

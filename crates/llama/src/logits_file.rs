@@ -105,7 +105,7 @@ pub struct LogitsWriter {
 impl LogitsWriter {
     /// Starts the file for `path` and writes the header.
     pub fn create(path: &Path, header: &Header) -> Result<LogitsWriter> {
-        let partial = amalgam_gguf::convert::partial_path(path);
+        let partial = amalgam_tensors::partial::sibling(path, "partial");
         let io = |e: std::io::Error| Error::Invalid(format!("writing {}: {e}", path.display()));
         let out = BufWriter::new(File::create(&partial).map_err(io)?);
         let mut w = LogitsWriter { out, partial, path: path.to_owned(), finished: false };
@@ -131,10 +131,10 @@ impl LogitsWriter {
         self.out.write_all(&bytes).map_err(|e| self.failed(e))
     }
 
-    /// Flushes the file and renames it into place.
+    /// Flushes the file, syncs it and renames it into place.
     pub fn finish(mut self) -> Result<()> {
         self.out.flush().map_err(|e| self.failed(e))?;
-        std::fs::rename(&self.partial, &self.path).map_err(|e| self.failed(e))?;
+        amalgam_tensors::partial::commit(&self.partial, &self.path)?;
         self.finished = true;
         Ok(())
     }

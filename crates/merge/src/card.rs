@@ -29,6 +29,8 @@ pub struct CardInput<'a> {
     pub random_seed: u64,
     /// Settings of `config.json` that were changed to follow the new layers.
     pub config_notes: &'a [String],
+    /// The "Merge quality" section's measurements (Markdown), if the merge was measured.
+    pub quality: Option<&'a str>,
 }
 
 /// Renders the card.
@@ -37,6 +39,7 @@ pub fn render(input: &CardInput) -> String {
     let name = input.name;
     let _ = writeln!(out, "# {name}\n");
     let _ = writeln!(out, "{}\n", summary(input));
+    out += &quality(input);
     out += "## Merge Details\n\n### Merge Method\n\n";
     let base = input.config.base_model.as_ref().filter(|_| input.plan.method.name != "slerp");
     let base_text =
@@ -114,6 +117,27 @@ fn summary(input: &CardInput) -> String {
             "{name} is a merge of pre-trained language models made with {amalgam}.{license_note}"
         ),
     }
+}
+
+/// "Merge quality": what the merge measured, and the search line of a config `amalgam
+/// search` wrote; empty when there is neither.
+fn quality(input: &CardInput) -> String {
+    let search = crate::quality::search_note(input.config_text);
+    if input.quality.is_none() && search.is_none() {
+        return String::new();
+    }
+    let mut out = String::from("## Merge quality\n\n");
+    if let Some(measured) = input.quality {
+        let _ = writeln!(out, "{}\n", measured.trim_end());
+    }
+    if let Some(search) = search {
+        out += "The layout was found by `amalgam search`, which reported:\n\n";
+        for line in search.lines() {
+            let _ = writeln!(out, "> {line}  ");
+        }
+        out += "\n";
+    }
+    out
 }
 
 /// For slice configs, which input layers make up which output layers.

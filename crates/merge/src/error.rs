@@ -36,6 +36,10 @@ pub enum MergeError {
     #[error("cannot {action} {path}: {source}")]
     Io { action: &'static str, path: PathBuf, source: std::io::Error },
 
+    /// The caller's measurement of the staged merge failed (see `quality`).
+    #[error("evaluating the merge: {0}")]
+    Evaluation(String),
+
     /// The output folder is in the way.
     #[error("{0}")]
     Output(String),

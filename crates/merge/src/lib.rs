@@ -17,9 +17,14 @@ pub mod opened;
 pub mod output;
 pub mod params;
 pub mod plan;
+pub mod quality;
+pub mod report;
 pub mod resolve;
 pub mod run;
 pub mod source;
+mod staging;
+mod suggest;
+pub mod tensor_plan;
 pub mod to_gguf;
 pub mod vocab;
 

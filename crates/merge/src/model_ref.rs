@@ -86,7 +86,10 @@ mod tests {
     fn rejects_malformed() {
         assert!(ModelRef::parse("a@b@c").unwrap_err().contains("more than one `@`"));
         assert!(ModelRef::parse("a+b+c").unwrap_err().contains("more than one `+`"));
-        assert!(ModelRef::parse("").is_err());
-        assert!(ModelRef::parse("a@").is_err());
+        let err = |text: &str| ModelRef::parse(text).err().unwrap_or_default();
+        assert_eq!(err(""), "invalid model path \"\": empty path or revision");
+        assert_eq!(err("a@"), "invalid model path \"a@\": empty path or revision");
+        assert_eq!(err("a@b@c"), "invalid model path \"a@b@c\": more than one `@`");
+        assert_eq!(err("a+b+c"), "cannot parse model reference \"a+b+c\": more than one `+`");
     }
 }

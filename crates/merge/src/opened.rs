@@ -10,8 +10,8 @@ use crate::chat_template;
 use crate::config::MergeConfig;
 use crate::error::Result;
 use crate::plan::{self, Catalog, Plan};
+use crate::report::Reporter;
 use crate::resolve::{Located, Resolver};
-use crate::run::Reporter;
 use crate::source::Model;
 
 /// The opened inputs of a config and its plan.

@@ -207,8 +207,14 @@ mod tests {
         assert_eq!(validate(&Scalar::Str("1e-5".into()), Kind::Float), Ok(Value::Float(1e-5)));
         assert_eq!(validate(&Scalar::Str("yes".into()), Kind::Bool), Ok(Value::Bool(true)));
         assert_eq!(validate(&Scalar::Int(2), Kind::Float), Ok(Value::Float(2.0)));
-        assert!(validate(&Scalar::Str("lots".into()), Kind::Float).is_err());
-        assert!(validate(&Scalar::Int(2), Kind::Bool).is_err());
+        assert_eq!(
+            validate(&Scalar::Str("lots".into()), Kind::Float),
+            Err("\"lots\" is not a valid number".to_owned())
+        );
+        assert_eq!(
+            validate(&Scalar::Int(2), Kind::Bool),
+            Err("2 is not a valid boolean".to_owned())
+        );
     }
 
     #[test]

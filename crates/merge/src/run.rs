@@ -13,12 +13,15 @@ use crate::chat_template;
 use crate::config::{Diagnostics, MergeConfig};
 use crate::config::{TokenizerConfig, VocabSource};
 use crate::error::{MergeError, Result};
-use crate::execute::{self, Progress};
+use crate::execute;
 use crate::opened::Opened;
 use crate::output;
 use crate::plan::Plan;
+use crate::quality::{Evaluator, Measure};
+pub use crate::report::Reporter;
 use crate::resolve::Resolver;
 use crate::source::Model;
+use crate::staging::Staging;
 use crate::to_gguf::{self, GgufOutput, GgufTypes};
 use crate::vocab::{self, ModelTokenizer, Vocabulary};
 
@@ -53,16 +56,9 @@ pub struct MergeOptions {
     /// For a `.gguf` output: finds `tokenizer.ggml.pre` for a model folder by encoding a
     /// probe text (the caller owns tokenization; this crate does not tokenize).
     pub detect_pre: Option<fn(&Path) -> Option<String>>,
-}
-
-/// Receives what a merge reports besides errors.
-pub trait Reporter: Progress {
-    /// Something the user should know (an ignored key, a mergekit quirk).
-    fn warn(&self, message: &str);
-    /// Writing starts: this many tensors and output bytes.
-    fn begin(&self, _tensors: usize, _bytes: u64) {}
-    /// Download progress of one file.
-    fn download(&self, _file: &str, _done: u64, _total: Option<u64>) {}
+    /// For a folder output with a card: measures the staged merge for the card's "Merge
+    /// quality" section before it is renamed into place.
+    pub evaluate: Option<Evaluator>,
 }
 
 /// What a merge did (or, with `dry_run`, would do).
@@ -213,7 +209,24 @@ pub fn run_config(
         }
     }
     if options.write_model_card {
-        let card = CardContext { config: &config, text, plan, config_notes: &config_notes };
+        let quality = match &options.evaluate {
+            Some(evaluate) => {
+                let base = Measure {
+                    staged: &staging.path,
+                    base: &located[plan.donor].folder,
+                    base_name: &models[plan.donor].to_string(),
+                };
+                Some((evaluate.0)(&base).map_err(MergeError::Evaluation)?)
+            }
+            None => None,
+        };
+        let card = CardContext {
+            config: &config,
+            text,
+            plan,
+            config_notes: &config_notes,
+            quality: quality.as_deref(),
+        };
         write_card(&staging.path, out_dir, &card, folders, located, options)?;
     }
     staging.commit(out_dir, options.force)?;
@@ -285,11 +298,20 @@ fn merge_to_gguf(
     let (mut metadata, mut tensors) = to_gguf::prepare(&out, bound, reporter)?;
     if types == GgufTypes::Source {
         source_file_type(&mut metadata, donor);
-        let requantized = to_gguf::use_source_types(&mut tensors, bound)?;
-        if requantized > 0 {
+        let changed = to_gguf::use_source_types(&mut tensors, bound)?;
+        if changed.rescaled > 0 {
             reporter.warn(&format!(
-                "{requantized} tensors are changed by the merge (scaled or combined) and \
-                 quantized again to their inputs' types; the others are copied block for block"
+                "{} scaled tensors keep their quants, with each block's scales multiplied \
+                 (rounded once to f16; exact for a power of two)",
+                changed.rescaled
+            ));
+        }
+        if changed.requantized > 0 {
+            reporter.warn(&format!(
+                "{} tensors are changed by the merge (combined, or scaled in a type without \
+                 block scales) and quantized again to their inputs' types; the others are \
+                 copied block for block",
+                changed.requantized
             ));
         }
     }
@@ -447,6 +469,7 @@ struct CardContext<'a> {
     text: &'a str,
     plan: &'a Plan,
     config_notes: &'a [String],
+    quality: Option<&'a str>,
 }
 
 fn write_card(
@@ -457,7 +480,7 @@ fn write_card(
     located: &[crate::resolve::Located],
     options: &MergeOptions,
 ) -> Result<()> {
-    let CardContext { config, text, plan, config_notes } = *card;
+    let CardContext { config, text, plan, config_notes, quality } = *card;
     let models: Vec<CardModel> = plan
         .models
         .iter()
@@ -482,6 +505,7 @@ fn write_card(
         source_layers: plan.arch.num_layers(folders[plan.donor].config()),
         random_seed: options.random_seed,
         config_notes,
+        quality,
     });
     let readme = dir.join("README.md");
     fs::write(&readme, card).map_err(|e| MergeError::io("write", &readme, e))?;
@@ -501,82 +525,4 @@ fn license(model: &Model) -> Option<String> {
         }
         Model::Adapted(base, _) => license(base),
     }
-}
-
-/// A folder beside the output that becomes the output on commit, and is deleted if
-/// dropped before (on any error).
-struct Staging {
-    path: PathBuf,
-    committed: bool,
-}
-
-impl Staging {
-    fn create(out_dir: &Path) -> Result<Staging> {
-        let path = sibling(out_dir, "partial");
-        if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).map_err(|e| MergeError::io("create", parent, e))?;
-        }
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir(&path).map_err(|e| MergeError::io("create", &path, e))?;
-        Ok(Staging { path, committed: false })
-    }
-
-    /// Syncs the staged files and renames the folder to `out_dir`.
-    fn commit(mut self, out_dir: &Path, force: bool) -> Result<()> {
-        sync_files(&self.path)?;
-        sync_dir(&self.path)?;
-        let old = sibling(out_dir, "old");
-        if out_dir.exists() {
-            let empty = fs::read_dir(out_dir).is_ok_and(|mut d| d.next().is_none());
-            if !empty && !force {
-                return Err(MergeError::Output(format!(
-                    "{} appeared while merging; pass --force to replace it",
-                    out_dir.display()
-                )));
-            }
-            fs::rename(out_dir, &old).map_err(|e| MergeError::io("move aside", out_dir, e))?;
-        }
-        fs::rename(&self.path, out_dir).map_err(|e| MergeError::io("rename into", out_dir, e))?;
-        self.committed = true;
-        let _ = fs::remove_dir_all(&old);
-        if let Some(parent) = out_dir.parent() {
-            let _ = sync_dir(if parent.as_os_str().is_empty() { Path::new(".") } else { parent });
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = fs::remove_dir_all(&self.path);
-        }
-    }
-}
-
-/// `.NAME.amalgam-KIND-PID` beside `out_dir`: hidden, and on the same file system so the
-/// final rename is atomic.
-fn sibling(out_dir: &Path, kind: &str) -> PathBuf {
-    let name = out_dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "out".into());
-    let parent = out_dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    parent.join(format!(".{name}.amalgam-{kind}-{}", std::process::id()))
-}
-
-/// Flushes every file directly in `dir` to stable storage.
-fn sync_files(dir: &Path) -> Result<()> {
-    let entries = fs::read_dir(dir).map_err(|e| MergeError::io("list", dir, e))?;
-    for entry in entries.flatten() {
-        let path = entry.path();
-        fs::File::open(&path)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| MergeError::io("sync", &path, e))?;
-    }
-    Ok(())
-}
-
-fn sync_dir(path: &Path) -> Result<()> {
-    fs::File::open(path).and_then(|d| d.sync_all()).map_err(|e| MergeError::io("sync", path, e))
 }

@@ -3,6 +3,7 @@
 //! mixture rules (or to each input's own type, copying unchanged GGUF tensors block for
 //! block) and written at their offsets — the fp16 intermediate never exists.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
@@ -11,14 +12,14 @@ use std::sync::{Arc, Mutex};
 
 use amalgam_gguf::convert::{self, RowSource};
 use amalgam_gguf::llama::LlamaParams;
-use amalgam_gguf::{FileType, GgmlType, GgufError, Value, tokenizer};
+use amalgam_gguf::{FileType, GgmlType, GgufError, Value, blocks, tokenizer};
 use amalgam_tensors::DType;
 use serde_json::{Map, Value as Json};
 
 use crate::error::{MergeError, Result};
 use crate::execute::{self, Bound};
 use crate::methods::{Kernel, Stats};
-use crate::run::Reporter;
+use crate::report::Reporter;
 use crate::source::{Input, Model};
 
 /// Whether an output path names a GGUF file.
@@ -32,8 +33,8 @@ pub enum GgufTypes {
     /// llama.cpp's mixture rules for this file type.
     Mixture(FileType),
     /// Each tensor keeps its first input's stored type: a GGUF tensor passed through
-    /// unchanged is copied block for block, a changed one (scaled, merged) is quantized
-    /// again to that type.
+    /// unchanged is copied block for block, a scaled one keeps its quants with its block
+    /// scales multiplied, a combined one is quantized again to that type.
     Source,
 }
 
@@ -46,28 +47,45 @@ pub fn file_type(quant: Option<FileType>, dtype: Option<DType>) -> FileType {
     })
 }
 
-/// Gives each tensor its first input's stored type (`--quant source`); returns how many
-/// are computed and so quantized again rather than copied.
-pub fn use_source_types(tensors: &mut [convert::OutTensor], bound: &[Bound]) -> Result<usize> {
+/// How `--quant source` wrote the tensors a merge changes (the rest are copied).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Changed {
+    /// Scaled passthrough tensors whose block scales were multiplied, quants kept.
+    pub rescaled: usize,
+    /// Tensors computed (combined, or scaled in a type with no block scales) and
+    /// quantized again to their input's type.
+    pub requantized: usize,
+}
+
+/// Gives each tensor its first input's stored type (`--quant source`); counts those the
+/// merge changes.
+pub fn use_source_types(tensors: &mut [convert::OutTensor], bound: &[Bound]) -> Result<Changed> {
     let by_name: HashMap<&str, &Bound> = bound.iter().map(|b| (b.spec.name.as_str(), b)).collect();
-    let mut requantized = 0;
+    let mut changed = Changed::default();
     for t in tensors {
         let convert::Source::Hf { name, .. } = &t.source else { continue };
         let Some(b) = by_name.get(name.as_str()) else { continue };
         let Some(input) = b.inputs.first() else { continue };
         let ty = stored_type(input);
-        if verbatim(b, ty).is_none() {
-            if matches!(ty, GgmlType::Q8_1 | GgmlType::Q8K) {
+        match passed_through(b, ty) {
+            Some(1.0) => {}
+            Some(_) if has_block_scales(ty) => changed.rescaled += 1,
+            _ if matches!(ty, GgmlType::Q8_1 | GgmlType::Q8K) => {
                 return Err(MergeError::Output(format!(
                     "{name} is stored as {ty}, an activation type no GGUF weight is written \
                      in, and the merge changes it; pass --quant with a llama.cpp mixture"
                 )));
             }
-            requantized += 1;
+            _ => changed.requantized += 1,
         }
         t.spec.ty = ty;
     }
-    Ok(requantized)
+    Ok(changed)
+}
+
+/// Whether [`blocks::rescale`] scales blocks of `ty`.
+fn has_block_scales(ty: GgmlType) -> bool {
+    blocks::rescale(ty, &mut [], 1.0)
 }
 
 /// The GGUF type an input is stored as (a safetensors dtype's float type).
@@ -83,16 +101,28 @@ fn stored_type(input: &Input) -> GgmlType {
     }
 }
 
-/// The stored bytes of a tensor that is one GGUF input of type `ty` passed through
-/// unscaled (or scaled by 1): what a lossless passthrough copies.
-fn verbatim<'a>(b: &Bound<'a>, ty: GgmlType) -> Option<&'a [u8]> {
-    let [Input::Gguf { model, name, ty: stored, .. }] = b.inputs.as_slice() else { return None };
-    let unscaled = match b.kernel {
-        Kernel::Passthrough { scale } => scale.is_none_or(|s| s == 1.0),
-        _ => false,
-    };
-    let unchanged = unscaled && *stored == ty;
-    unchanged.then(|| model.raw(name).map(|(_, data)| data)).flatten()
+/// The scale of a tensor that is one GGUF input of type `ty` passed through (1 when
+/// unscaled), or `None` when the merge computes it.
+fn passed_through(b: &Bound, ty: GgmlType) -> Option<f32> {
+    let [Input::Gguf { ty: stored, .. }] = b.inputs.as_slice() else { return None };
+    match b.kernel {
+        Kernel::Passthrough { scale } if *stored == ty => Some(scale.unwrap_or(1.0)),
+        _ => None,
+    }
+}
+
+/// What a lossless passthrough writes for a tensor passed through from a GGUF input of
+/// type `ty`: its stored bytes when unscaled (or scaled by 1), a copy with each block's
+/// scales multiplied when scaled.
+fn verbatim<'a>(b: &Bound<'a>, ty: GgmlType) -> Option<Cow<'a, [u8]>> {
+    let scale = passed_through(b, ty)?;
+    let [Input::Gguf { model, name, .. }] = b.inputs.as_slice() else { return None };
+    let (_, data) = model.raw(name)?;
+    if scale == 1.0 {
+        return Some(Cow::Borrowed(data));
+    }
+    let mut bytes = data.to_vec();
+    blocks::rescale(ty, &mut bytes, scale).then_some(Cow::Owned(bytes))
 }
 
 /// GGUF metadata entries.
@@ -256,7 +286,7 @@ impl RowSource for MergedRows<'_> {
         Ok(())
     }
 
-    fn stored(&self, name: &str, ty: GgmlType) -> Option<&[u8]> {
+    fn stored(&self, name: &str, ty: GgmlType) -> Option<Cow<'_, [u8]>> {
         verbatim(self.tensors.get(name)?.bound, ty)
     }
 }

@@ -300,18 +300,8 @@ fn union(base_json: &Value, base: usize, tokenizers: &[Option<ModelTokenizer>]) 
 
 /// A tokenizer's added tokens: (content, id, the whole entry).
 fn added_tokens(json: &Value) -> Vec<(String, usize, Value)> {
-    json.get("added_tokens")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|e| {
-            Some((
-                e.get("content")?.as_str()?.to_owned(),
-                e.get("id")?.as_u64()? as usize,
-                e.clone(),
-            ))
-        })
-        .collect()
+    let list = amalgam_gguf::tokenizer::added_tokens(json);
+    list.into_iter().map(|t| (t.content.to_owned(), t.id, t.entry.clone())).collect()
 }
 
 /// Adds tokens to a tokenizer as the tokenizers library does: a token it has already is

@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
+use amalgam_tensors::dtype::f32_to_bf16_bits;
 use amalgam_tensors::{DType, Layout, ShardWriter, TensorSpec};
 
 struct Shape {
@@ -125,7 +126,7 @@ fn fill(writer: &ShardWriter, slot: usize, bytes: usize, rng: &mut u64) {
             *rng ^= *rng >> 7;
             *rng ^= *rng << 17;
             let value = (*rng as i32 as f32) * 2f32.powi(-35);
-            pair.copy_from_slice(&((value.to_bits() >> 16) as u16).to_le_bytes());
+            pair.copy_from_slice(&f32_to_bf16_bits(value).to_le_bytes());
         }
         writer.write_at(slot, offset, &buffer[..n]).unwrap();
         offset += n;

@@ -82,16 +82,35 @@ impl fmt::Display for DType {
     }
 }
 
-/// Rounds an `f32` to bfloat16 bits, nearest-even, NaN to the canonical quiet NaN (as
-/// `c10::BFloat16` does).
+/// What rounding to bfloat16 makes of a NaN: the one place the two bf16 writers differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NanPolicy {
+    /// Every NaN becomes the canonical quiet NaN `0x7FC0`, as torch's `c10::BFloat16`
+    /// rounds: merges, whose bytes are mergekit's.
+    Canonical,
+    /// A NaN keeps its sign and top payload bits and is made quiet, as ggml's
+    /// `fp32 -> bf16` does: GGUF, whose bytes are llama.cpp's.
+    KeepPayload,
+}
+
+/// Rounds an `f32` to bfloat16 bits, nearest-even, NaN as `nan` says.
 #[inline(always)]
-pub fn f32_to_bf16_bits(x: f32) -> u16 {
-    if x.is_nan() {
-        return 0x7FC0;
-    }
+pub fn round_to_bf16(x: f32, nan: NanPolicy) -> u16 {
     let bits = x.to_bits();
+    if x.is_nan() {
+        return match nan {
+            NanPolicy::Canonical => 0x7FC0,
+            NanPolicy::KeepPayload => ((bits >> 16) | 0x40) as u16,
+        };
+    }
     let bias = ((bits >> 16) & 1) + 0x7FFF;
     (bits.wrapping_add(bias) >> 16) as u16
+}
+
+/// Rounds an `f32` to bfloat16 bits as torch does (nearest-even, canonical NaN).
+#[inline(always)]
+pub fn f32_to_bf16_bits(x: f32) -> u16 {
+    round_to_bf16(x, NanPolicy::Canonical)
 }
 
 /// Widens bfloat16 bits to `f32` (exact).
@@ -202,6 +221,10 @@ mod tests {
         // 1 + 3*2^-8 is halfway between 0x3F81 and 0x3F82; even is 0x3F82.
         assert_eq!(f32_to_bf16_bits(1.0 + 3.0 * 2f32.powi(-8)), 0x3F82);
         assert_eq!(f32_to_bf16_bits(f32::NAN), 0x7FC0);
+        // The two NaN policies, on a negative NaN with a payload.
+        let nan = f32::from_bits(0xFF81_2345);
+        assert_eq!(round_to_bf16(nan, NanPolicy::Canonical), 0x7FC0, "torch");
+        assert_eq!(round_to_bf16(nan, NanPolicy::KeepPayload), 0xFFC1, "ggml");
         assert_eq!(f32_to_bf16_bits(f32::INFINITY), 0x7F80);
     }
 

@@ -235,7 +235,8 @@ mod download {
             let partial = blob.with_extension("incomplete");
             save_body(source, token, file, &partial, options)
                 .map_err(|e| fail(format!("{file}: {e}")))?;
-            fs::rename(&partial, &blob).map_err(|e| Error::io("rename", &partial, e))?;
+            // The `.incomplete` name is huggingface_hub's, so either tool can tidy it.
+            crate::partial::commit(&partial, &blob)?;
         }
         std::os::unix::fs::symlink(format!("../../blobs/{etag}"), &link)
             .map_err(|e| Error::io("link", &link, e))

@@ -1,6 +1,7 @@
 //! Tensor storage for amalgam: element types and their exact conversions, safetensors
 //! files read through a memory map and written as a stream, Hugging Face model folders,
-//! and the hub cache (with downloads behind the `hub-download` feature).
+//! the hub cache (with downloads behind the `hub-download` feature), and the write-aside-
+//! then-rename mechanism every output goes through.
 //!
 //! Nothing here knows about merging; `amalgam-merge` and the GGUF code build on it.
 
@@ -8,6 +9,7 @@ pub mod dtype;
 pub mod error;
 pub mod folder;
 pub mod hub;
+pub mod partial;
 pub mod safetensors;
 pub mod writer;
 

@@ -105,27 +105,32 @@ impl SafetensorsFile {
         &self.mmap[start..end]
     }
 
-    /// Tells the kernel the pages of `start..end` are no longer needed, so they leave the
-    /// resident set (they stay in the page cache and fault back in if read again).
-    ///
-    /// The range is widened by [`FAULT_AROUND_MARGIN`] on each side: a page fault maps
-    /// neighbouring cached pages too (fault-around, large folios), and when those belong to a range
-    /// another thread has already released, nothing would ever unmap them. Unmapping a
-    /// neighbour that is still being read only costs that reader a soft fault.
+    /// Tells the kernel the pages of `start..end` are no longer needed (see
+    /// [`release_pages`]).
     pub fn release(&self, start: usize, end: usize) {
-        let start = start.saturating_sub(FAULT_AROUND_MARGIN);
-        let end = end.saturating_add(FAULT_AROUND_MARGIN).min(self.mmap.len());
-        if end <= start {
-            return;
-        }
-        // SAFETY: the map is read-only and file-backed: MADV_DONTNEED only drops our
-        // mapping of clean pages, and a later read faults the same bytes back in from the
-        // file. No reference into the range outlives this call in a way that could observe
-        // a change, because the contents do not change.
-        let _ = unsafe {
-            self.mmap.unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start)
-        };
+        release_pages(&self.mmap, start, end);
     }
+}
+
+/// Tells the kernel the pages of `start..end` of a read-only file map are no longer
+/// needed, so they leave the resident set (they stay in the page cache and fault back in
+/// if read again): the one page-release mechanism, for safetensors and GGUF alike.
+///
+/// The range is widened by [`FAULT_AROUND_MARGIN`] on each side: a page fault maps
+/// neighbouring cached pages too (fault-around, large folios), and when those belong to a
+/// range another thread has already released, nothing would ever unmap them. Unmapping a
+/// neighbour that is still being read only costs that reader a soft fault.
+pub fn release_pages(mmap: &Mmap, start: usize, end: usize) {
+    let start = start.saturating_sub(FAULT_AROUND_MARGIN);
+    let end = end.saturating_add(FAULT_AROUND_MARGIN).min(mmap.len());
+    if end <= start {
+        return;
+    }
+    // SAFETY: the map is read-only and file-backed: MADV_DONTNEED only drops our mapping
+    // of clean pages, and a later read faults the same bytes back in from the file. No
+    // reference into the range outlives this call in a way that could observe a change,
+    // because the contents do not change.
+    let _ = unsafe { mmap.unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start) };
 }
 
 /// Words a safetensors parse error for a user.
@@ -189,19 +194,34 @@ mod tests {
     }
 
     #[test]
-    fn every_prefix_and_mutation_is_an_error_not_a_panic() {
+    fn every_prefix_is_an_error_and_every_mutation_an_error_or_a_read() {
         let dir = tempfile::tempdir().unwrap();
         let bytes = valid_file();
         for len in 0..bytes.len() {
             let path = write(dir.path(), "p.safetensors", &bytes[..len]);
-            assert!(SafetensorsFile::open(&path).is_err());
+            assert!(SafetensorsFile::open(&path).is_err(), "a {len}-byte prefix opened");
         }
+        let find = |text: &[u8]| bytes.windows(text.len()).position(|w| w == text).unwrap();
+        let dtype = find(b"BF16")..find(b"BF16") + 4;
+        let offsets = find(b"[0,4]")..find(b"[0,4]") + 5;
+        let data = bytes.len() - 4..bytes.len();
         for i in 0..bytes.len() {
             for flip in [0x01u8, 0x80, 0xFF] {
                 let mut m = bytes.clone();
                 m[i] ^= flip;
                 let path = write(dir.path(), "m.safetensors", &m);
-                let _ = SafetensorsFile::open(&path).map(|f| f.info("a").map(|i| i.cloned()));
+                let read = SafetensorsFile::open(&path)
+                    .and_then(|f| Ok(f.info("a")?.map(|t| f.bytes(t.start, t.end).to_vec())));
+                let what = format!("byte {i} ^ {flip:#04x}");
+                if i < 8 || offsets.contains(&i) || dtype.contains(&i) {
+                    // The header length, the offsets and the dtype: the file is invalid.
+                    assert!(read.is_err(), "{what} read {read:?}");
+                } else if data.contains(&i) {
+                    // The values: read back as they are now.
+                    assert_eq!(read.unwrap(), Some(m[data.clone()].to_vec()), "{what}");
+                }
+                // Elsewhere (the name, the shape, the JSON punctuation) either is fine, as
+                // long as nothing panics.
             }
         }
     }

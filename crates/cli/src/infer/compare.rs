@@ -145,10 +145,12 @@ fn run_with(
         out,
         "chunk             PPL               ln(PPL(Q)/PPL(base))          KL Divergence              Δp RMS            Same top p"
     )?;
+    let bar = super::perplexity::progress_bar(false, options.chunks as u64);
     let tally = compare(session, tokens, reference, save, options, |chunk, t| {
         let (ppl, ratio, kld) = (t.ppl().0, t.log_ratio(), t.kld());
         let (rms, top) = (t.dp_rms(), t.same_top());
-        let _ = writeln!(
+        bar.inc(1);
+        bar.suspend(|| writeln!(
             out,
             "{chunk:4}    {:9.4} ± {:9.4}    {:10.5} ± {:10.5}    {:10.5} ± {:10.5}    {:6.3} ± {:6.3} %    {:6.3} ± {:6.3} %",
             ppl.value,
@@ -161,8 +163,10 @@ fn run_with(
             100.0 * rms.error,
             100.0 * top.value,
             100.0 * top.error
-        );
+        ))
+        .unwrap_or(());
     })?;
+    bar.finish_and_clear();
     Ok(tally)
 }
 

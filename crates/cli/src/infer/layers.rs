@@ -92,11 +92,12 @@ pub fn run(mut args: LayersArgs) -> Result<()> {
 }
 
 /// Runs every window of `tokens` (BOS first when the model adds one), measuring.
-fn measure(engine: &Engine, tokens: &[u32], bos: Option<u32>) -> Result<Changes> {
+pub(super) fn measure(engine: &Engine, tokens: &[u32], bos: Option<u32>) -> Result<Changes> {
     let (ctx, hidden) = (engine.ctx, engine.model.config.hidden);
     let mut session = Session::new(&engine.model, ctx, engine.kv);
     let mut changes = Changes::new(engine.model.layers.len());
     let points = engine.model.layers.len() + 1;
+    let bar = super::perplexity::progress_bar(false, (tokens.len() / ctx) as u64);
     for window in tokens.chunks_exact(ctx) {
         session.reset();
         let mut input = window.to_vec();
@@ -112,7 +113,9 @@ fn measure(engine: &Engine, tokens: &[u32], bos: Option<u32>) -> Result<Changes>
             })?;
             changes.add(session.pool(), &states, hidden, usize::from(b == 0));
         }
+        bar.inc(1);
     }
+    bar.finish_and_clear();
     Ok(changes)
 }
 

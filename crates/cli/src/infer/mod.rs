@@ -9,7 +9,9 @@ mod heatmap;
 pub mod layers;
 mod layout;
 pub mod perplexity;
+pub mod quality;
 pub mod search;
+mod search_log;
 pub mod store;
 
 pub use store::Store;

@@ -102,7 +102,7 @@ impl Fnv {
     }
 }
 
-fn progress_bar(quiet: bool, windows: u64) -> ProgressBar {
+pub(super) fn progress_bar(quiet: bool, windows: u64) -> ProgressBar {
     let target = if quiet { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() };
     let bar = ProgressBar::with_draw_target(Some(windows), target);
     bar.set_style(

@@ -1,7 +1,7 @@
 //! `amalgam search`: looks for a better self-merge layout of a base model, scoring each
 //! candidate as a virtual merge (one perplexity pass, nothing written).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use amalgam_llama::perplexity::{Options, perplexity};
@@ -9,28 +9,33 @@ use amalgam_llama::sampling::Rng;
 use amalgam_llama::{Model, Session};
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::{Map, Value, json};
 
 use super::layout::Layout;
+use super::search_log::{Memo, Score};
 use super::{Engine, EngineArgs, Store};
 
 /// Search for a passthrough self-merge of BASE with --layers N layers that keeps its
 /// perplexity low.
 ///
-/// A candidate is a list of slices of BASE's layers that starts at layer 0, ends at the
-/// last, overlaps or touches (no layer dropped), moves forward, and adds up to N layers;
-/// every slice after the first scales its o_proj and down_proj by a factor between
-/// --min-scale and 1 (a scale of 0 would turn a repeat into an identity, so the floor
-/// keeps the search from winning by switching layers off). Each candidate runs as a
-/// virtual merge — BASE's weights, nothing written — and is scored by perplexity on the
-/// first --calibration windows of TEXT.
+/// A candidate is BASE's layers in order with spans of them repeated, N layers in all:
+/// each repeat runs right after the span's last layer, its o_proj and down_proj scaled by
+/// a factor between --min-scale and 1 (a scale of 0 would turn a repeat into an identity,
+/// so the floor keeps the search from winning by switching layers off); the original
+/// layers keep their weights. Each candidate runs as a virtual merge — BASE's weights,
+/// nothing written — scored by perplexity on the first --calibration windows of TEXT.
 ///
-/// Strategy: start from seed-style layouts (2 to 6 evenly spread, equal slices, scaled 1
-/// and --min-scale), then hill-climb: take one of the four best so far, move a slice
-/// boundary by 1–3 layers (another boundary compensating) or step a scale by 0.1, score
-/// it, keep the board. At the end the --confirm best are scored on the last --held-out
-/// windows of TEXT (never used for choosing) and the best of those is written to --out as
-/// mergekit YAML, its figures in a comment. With --max-evals and --seed a run is
-/// reproducible; --budget stops on time instead.
+/// Strategy: start from the span `amalgam layers` finds least disruptive, repeated once,
+/// and from seed-style stacks of 2 to 6 evenly spread, equal slices (each at scale
+/// --min-scale and 1); then hill-climb: take one of the four best so far and move a
+/// repeat by 1–3 layers, hand 1–3 layers from one repeat to another, split a repeat in
+/// two or join two, or step a scale by 0.1; score it; keep the board. At the end the
+/// --confirm best are scored on the last --held-out windows of TEXT (never used for
+/// choosing) and the best of those is written to --out as mergekit YAML, its leaderboard
+/// line in a comment. With --max-evals and --seed a run is reproducible; --budget stops
+/// on time instead. Every score goes to a log (--log, or beside --out), so an interrupted
+/// search continues with --resume, making the same choices.
 #[derive(Args, Debug)]
 pub struct SearchArgs {
     #[command(flatten)]
@@ -80,6 +85,14 @@ pub struct SearchArgs {
     /// Write the best config here (mergekit YAML).
     #[arg(long, value_name = "BEST.yml")]
     pub out: Option<PathBuf>,
+
+    /// Log every score here, one JSON line each [default: --out with `.log` added].
+    #[arg(long, value_name = "FILE")]
+    pub log: Option<PathBuf>,
+
+    /// Continue the search in the log: logged scores are reused, not measured again.
+    #[arg(long)]
+    pub resume: bool,
 }
 
 /// `30m`, `90s`, `1h`, or plain seconds.
@@ -103,6 +116,55 @@ struct Entry {
     calibration: f64,
     held_out: Option<f64>,
     seconds: f64,
+}
+
+/// Where candidates are measured: the base and the two parts of the text.
+struct Bench<'a> {
+    store: &'a Store,
+    engine: &'a Engine<'a>,
+    calibration: &'a [u32],
+    held_out: &'a [u32],
+    bar: ProgressBar,
+}
+
+impl Bench<'_> {
+    /// Perplexity of `model` on `part`, the bar advancing by window on the calibration
+    /// part (what the bar counts).
+    fn ppl(&self, model: &Model, part: &[u32]) -> Result<f64> {
+        let tick = std::ptr::eq(part, self.calibration);
+        let ctx = self.engine.ctx;
+        let mut session = Session::new(model, ctx, self.engine.kv);
+        let bos = self.store.assets.tokenizer.added_prefix();
+        let options = Options { ctx, batch: self.engine.batch, bos, max_chunks: None };
+        Ok(perplexity(&mut session, part, options, |_| {
+            if tick {
+                self.bar.inc(1);
+            }
+        })?
+        .ppl)
+    }
+
+    /// The layout's perplexity on the calibration or the held-out part, from `memo` when
+    /// it was measured before (then `true`).
+    fn score(&self, memo: &mut Memo, layout: &Layout, held_out: bool) -> Result<(Score, bool)> {
+        let (name, part) =
+            if held_out { ("held-out", self.held_out) } else { ("calibration", self.calibration) };
+        memo.get_or_measure(&format!("{name} {}", layout.summary()), || {
+            let t = Instant::now();
+            let model = self.store.load_map(|_| {}, &layout.layer_map())?;
+            Ok(Score { ppl: self.ppl(&model, part)?, seconds: t.elapsed().as_secs_f64() })
+        })
+    }
+
+    /// A model's held-out perplexity, from `memo` when measured before.
+    fn held_out(&self, memo: &mut Memo, name: &str, model: &Model) -> Result<f64> {
+        let key = format!("held-out {name}");
+        let measured = memo.get_or_measure(&key, || {
+            let t = Instant::now();
+            Ok(Score { ppl: self.ppl(model, self.held_out)?, seconds: t.elapsed().as_secs_f64() })
+        })?;
+        Ok(measured.0.ppl)
+    }
 }
 
 pub fn run(mut args: SearchArgs) -> Result<()> {
@@ -131,43 +193,51 @@ pub fn run(mut args: SearchArgs) -> Result<()> {
             args.held_out
         );
     }
-    let calibration = &tokens[..args.calibration * ctx];
-    let held_out = &tokens[(windows - args.held_out) * ctx..windows * ctx];
-    let bos = store.assets.tokenizer.added_prefix();
-    let ppl = |model: &Model, part: &[u32]| -> Result<f64> {
-        let mut session = Session::new(model, ctx, engine.kv);
-        let options = Options { ctx, batch: engine.batch, bos, max_chunks: None };
-        Ok(perplexity(&mut session, part, options, |_| {})?.ppl)
+    let log = args.log.clone().or_else(|| args.out.as_deref().map(log_beside));
+    let mut memo = match &log {
+        Some(path) => Memo::open(path, &settings(&args, &tokens, min_scale), args.resume)?,
+        None if args.resume => bail!("--resume needs the log: name it with --log (or --out)"),
+        None => Memo::in_memory(),
     };
-    let score =
-        |layout: &Layout, part: &[u32]| ppl(&store.load_map(|_| {}, &layout.layer_map())?, part);
-    let base_held = ppl(&engine.model, held_out)?;
-    println!("base: {base_layers} layers, held-out PPL {base_held:.4}");
+    if args.resume {
+        eprintln!("resuming: {} scores from the log", memo.len());
+    }
+    let max_evals = args.max_evals.unwrap_or(if args.budget.is_some() { usize::MAX } else { 40 });
+    let budget = args.budget.unwrap_or(Duration::MAX);
+    let bench = Bench {
+        store: &store,
+        engine: &engine,
+        calibration: &tokens[..args.calibration * ctx],
+        held_out: &tokens[(windows - args.held_out) * ctx..windows * ctx],
+        bar: progress_bar(max_evals, args.calibration),
+    };
+    let base_held = bench.held_out(&mut memo, "base", &engine.model)?;
+    say(&bench.bar, format!("base: {base_layers} layers, held-out PPL {base_held:.4}"));
     for other in &args.versus {
         let other_store = Store::open(other)?;
         let model = other_store.load(|_| {})?;
-        let other_held = ppl(&model, held_out)?;
-        println!("versus {other}: {} layers, held-out PPL {other_held:.4}", model.layers.len());
+        let held = bench.held_out(&mut memo, &format!("versus {other}"), &model)?;
+        say(
+            &bench.bar,
+            format!("versus {other}: {} layers, held-out PPL {held:.4}", model.layers.len()),
+        );
     }
 
-    let max_evals = args.max_evals.unwrap_or(if args.budget.is_some() { usize::MAX } else { 40 });
-    let budget = args.budget.unwrap_or(Duration::MAX);
+    let mut queue = starts(&bench, base_layers, args.layers, min_scale)?;
     let started = Instant::now();
+    let mut logged_seconds = 0.0;
     let mut board: Vec<Entry> = Vec::new();
-    let mut queue: Vec<Layout> = (2..=6)
-        .flat_map(|k| [1.0, min_scale].map(|s| Layout::seed_style(base_layers, args.layers, k, s)))
-        .flatten()
-        .collect();
-    queue.dedup();
     let mut rng = Rng::new(args.seed);
     let mut misses = 0;
-    while board.len() < max_evals && started.elapsed() < budget && misses < 1000 {
+    while board.len() < max_evals
+        && started.elapsed().as_secs_f64() + logged_seconds < budget.as_secs_f64()
+        && misses < 1000
+    {
         let candidate = match queue.pop() {
             Some(l) => l,
             None => {
-                let top = board.len().min(4);
-                let parent = &board[(rng.next_u64() % top.max(1) as u64) as usize].layout;
-                match parent.mutate(&mut rng, base_layers, args.layers, min_scale) {
+                let parent = &board[(rng.next_u64() % board.len().min(4) as u64) as usize];
+                match parent.layout.mutate(&mut rng, min_scale) {
                     Some(l) => l,
                     None => {
                         misses += 1;
@@ -176,39 +246,43 @@ pub fn run(mut args: SearchArgs) -> Result<()> {
                 }
             }
         };
-        if board.iter().any(|e| e.layout == candidate) {
+        if board.iter().any(|e| e.layout.summary() == candidate.summary()) {
             misses += 1;
             continue;
         }
-        let t = Instant::now();
-        let ppl = score(&candidate, calibration)?;
+        let (score, logged) = bench.score(&mut memo, &candidate, false)?;
+        if logged {
+            logged_seconds += score.seconds;
+            bench.bar.inc(args.calibration as u64);
+        }
         let entry = Entry {
             layout: candidate,
-            calibration: ppl,
+            calibration: score.ppl,
             held_out: None,
-            seconds: t.elapsed().as_secs_f64(),
+            seconds: score.seconds,
         };
         let done = board.len() + 1;
-        let elapsed = started.elapsed().as_secs_f64();
-        let eta = if max_evals == usize::MAX {
-            budget.as_secs_f64() - elapsed
-        } else {
-            elapsed / done as f64 * (max_evals - done) as f64
-        };
-        println!(
-            "[{done}{}, {elapsed:.0} s, ETA {:.0} s] calibration PPL {ppl:9.4}  {}",
-            if max_evals == usize::MAX { String::new() } else { format!("/{max_evals}") },
-            eta.max(0.0),
-            entry.layout.summary()
+        let best = board.first().map_or(score.ppl, |e| e.calibration.min(score.ppl));
+        say(
+            &bench.bar,
+            format!(
+                "[{done}{}, {:.0} s] calibration PPL {:9.4} (best {best:.4}){}  {}",
+                if max_evals == usize::MAX { String::new() } else { format!("/{max_evals}") },
+                started.elapsed().as_secs_f64() + logged_seconds,
+                score.ppl,
+                if logged { ", from the log" } else { "" },
+                entry.layout.summary()
+            ),
         );
         board.push(entry);
         board.sort_by(|a, b| a.calibration.total_cmp(&b.calibration));
     }
+    bench.bar.finish_and_clear();
     if board.is_empty() {
         bail!("no layout of {} layers fits BASE's {base_layers}", args.layers);
     }
     for e in board.iter_mut().take(args.confirm.max(1)) {
-        e.held_out = Some(score(&e.layout, held_out)?);
+        e.held_out = Some(bench.score(&mut memo, &e.layout, true)?.0.ppl);
     }
     let best = board
         .iter()
@@ -227,7 +301,7 @@ pub fn run(mut args: SearchArgs) -> Result<()> {
         best.held_out.unwrap_or(f64::NAN),
         args.held_out,
         board.len(),
-        started.elapsed().as_secs_f64(),
+        started.elapsed().as_secs_f64() + logged_seconds,
         args.seed
     );
     let yaml = best.layout.yaml(&args.engine.model, &comment);
@@ -237,6 +311,96 @@ pub fn run(mut args: SearchArgs) -> Result<()> {
         eprintln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// The first candidates, in the order they are scored: the least disruptive span of the
+/// added length repeated once (as `amalgam layers` finds it on the calibration part),
+/// then seed-style stacks of 2 to 6 slices; each at --min-scale and at 1.
+fn starts(bench: &Bench, base: usize, target: usize, min_scale: f32) -> Result<Vec<Layout>> {
+    let add = target - base;
+    let mut starts = Vec::new();
+    if add <= base {
+        let tokens = bench.calibration;
+        let bos = bench.store.assets.tokenizer.added_prefix();
+        let changes = super::layers::measure(bench.engine, tokens, bos)?;
+        if let Some((start, _)) = changes.least_changing(add) {
+            starts.extend([min_scale, 1.0].map(|s| Layout::single(base, start, start + add, s)));
+        }
+    }
+    for k in 2..=6 {
+        for s in [min_scale, 1.0] {
+            starts.extend(Layout::seed_style(base, target, k, s));
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    starts.retain(|l| seen.insert(l.summary()));
+    starts.reverse(); // popped from the end
+    Ok(starts)
+}
+
+/// The settings a resumed search must share with the log's: those that decide scores
+/// and choices.
+fn settings(args: &SearchArgs, tokens: &[u32], min_scale: f32) -> Map<String, Value> {
+    let mut hash = 0xcbf2_9ce4_8422_2325_u64;
+    for t in tokens {
+        for b in t.to_le_bytes() {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    let e = &args.engine;
+    let value = json!({
+        "search": "amalgam search log, version 1",
+        "base": e.model,
+        "layers": args.layers,
+        "text_tokens": tokens.len(),
+        "text_hash": format!("{hash:016x}"),
+        "ctx": e.ctx_size,
+        "batch": e.batch,
+        "kv_type": format!("{:?}", e.kv_type),
+        "rope_theta": e.rope_theta,
+        "calibration": args.calibration,
+        "held_out": args.held_out,
+        "min_scale": min_scale,
+        "seed": args.seed,
+    });
+    match value {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
+
+/// `best.yml` → `best.yml.log`.
+fn log_beside(out: &Path) -> PathBuf {
+    let mut name = out.as_os_str().to_owned();
+    name.push(".log");
+    PathBuf::from(name)
+}
+
+/// A bar over the calibration windows of --max-evals candidates (a spinner with the
+/// elapsed time under --budget alone).
+fn progress_bar(max_evals: usize, windows: usize) -> ProgressBar {
+    let target = ProgressDrawTarget::stderr();
+    if max_evals == usize::MAX {
+        let bar = ProgressBar::with_draw_target(None, target);
+        bar.set_style(
+            ProgressStyle::with_template("searching {spinner} {pos} windows scored ({elapsed})")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        return bar;
+    }
+    let bar = ProgressBar::with_draw_target(Some((max_evals * windows) as u64), target);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "searching {bar:30.cyan/blue} {pos}/{len} windows (ETA {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// Prints a line on stdout above the bar.
+fn say(bar: &ProgressBar, line: String) {
+    bar.suspend(|| println!("{line}"));
 }
 
 /// The leaderboard: every candidate by calibration perplexity, the confirmed ones with

@@ -51,12 +51,12 @@ impl Store {
         if is_config(model) {
             return Store::open_config(Path::new(model), &bar);
         }
-        let path = crate::quantize::locate(model, &bar)?;
+        let path = crate::shared::locate(model, &bar)?;
         Store::open_model(&path)
     }
 
     /// A model folder or GGUF file.
-    fn open_model(path: &Path) -> Result<Store> {
+    pub fn open_model(path: &Path) -> Result<Store> {
         let (weights, assets) = if path.is_file() {
             let gguf =
                 GgufModel::open(path).with_context(|| format!("opening {}", path.display()))?;
@@ -256,7 +256,7 @@ fn merged_in_memory(path: &Path, text: &str, why: &str, bar: &Bar) -> Result<Sto
     let root = if shm.is_dir() { shm.to_owned() } else { std::env::temp_dir() };
     let out = root.join(format!("amalgam-merge-{}", std::process::id()));
     let mut options =
-        MergeOptions { strict: false, dry_run: true, ..crate::convert::single_model_options(true) };
+        MergeOptions { strict: false, dry_run: true, ..crate::shared::single_model_options(true) };
     let quiet = Bar::new(true);
     let size = amalgam_merge::run_config(text, &label, &out, &options, &quiet)?.bytes_written;
     check_fits(&label, why, size, amalgam_llama::machine::available_memory())?;

@@ -332,3 +332,62 @@ fn other_mergekit_tools_are_named() {
         assert!(stderr.contains(&format!("{tool} has no amalgam equivalent yet")), "{stderr}");
     }
 }
+
+/// tiny-kq (4 heads, 2 KV heads of 64 rows each) with config.json's `key` set to `value`.
+fn tiny_with(dir: &Path, key: &str, value: serde_json::Value) -> PathBuf {
+    let model = dir.join(format!("tiny-{key}-{value}"));
+    copy_model(&data().join("gguf/tiny-kq"), &model);
+    let mut config = json(&model.join("config.json"));
+    config[key] = value;
+    fs::write(model.join("config.json"), config.to_string()).unwrap();
+    model
+}
+
+#[test]
+fn head_counts_that_do_not_split_the_rows_are_errors_not_panics() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (key, value, heads) in [
+        ("num_attention_heads", 0, "into 0 attention heads"),
+        ("num_attention_heads", 3, "256 rows do not split into 3 attention heads"),
+        ("num_key_value_heads", 0, "into 0 attention heads"),
+        ("num_key_value_heads", 128, "128 rows do not split into 128 attention heads of an even"),
+    ] {
+        let model = tiny_with(tmp.path(), key, value.into());
+        let out = tmp.path().join(format!("{key}-{value}.gguf"));
+        let err = error_of(
+            amalgam().arg("quantize").arg(&model).arg(&out).args(["--quant", "f16", "--quiet"]),
+        );
+        assert!(err.contains(heads) && err.contains("num_attention_heads"), "{key} {value}: {err}");
+        assert!(!out.exists(), "{key} {value}: an output was left");
+    }
+    // A merge into GGUF whose config claims 3 KV heads on a 2-KV-head model.
+    let model = tiny_with(tmp.path(), "num_key_value_heads", 3.into());
+    let config = tmp.path().join("kv3.yml");
+    fs::write(&config, passthrough(&model.display().to_string(), "[0, 8]")).unwrap();
+    let err = error_of(amalgam().arg("merge").arg(&config).arg(tmp.path().join("kv3.gguf")));
+    assert!(err.contains("k_proj") && err.contains("into 3 attention heads"), "{err}");
+}
+
+#[test]
+fn a_zero_dimensional_llama_tensor_is_an_error_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("scalar-norm");
+    copy_model(&data().join("gguf/tiny-kq"), &model);
+    let file = model.join("model.safetensors");
+    let name = "model.norm.weight";
+    let mut list: Vec<(String, Vec<usize>, Vec<f32>)> = read_safetensors(&file)
+        .iter()
+        .filter(|(n, _)| n.as_str() != name)
+        .map(|(n, (dtype, t))| (n.clone(), t.shape.clone(), t.values(*dtype)))
+        .collect();
+    list.push((name.into(), vec![], vec![1.0]));
+    write_safetensors(&file, &list);
+    let err = error_of(
+        amalgam()
+            .arg("quantize")
+            .arg(&model)
+            .arg(tmp.path().join("o.gguf"))
+            .args(["--quant", "f16"]),
+    );
+    assert!(err.contains(name) && err.contains("0-D tensor"), "{err}");
+}

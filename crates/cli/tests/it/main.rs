@@ -13,6 +13,7 @@ mod hub;
 mod infer;
 mod layers;
 mod lora;
+mod merge_quality;
 mod methods;
 mod search;
 mod seed;

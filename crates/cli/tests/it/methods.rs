@@ -101,12 +101,15 @@ fn compare_tensors(name: &str, golden: &ModelTensors, ours: &ModelTensors, toler
 /// config.json agrees with mergekit's by meaning (only `transformers_version` may differ).
 fn compare_config(golden_dir: &Path, out: &Path) {
     let golden = json(&golden_dir.join("config.json"));
-    let ours = json(&out.join("config.json"));
-    for (key, value) in golden.as_object().unwrap() {
-        if key != "transformers_version" {
-            assert_eq!(&ours[key], value, "config.json {key}");
-        }
-    }
+    let mut ours = json(&out.join("config.json"));
+    // Both ways: every key of mergekit's with its value, and no key of ours beyond them
+    // but transformers' version (whichever transformers wrote the golden).
+    let map = ours.as_object_mut().unwrap();
+    match golden.get("transformers_version") {
+        Some(v) => map.insert("transformers_version".into(), v.clone()),
+        None => map.remove("transformers_version"),
+    };
+    assert_eq!(ours, golden, "config.json differs from mergekit's");
 }
 
 #[test]

@@ -1,8 +1,8 @@
 //! Virtual merges: a passthrough config run as a layer map equals the written merge bit
 //! for bit where the merge does no arithmetic (the seed recipe on the tiny model in
-//! bfloat16; SmolLM2 Q4_1 merged losslessly to GGUF), a lossless GGUF passthrough copies
-//! every unscaled tensor's blocks, and a scaled product stays within one rounding of the
-//! scaled weight.
+//! bfloat16; SmolLM2 Q4_1 merged losslessly to GGUF, also scaled by 0.5), a lossless GGUF
+//! passthrough copies every unscaled tensor's blocks and keeps a scaled one's quants, and
+//! a scaled product stays within one rounding of the scaled weight.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -146,21 +146,39 @@ fn k_quant_blocks_are_copied_not_quantized_again() {
 }
 
 #[test]
-fn scaled_tensors_of_a_lossless_merge_are_quantized_again_to_their_type() {
+fn scaled_tensors_of_a_lossless_merge_keep_their_quants_and_run_as_the_virtual_merge() {
     let tmp = tempfile::tempdir().unwrap();
+    let text = gpl3(tmp.path(), 16384);
     let scale = "parameters:\n  scale:\n  - filter: o_proj\n    value: 0.5\n  - value: 1.0\n";
     let config = smollm2_config(tmp.path(), &smollm2(), scale);
     let out = tmp.path().join("scaled.gguf");
     let log = run_ok(amalgam().arg("merge").arg(&config).arg(&out).args(["--quant", "source"]));
     let log = String::from_utf8(log.stderr).unwrap();
-    assert!(log.contains("50 tensors are changed by the merge"), "{log}");
+    assert!(log.contains("50 scaled tensors keep their quants"), "{log}");
+    assert!(!log.contains("quantized again"), "{log}");
     let source = gguf_tensors(&smollm2());
+    let half = |b: &[u8]| half::f16::from_le_bytes([b[0], b[1]]).to_f32();
     for (name, ty, _, bytes) in gguf_tensors(&out) {
         let want = source_name(&name);
         let (_, sty, _, sbytes) = source.iter().find(|t| t.0 == want).unwrap();
         assert_eq!(&ty, sty, "{name}");
-        assert_eq!(&bytes == sbytes, !name.ends_with("attn_output.weight"), "{name}");
+        if !name.ends_with("attn_output.weight") {
+            assert!(&bytes == sbytes, "{name} is not {want}'s blocks");
+            continue;
+        }
+        // Q4_1 blocks: d and m (f16) halved exactly, the 16 bytes of quants kept.
+        assert_eq!(ty, amalgam_gguf::GgmlType::Q4_1.name(), "{name}");
+        for (block, source) in bytes.chunks(20).zip(sbytes.chunks(20)) {
+            assert_eq!(block[4..], source[4..], "{name}: quants");
+            assert_eq!(half(&block[0..2]), half(&source[0..2]) * 0.5, "{name}: d");
+            assert_eq!(half(&block[2..4]), half(&source[2..4]) * 0.5, "{name}: m");
+        }
     }
+    // A scale of 0.5 is exact on the block scales, and on the products the virtual merge
+    // multiplies: the same logits, bit for bit.
+    let (virt, _) = perplexity(&config, &text, None);
+    let (written, _) = perplexity(&out, &text, None);
+    assert_eq!(virt, written, "virtual and written merge differ");
 }
 
 /// `pattern`-free pseudo-random values in [-1, 1) (SplitMix64).

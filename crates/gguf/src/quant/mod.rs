@@ -7,7 +7,7 @@ mod kquants;
 mod legacy;
 
 use amalgam_tensors::DType;
-use amalgam_tensors::dtype::{decode_f32, encode_f32};
+use amalgam_tensors::dtype::{NanPolicy, decode_f32, encode_f32, round_to_bf16};
 
 use crate::ggml_type::GgmlType;
 
@@ -29,7 +29,7 @@ pub fn quantize(ty: GgmlType, x: &[f32], out: &mut [u8]) {
         // ggml's own bf16 conversion (its NaN handling differs from amalgam-tensors').
         GgmlType::BF16 => {
             for (o, v) in out.chunks_exact_mut(2).zip(x) {
-                o.copy_from_slice(&f32_to_bf16_ggml(*v).to_le_bytes());
+                o.copy_from_slice(&round_to_bf16(*v, NanPolicy::KeepPayload).to_le_bytes());
             }
         }
         _ => {
@@ -105,15 +105,6 @@ fn block_dequantizer(ty: GgmlType) -> Dequantizer {
             unreachable!("float types are not block-quantized")
         }
     }
-}
-
-/// ggml's `fp32 -> bf16`: nearest-even, NaN kept quiet with its sign and payload top.
-fn f32_to_bf16_ggml(x: f32) -> u16 {
-    let u = x.to_bits();
-    if (u & 0x7fff_ffff) > 0x7f80_0000 {
-        return ((u >> 16) | 64) as u16;
-    }
-    ((u + (0x7fff + ((u >> 16) & 1))) >> 16) as u16
 }
 
 #[cfg(test)]

@@ -40,8 +40,12 @@ fn float_types_are_exact_or_nearest() {
     let mut back = [0f32; 4];
     dequantize(GgmlType::F32, &bytes, &mut back);
     assert_eq!(back, x);
-    assert_eq!(f32_to_bf16_ggml(1.0 + 2f32.powi(-8)), 0x3F80, "ties to even");
-    assert_eq!(f32_to_bf16_ggml(f32::from_bits(0x7F80_0001)), 0x7FC0, "NaN stays NaN");
+    assert_eq!(round_to_bf16(1.0 + 2f32.powi(-8), NanPolicy::KeepPayload), 0x3F80, "ties to even");
+    assert_eq!(
+        round_to_bf16(f32::from_bits(0x7F80_0001), NanPolicy::KeepPayload),
+        0x7FC0,
+        "NaN stays NaN"
+    );
 }
 
 #[test]
@@ -86,4 +90,37 @@ fn all_zero_blocks_stay_zero() {
         dequantize(ty, &bytes, &mut back);
         assert!(back.iter().all(|v| *v == 0.0), "{ty}");
     }
+}
+
+#[test]
+fn rescaled_blocks_decode_to_the_scaled_values() {
+    let x = test_data(0.5, 256 * 8);
+    let mut scaled_types = 0;
+    for ty in GgmlType::ALL {
+        let mut bytes = vec![0u8; ty.bytes_for(x.len() as u64).unwrap() as usize];
+        quantize(ty, &x, &mut bytes);
+        let mut before = vec![0f32; x.len()];
+        dequantize(ty, &bytes, &mut before);
+        let mut half = bytes.clone();
+        if !crate::blocks::rescale(ty, &mut half, 0.5) {
+            let unscaled = [GgmlType::F32, GgmlType::F16, GgmlType::BF16, GgmlType::Q8_1];
+            assert!(unscaled.contains(&ty) || ty == GgmlType::Q8K, "{ty}");
+            continue;
+        }
+        scaled_types += 1;
+        let mut after = vec![0f32; x.len()];
+        dequantize(ty, &half, &mut after);
+        // A power of two scales every f16 field exactly, so every value.
+        let want: Vec<f32> = before.iter().map(|v| v * 0.5).collect();
+        assert_eq!(after, want, "{ty}");
+        // Another scale rounds each f16 field once (relative error 2^-11): off by at most
+        // 0.6 · 2^-11 · (|d·q| + |m|), and both terms are below 4.2 on this data.
+        let mut other = bytes.clone();
+        assert!(crate::blocks::rescale(ty, &mut other, 0.6));
+        dequantize(ty, &other, &mut after);
+        for (a, b) in after.iter().zip(&before) {
+            assert!((a - 0.6 * b).abs() <= 0.6 * 2f32.powi(-11) * 8.4, "{ty}: {a} {b}");
+        }
+    }
+    assert_eq!(scaled_types, 10, "Q4_0…Q8_0 and Q2_K…Q6_K");
 }

@@ -113,7 +113,9 @@ impl Gta {
 impl Gta {
     /// Positions whose fate a magnitude cut leaves to the sort's tie-breaking: elements of
     /// some task vector whose magnitude equals the value at a cut that equal values
-    /// straddle. There, mergekit's result depends on torch's (unspecified) order.
+    /// straddle. There, mergekit's result depends on torch's (unspecified) order. For
+    /// tests (the `test-support` feature).
+    #[cfg(any(test, feature = "test-support"))]
     pub fn tied_positions(&self, inputs: &[Vec<f32>], working: DType) -> Vec<bool> {
         let base = &inputs[self.base];
         let mut tied = vec![false; base.len()];
