@@ -2,6 +2,9 @@
 //! reference quantizers, used by the writer and by inference), the GGUF container, and
 //! llama.cpp's quantization mixtures.
 
+// Library code returns errors on bad input; it does not panic (tests may).
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
 pub mod blocks;
 pub mod convert;
 pub mod error;

@@ -3,6 +3,9 @@
 //! gives an error naming the byte where it went wrong — never a panic, an out-of-bounds
 //! read, or an allocation the file cannot back.
 
+// Untrusted bytes are parsed here: every index is checked.
+#![cfg_attr(not(test), warn(clippy::indexing_slicing))]
+
 use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -99,6 +102,11 @@ impl GgufFile {
     }
 
     /// The data bytes of a tensor (its range was checked against the file at open).
+    #[allow(
+        clippy::indexing_slicing,
+        reason = "every tensor's range is checked against the file at open, and a TensorInfo \
+                  comes from this file's header (a bug, not input, can break this)"
+    )]
     pub fn data(&self, tensor: &TensorInfo) -> &[u8] {
         let start = (self.header.data_start + tensor.offset) as usize;
         &self.mmap[start..start + tensor.size as usize]
@@ -193,10 +201,9 @@ impl<'a> Reader<'a> {
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], ParseError> {
-        let end = self.pos.checked_add(n).filter(|e| *e <= self.bytes.len());
-        match end {
-            Some(end) => {
-                let out = &self.bytes[self.pos..end];
+        let end = self.pos.checked_add(n);
+        match end.and_then(|end| Some((end, self.bytes.get(self.pos..end)?))) {
+            Some((end, out)) => {
                 self.pos = end;
                 Ok(out)
             }
@@ -308,7 +315,8 @@ impl<'a> Reader<'a> {
         let offset = self.u64()?;
         let numel = dims.iter().try_fold(1u64, |n, d| n.checked_mul(*d));
         let size = numel
-            .filter(|n| dims[0] % ty.block_size() as u64 == 0 && *n < 1 << 62)
+            .filter(|_| dims.first().is_some_and(|d| d % ty.block_size() as u64 == 0))
+            .filter(|n| *n < 1 << 62)
             .and_then(|n| ty.bytes_for(n))
             .ok_or_else(|| {
                 self.err(format!("tensor {name:?} has dimensions {dims:?}, impossible for {ty}"))

@@ -3,6 +3,9 @@
 //! llama.cpp's `llama` tokenizer model built from them, and the reverse — a
 //! `tokenizer.model` written from a GGUF's token list.
 
+// Untrusted bytes are parsed here: every index is checked.
+#![cfg_attr(not(test), warn(clippy::indexing_slicing))]
+
 use serde_json::{Map, Value as Json};
 
 use crate::error::{GgufError, Result};
@@ -53,8 +56,8 @@ impl<'a> Fields<'a> {
     }
 
     fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let end = self.pos.checked_add(n).filter(|e| *e <= self.bytes.len())?;
-        let out = &self.bytes[self.pos..end];
+        let end = self.pos.checked_add(n)?;
+        let out = self.bytes.get(self.pos..end)?;
         self.pos = end;
         Some(out)
     }

@@ -5,6 +5,9 @@
 //! comparison with a reference (KL divergence) and layer redundancy live here; merge
 //! configs do not.
 
+// Library code returns errors on bad input; it does not panic (tests may).
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
 pub mod assets;
 pub mod compare;
 pub mod config;

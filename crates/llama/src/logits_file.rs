@@ -8,6 +8,9 @@
 //! `2·⌈vocab/2⌉ + 4` u16: f32 scale, f32 minimum log-probability, one u16 per token
 //! (log p = scale·q + minimum), padded to an even count.
 
+// Untrusted bytes are parsed here: every index is checked.
+#![cfg_attr(not(test), warn(clippy::indexing_slicing))]
+
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -56,9 +59,9 @@ pub fn quantize_row(logits: &[f32], record: &mut [u16]) {
     let log_sum_exp = sum_exp.ln() as f32;
     let min_log_prob = min - max - log_sum_exp;
     let scale = (max - min) / 65535.0;
-    let (head, q) = record.split_at_mut(4);
-    head[..2].copy_from_slice(&halves(scale));
-    head[2..].copy_from_slice(&halves(min_log_prob));
+    let Some((head, q)) = record.split_first_chunk_mut::<4>() else { return };
+    let ([s0, s1], [m0, m1]) = (halves(scale), halves(min_log_prob));
+    *head = [s0, s1, m0, m1];
     q.fill(0);
     if scale != 0.0 {
         let inv = 1.0 / scale;
@@ -165,13 +168,14 @@ impl LogitsReader {
         let mut input = BufReader::new(file);
         let mut head = [0u8; 20];
         input.read_exact(&mut head).map_err(|_| bad("too short for a header".into()))?;
-        if &head[..8] != MAGIC {
+        if !head.starts_with(MAGIC) {
             return Err(bad(
                 "does not start with _logits_ (not a llama.cpp KL-divergence base file)".into(),
             ));
         }
         let int = |i: usize| {
-            let v = i32::from_le_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
+            let v = head.get(i..i + 4).and_then(|b| b.try_into().ok()).map(i32::from_le_bytes);
+            let v = v.ok_or_else(|| bad("too short for a header".into()))?;
             usize::try_from(v).map_err(|_| bad(format!("negative size {v} in the header")))
         };
         let (ctx, vocab, chunks) = (int(8)?, int(12)?, int(16)?);
@@ -189,8 +193,7 @@ impl LogitsReader {
         }
         let mut bytes = vec![0u8; 4 * n_tokens];
         input.read_exact(&mut bytes).map_err(|e| bad(e.to_string()))?;
-        let tokens =
-            bytes.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let tokens = bytes.as_chunks::<4>().0.iter().map(|b| u32::from_le_bytes(*b)).collect();
         let header = Header { ctx, vocab, chunks, tokens };
         Ok(LogitsReader { input, header, path: path.to_owned() })
     }
@@ -203,7 +206,7 @@ impl LogitsReader {
             .read_exact(&mut bytes)
             .map_err(|e| Error::Invalid(format!("logits file {}: {e}", self.path.display())))?;
         records.clear();
-        records.extend(bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])));
+        records.extend(bytes.as_chunks::<2>().0.iter().map(|b| u16::from_le_bytes(*b)));
         Ok(())
     }
 }

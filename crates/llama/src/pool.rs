@@ -46,6 +46,10 @@ pub struct Pool {
 
 impl Pool {
     /// A pool of `threads` threads in all (the caller counts as one).
+    ///
+    /// # Panics
+    /// If the system cannot start a thread (as `std::thread::spawn` does).
+    #[allow(clippy::panic, reason = "a process that cannot start threads cannot run the engine")]
     pub fn new(threads: usize) -> Pool {
         let shared = Arc::new(Shared {
             job: UnsafeCell::new(None),
@@ -101,7 +105,10 @@ impl Pool {
             std::hint::spin_loop();
         }
         if mine.is_err() || s.panicked.swap(false, Ordering::SeqCst) {
-            panic!("a kernel panicked on a worker thread");
+            #[allow(clippy::panic, reason = "a kernel's panic (a bug) is passed on to the caller")]
+            {
+                panic!("a kernel panicked on a worker thread");
+            }
         }
     }
 }

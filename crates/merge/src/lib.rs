@@ -2,6 +2,9 @@
 //! turns both into per-tensor work, the merge methods, and a streaming executor that
 //! writes Hugging Face safetensors shards with bounded memory.
 
+// Library code returns errors on bad input; it does not panic (tests may).
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
 pub mod arch;
 pub mod card;
 pub mod chat_template;

@@ -5,6 +5,9 @@
 //!
 //! Nothing here knows about merging; `amalgam-merge` and the GGUF code build on it.
 
+// Library code returns errors on bad input; it does not panic (tests may).
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
 pub mod dtype;
 pub mod error;
 pub mod folder;

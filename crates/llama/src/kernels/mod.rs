@@ -158,6 +158,7 @@ fn rows_per_item(rows: usize, threads: usize) -> usize {
 /// # Panics
 /// If `act` was prepared for another type or width, or `out` has the wrong length:
 /// callers size both from the model's checked shapes.
+#[allow(clippy::panic, reason = "the loader refuses activation-only weight types (tested)")]
 pub fn matmul(pool: &Pool, kernels: &Kernels, w: &Matrix, act: &Activations, out: &mut [f32]) {
     let tokens = act.tokens();
     assert!(out.len() == tokens * w.rows && act.cols() == w.cols, "matmul: bad shapes");
