@@ -6,6 +6,8 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 
+/// More layers than any model has (the largest have a few hundred).
+const MAX_LAYERS: usize = 1 << 16;
 /// The decoder families the engine runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arch {
@@ -95,6 +97,12 @@ impl Config {
         let hidden = need(map, "hidden_size")?;
         let heads = need(map, "num_attention_heads")?;
         let layers = need(map, "num_hidden_layers")?;
+        // Per-layer settings are sized by this count before any weight is looked up.
+        if layers > MAX_LAYERS {
+            return Err(Error::Config(format!(
+                "num_hidden_layers is {layers}; no model has more than {MAX_LAYERS} layers"
+            )));
+        }
         let kv_heads = opt(map, "num_key_value_heads")?.unwrap_or(heads);
         let head_dim = match opt(map, "head_dim")? {
             Some(d) => d,

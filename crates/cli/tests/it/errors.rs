@@ -391,3 +391,13 @@ fn a_zero_dimensional_llama_tensor_is_an_error_naming_it() {
     );
     assert!(err.contains(name) && err.contains("0-D tensor"), "{err}");
 }
+
+#[test]
+fn a_layer_count_no_model_has_is_an_error_not_an_abort() {
+    // Found by fuzzing config.json: 2^31 layers sized per-layer settings before any weight
+    // was looked up, and the allocation aborted the process.
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_with(tmp.path(), "num_hidden_layers", (1u64 << 31).into());
+    let err = error_of(amalgam().arg("generate").arg(&model).args(["-p", "hi", "-n", "1"]));
+    assert!(err.contains("num_hidden_layers is 2147483648; no model has more"), "{err}");
+}
