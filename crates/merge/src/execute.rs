@@ -380,6 +380,55 @@ fn release(tensor: &Bound, start: usize, n: usize) {
     }
 }
 
+/// Which shard each bound tensor goes to, and the shards' file names.
+pub(crate) struct Shards {
+    pub(crate) sizes: Vec<u64>,
+    shard_of: Vec<usize>,
+    names: Vec<String>,
+}
+
+impl Shards {
+    pub(crate) fn assign(bound: &[Bound], max: u64) -> Shards {
+        let sizes: Vec<u64> = bound.iter().map(|b| b.spec.byte_len() as u64).collect();
+        let shard_of = assign_shards(&sizes, max);
+        let names = shard_names(shard_of.last().map_or(1, |s| s + 1));
+        Shards { sizes, shard_of, names }
+    }
+
+    /// (file name, bytes, tensor count) per shard.
+    pub(crate) fn listing(&self) -> Vec<(String, u64, usize)> {
+        let size = |i: usize| self.sizes.get(i).copied().unwrap_or(0);
+        (0..self.names.len())
+            .map(|s| {
+                let members = self.shard_of.iter().enumerate().filter(|(_, x)| **x == s);
+                let (bytes, count) = members.fold((0, 0), |(b, c), (i, _)| (b + size(i), c + 1));
+                (self.names[s].clone(), bytes, count)
+            })
+            .collect()
+    }
+
+    /// Merges every tensor into its shard in `dir`, and writes the index when there are
+    /// several shards.
+    pub(crate) fn write(
+        &self,
+        dir: &Path,
+        bound: &[Bound],
+        total: u64,
+        reporter: &dyn Progress,
+    ) -> Result<()> {
+        write(dir, bound, &self.shard_of, &self.names, reporter)?;
+        if self.names.len() > 1 {
+            let weight_map: Vec<(String, String)> = bound
+                .iter()
+                .zip(&self.shard_of)
+                .map(|(b, s)| (b.spec.name.clone(), self.names[*s].clone()))
+                .collect();
+            crate::output::write_index(dir, &weight_map, total)?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -86,7 +86,10 @@ pub fn run(
     run_config(&text, &config_path.display().to_string(), out_dir, options, reporter)
 }
 
-/// Runs the merge described by config `text`; `label` names it in warnings.
+/// Runs the merge described by config `text`; `label` names it in warnings. The
+/// pipeline: parse → open and plan the inputs → merge the vocabularies → bind tensors to
+/// input bytes → the output `config.json` → write (a GGUF file, or a staged folder with
+/// its weights, config, tokenizer and card, renamed into place).
 pub fn run_config(
     text: &str,
     label: &str,
@@ -94,11 +97,7 @@ pub fn run_config(
     options: &MergeOptions,
     reporter: &dyn Reporter,
 ) -> Result<Summary> {
-    let mut diagnostics = Diagnostics::new(options.strict);
-    let config = MergeConfig::parse(text, &mut diagnostics)?;
-    for w in &diagnostics.warnings {
-        reporter.warn(&format!("{label}: {w}"));
-    }
+    let config = parse(text, label, options.strict, reporter)?;
     let gguf = to_gguf::is_gguf_path(out_dir);
     if !options.dry_run && !gguf {
         check_output(out_dir, options.force)?;
@@ -109,10 +108,8 @@ pub fn run_config(
         progress: &|file, done, total| reporter.download(file, done, total),
     };
     let opened = Opened::open_with(&config, &resolver, options.allow_crimes, reporter)?;
-    let (folders, located, plan) = (&opened.models, &opened.located, &opened.plan);
-    let models = &plan.models;
     let vocabulary = match &config.tokenizer {
-        Some(tokenizer) => Some(merged_vocabulary(tokenizer, plan, folders, &resolver, reporter)?),
+        Some(t) => Some(merged_vocabulary(t, &opened.plan, &opened.models, &resolver, reporter)?),
         None => None,
     };
     let bind = execute::BindOptions {
@@ -122,115 +119,142 @@ pub fn run_config(
         truncate_vocab: options.truncate_vocab,
         vocab: vocabulary.as_ref(),
     };
-    let bound = execute::bind(plan, folders, bind)?;
+    let bound = execute::bind(&opened.plan, &opened.models, bind)?;
     let vocab_size =
         vocabulary.as_ref().map(|v| v.padded).or_else(|| truncated_vocab(&bound, reporter));
-    let mut config_notes = Vec::new();
-    let out_config = output::output_config(
-        folders[plan.donor].config(),
-        plan.arch,
-        plan.layer_origins.as_deref(),
-        vocab_size,
-        config.out_dtype.or(config.dtype),
-        &mut config_notes,
-    );
-    for note in &config_notes {
-        reporter.warn(&format!("config.json: {note}"));
-    }
+    let (out_config, config_notes) = output_config(&config, &opened, vocab_size, reporter);
     if gguf {
+        let vocabulary = vocabulary.as_ref();
         return merge_to_gguf(
             &config,
             &opened,
             &bound,
             &out_config,
-            vocabulary.as_ref(),
+            vocabulary,
             out_dir,
             options,
             reporter,
         );
     }
-    let sizes: Vec<u64> = bound.iter().map(|b| b.spec.byte_len() as u64).collect();
-    let shard_of = execute::assign_shards(&sizes, options.out_shard_size);
-    let names = execute::shard_names(shard_of.last().map_or(1, |s| s + 1));
-    let summary = Summary {
-        out_layers: plan.out_layers,
-        tensors: bound.len(),
-        bytes_read: bound.iter().flat_map(|b| &b.inputs).map(|i| i.stored_bytes()).sum(),
-        bytes_written: sizes.iter().sum(),
-        shards: names
-            .iter()
-            .enumerate()
-            .map(|(s, n)| {
-                let members = shard_of.iter().enumerate().filter(|(_, x)| **x == s);
-                let (bytes, count) = members.fold((0, 0), |(b, c), (i, _)| (b + sizes[i], c + 1));
-                (n.clone(), bytes, count)
-            })
-            .collect(),
-        models: models
-            .iter()
-            .zip(located)
-            .map(|(m, l)| (m.to_string(), l.folder.clone()))
-            .collect(),
-    };
+    let shards = execute::Shards::assign(&bound, options.out_shard_size);
+    let summary = summary(&opened, &bound, &shards);
     if options.dry_run {
         return Ok(summary);
     }
-
     let staging = Staging::create(out_dir)?;
     reporter.begin(bound.len(), summary.bytes_written);
-    execute::write(&staging.path, &bound, &shard_of, &names, reporter)?;
-    if names.len() > 1 {
-        let weight_map: Vec<(String, String)> = bound
-            .iter()
-            .zip(&shard_of)
-            .map(|(b, s)| (b.spec.name.clone(), names[*s].clone()))
-            .collect();
-        output::write_index(&staging.path, &weight_map, summary.bytes_written)?;
-    }
-    let donor = &folders[plan.donor];
+    shards.write(&staging.path, &bound, summary.bytes_written, reporter)?;
     output::write_json(&staging.path.join("config.json"), &Value::Object(out_config))?;
-    let copied = match &vocabulary {
-        Some(v) => write_tokenizer(v, donor, &staging.path)?,
-        None if options.copy_tokenizer => output::copy_tokenizer(donor, &staging.path)?,
+    write_tokenizer_files(&staging.path, &config, &opened, vocabulary.as_ref(), options, reporter)?;
+    if options.write_model_card {
+        let quality = measure(&staging.path, &opened, options)?;
+        let card = CardContext {
+            config: &config,
+            text,
+            plan: &opened.plan,
+            config_notes: &config_notes,
+            quality: quality.as_deref(),
+        };
+        write_card(&staging.path, out_dir, &card, &opened.models, &opened.located, options)?;
+    }
+    staging.commit(out_dir, options.force)?;
+    Ok(summary)
+}
+
+/// The config, its warnings reported under `label`.
+fn parse(text: &str, label: &str, strict: bool, reporter: &dyn Reporter) -> Result<MergeConfig> {
+    let mut diagnostics = Diagnostics::new(strict);
+    let config = MergeConfig::parse(text, &mut diagnostics)?;
+    for w in &diagnostics.warnings {
+        reporter.warn(&format!("{label}: {w}"));
+    }
+    Ok(config)
+}
+
+/// The output `config.json` (the donor's, following the merged layers and vocabulary),
+/// with a note for each setting changed, each also reported.
+fn output_config(
+    config: &MergeConfig,
+    opened: &Opened,
+    vocab_size: Option<usize>,
+    reporter: &dyn Reporter,
+) -> (Map<String, Value>, Vec<String>) {
+    let plan = &opened.plan;
+    let mut notes = Vec::new();
+    let out = output::output_config(
+        opened.donor().config(),
+        plan.arch,
+        plan.layer_origins.as_deref(),
+        vocab_size,
+        config.out_dtype.or(config.dtype),
+        &mut notes,
+    );
+    for note in &notes {
+        reporter.warn(&format!("config.json: {note}"));
+    }
+    (out, notes)
+}
+
+/// What the merge does, for `--dry-run` and the caller's report.
+fn summary(opened: &Opened, bound: &[execute::Bound], shards: &execute::Shards) -> Summary {
+    Summary {
+        out_layers: opened.plan.out_layers,
+        tensors: bound.len(),
+        bytes_read: bound.iter().flat_map(|b| &b.inputs).map(|i| i.stored_bytes()).sum(),
+        bytes_written: shards.sizes.iter().sum(),
+        shards: shards.listing(),
+        models: opened
+            .plan
+            .models
+            .iter()
+            .zip(&opened.located)
+            .map(|(m, l)| (m.to_string(), l.folder.clone()))
+            .collect(),
+    }
+}
+
+/// The tokenizer (merged, or the donor's copied) and the chat template, into `dir`.
+fn write_tokenizer_files(
+    dir: &Path,
+    config: &MergeConfig,
+    opened: &Opened,
+    vocabulary: Option<&Vocabulary>,
+    options: &MergeOptions,
+    reporter: &dyn Reporter,
+) -> Result<()> {
+    let donor = opened.donor();
+    let copied = match vocabulary {
+        Some(v) => write_tokenizer(v, donor, dir)?,
+        None if options.copy_tokenizer => output::copy_tokenizer(donor, dir)?,
         None => Vec::new(),
     };
     if options.copy_tokenizer && copied.is_empty() {
         reporter.warn(&format!(
             "{} has no tokenizer (tokenizer_config.json with tokenizer.json or tokenizer.model); \
              the output has none either: copy one in before using the model",
-            models[plan.donor]
+            opened.plan.models[opened.plan.donor]
         ));
     }
-    if let Some(template) = opened.chat_template(&config, reporter) {
+    if let Some(template) = opened.chat_template(config, reporter) {
         if copied.is_empty() {
             reporter.warn("chat_template: the output has no tokenizer, so the template is dropped");
         } else {
-            chat_template::apply(&staging.path, &template)?;
+            chat_template::apply(dir, &template)?;
         }
     }
-    if options.write_model_card {
-        let quality = match &options.evaluate {
-            Some(evaluate) => {
-                let base = Measure {
-                    staged: &staging.path,
-                    base: &located[plan.donor].folder,
-                    base_name: &models[plan.donor].to_string(),
-                };
-                Some((evaluate.0)(&base).map_err(MergeError::Evaluation)?)
-            }
-            None => None,
-        };
-        let card = CardContext {
-            config: &config,
-            text,
-            plan,
-            config_notes: &config_notes,
-            quality: quality.as_deref(),
-        };
-        write_card(&staging.path, out_dir, &card, folders, located, options)?;
-    }
-    staging.commit(out_dir, options.force)?;
-    Ok(summary)
+    Ok(())
+}
+
+/// The caller's measurement of the staged merge (`--eval-file`), if it asked for one.
+fn measure(staged: &Path, opened: &Opened, options: &MergeOptions) -> Result<Option<String>> {
+    let Some(evaluate) = &options.evaluate else { return Ok(None) };
+    let donor = opened.plan.donor;
+    let measure = Measure {
+        staged,
+        base: &opened.located[donor].folder,
+        base_name: &opened.plan.models[donor].to_string(),
+    };
+    (evaluate.0)(&measure).map(Some).map_err(MergeError::Evaluation)
 }
 
 /// The vocabulary size vocabulary-indexed weights were cut to by
