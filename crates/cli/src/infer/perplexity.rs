@@ -85,8 +85,8 @@ pub fn run(mut args: PerplexityArgs) -> Result<()> {
     Ok(())
 }
 
-/// A 64-bit FNV-1a hash.
-struct Fnv(u64);
+/// A 64-bit FNV-1a hash (`.0` once fed).
+pub(super) struct Fnv(pub(super) u64);
 
 impl Default for Fnv {
     fn default() -> Fnv {
@@ -95,7 +95,7 @@ impl Default for Fnv {
 }
 
 impl Fnv {
-    fn add(&mut self, bytes: &[u8]) {
+    pub(super) fn add(&mut self, bytes: &[u8]) {
         for &b in bytes {
             self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
         }

@@ -128,10 +128,9 @@ struct Bench<'a> {
 }
 
 impl Bench<'_> {
-    /// Perplexity of `model` on `part`, the bar advancing by window on the calibration
-    /// part (what the bar counts).
-    fn ppl(&self, model: &Model, part: &[u32]) -> Result<f64> {
-        let tick = std::ptr::eq(part, self.calibration);
+    /// Perplexity of `model` on `part`, the bar advancing by window when `tick` (the
+    /// calibration windows are what the bar counts).
+    fn ppl(&self, model: &Model, part: &[u32], tick: bool) -> Result<f64> {
         let ctx = self.engine.ctx;
         let mut session = Session::new(model, ctx, self.engine.kv);
         let bos = self.store.assets.tokenizer.added_prefix();
@@ -152,7 +151,10 @@ impl Bench<'_> {
         memo.get_or_measure(&format!("{name} {}", layout.summary()), || {
             let t = Instant::now();
             let model = self.store.load_map(|_| {}, &layout.layer_map())?;
-            Ok(Score { ppl: self.ppl(&model, part)?, seconds: t.elapsed().as_secs_f64() })
+            Ok(Score {
+                ppl: self.ppl(&model, part, !held_out)?,
+                seconds: t.elapsed().as_secs_f64(),
+            })
         })
     }
 
@@ -161,7 +163,8 @@ impl Bench<'_> {
         let key = format!("held-out {name}");
         let measured = memo.get_or_measure(&key, || {
             let t = Instant::now();
-            Ok(Score { ppl: self.ppl(model, self.held_out)?, seconds: t.elapsed().as_secs_f64() })
+            let ppl = self.ppl(model, self.held_out, false)?;
+            Ok(Score { ppl, seconds: t.elapsed().as_secs_f64() })
         })?;
         Ok(measured.0.ppl)
     }
@@ -341,19 +344,15 @@ fn starts(bench: &Bench, base: usize, target: usize, min_scale: f32) -> Result<V
 /// The settings a resumed search must share with the log's: those that decide scores
 /// and choices.
 fn settings(args: &SearchArgs, tokens: &[u32], min_scale: f32) -> Map<String, Value> {
-    let mut hash = 0xcbf2_9ce4_8422_2325_u64;
-    for t in tokens {
-        for b in t.to_le_bytes() {
-            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
+    let mut hash = super::perplexity::Fnv::default();
+    tokens.iter().for_each(|t| hash.add(&t.to_le_bytes()));
     let e = &args.engine;
     let value = json!({
         "search": "amalgam search log, version 1",
         "base": e.model,
         "layers": args.layers,
         "text_tokens": tokens.len(),
-        "text_hash": format!("{hash:016x}"),
+        "text_hash": format!("{:016x}", hash.0),
         "ctx": e.ctx_size,
         "batch": e.batch,
         "kv_type": format!("{:?}", e.kv_type),
