@@ -33,8 +33,38 @@ pub struct Session<'m, 'a> {
     pool: Arc<Pool>,
     f16_products: bool,
     caches: Vec<KvCache>,
+    scratch: Scratch,
     ctx: usize,
     pos: usize,
+}
+
+/// Buffers a session reuses from batch to batch: a large buffer allocated afresh for
+/// every product would be new pages from the OS, zeroed on first touch.
+#[derive(Default)]
+struct Scratch {
+    free: Vec<Vec<f32>>,
+}
+
+impl Scratch {
+    /// A buffer of `len` zeros.
+    fn zeroed(&mut self, len: usize) -> Vec<f32> {
+        let mut v = self.free.pop().unwrap_or_default();
+        v.clear();
+        v.resize(len, 0.0);
+        v
+    }
+
+    /// A buffer of `len` values left from earlier use, for outputs written whole.
+    fn reused(&mut self, len: usize) -> Vec<f32> {
+        let mut v = self.free.pop().unwrap_or_default();
+        v.resize(len, 0.0);
+        v
+    }
+
+    /// Takes buffers back for later batches.
+    fn recycle<const N: usize>(&mut self, bufs: [Vec<f32>; N]) {
+        self.free.extend(bufs);
+    }
 }
 
 impl<'m, 'a> Session<'m, 'a> {
@@ -45,7 +75,8 @@ impl<'m, 'a> Session<'m, 'a> {
         let caches =
             model.layers.iter().map(|_| KvCache::new(kv, ctx, c.kv_dim(), c.head_dim)).collect();
         let (kernels, pool) = (Kernels::best(), pool::global());
-        Session { model, kernels, pool, f16_products: false, caches, ctx, pos: 0 }
+        let scratch = Scratch::default();
+        Session { model, kernels, pool, f16_products: false, caches, scratch, ctx, pos: 0 }
     }
 
     /// The same session with other kernels (the scalar ones, say).
@@ -145,7 +176,7 @@ impl<'m, 'a> Session<'m, 'a> {
                 pos: self.pos,
                 n,
             };
-            step.layer(layer, cache, &angles, &mut x);
+            step.layer(layer, cache, &mut self.scratch, &angles, &mut x);
             observe(i + 1, &x);
         }
         self.pos += n;
@@ -170,7 +201,7 @@ impl<'m, 'a> Session<'m, 'a> {
     }
 
     fn product(&self, w: &Matrix, x: &[f32]) -> Vec<f32> {
-        let [out] = products(&self.pool, self.kernels, [w], x);
+        let [out] = products(&self.pool, self.kernels, &mut Scratch::default(), [w], x);
         out
     }
 }
@@ -179,6 +210,7 @@ impl<'m, 'a> Session<'m, 'a> {
 fn products<const N: usize>(
     pool: &Pool,
     kernels: &Kernels,
+    scratch: &mut Scratch,
     ws: [&Matrix; N],
     x: &[f32],
 ) -> [Vec<f32>; N] {
@@ -188,7 +220,8 @@ fn products<const N: usize>(
             act = Some(Activations::new(w.ty, x, w.cols));
         }
         let a = act.as_ref().map_or(0, Activations::tokens);
-        let mut out = vec![0f32; a * w.rows];
+        // `matmul` writes every element.
+        let mut out = scratch.reused(a * w.rows);
         if let Some(a) = &act {
             matmul(pool, kernels, w, a, &mut out);
         }
@@ -208,11 +241,20 @@ struct Step<'s, 'a> {
 }
 
 impl Step<'_, '_> {
-    fn layer(&self, layer: &Layer, cache: &mut KvCache, angles: &[Angles], x: &mut [f32]) {
+    fn layer(
+        &self,
+        layer: &Layer,
+        cache: &mut KvCache,
+        scratch: &mut Scratch,
+        angles: &[Angles],
+        x: &mut [f32],
+    ) {
         let c = &self.model.config;
-        let h = ops::rms_norm_rows(x, &layer.attn_norm, c.rms_eps);
+        let (pool, kernels) = (self.pool, self.kernels);
+        let mut h = scratch.reused(x.len());
+        ops::rms_norm_rows_into(x, &layer.attn_norm, c.rms_eps, &mut h);
         let [mut q, mut k, mut v] =
-            products(self.pool, self.kernels, [&layer.q, &layer.k, &layer.v], &h);
+            products(pool, kernels, scratch, [&layer.q, &layer.k, &layer.v], &h);
         for (t, b) in [(&mut q, &layer.q_bias), (&mut k, &layer.k_bias), (&mut v, &layer.v_bias)] {
             if let Some(b) = b {
                 ops::add_rows(t, b);
@@ -236,23 +278,30 @@ impl Step<'_, '_> {
             let (kd, p) = (c.kv_dim(), self.pos + t);
             cache.store(p, &k[t * kd..(t + 1) * kd], &v[t * kd..(t + 1) * kd]);
         }
-        let attn = self.attention(cache, &q, layer.window);
-        let [o] = products(self.pool, self.kernels, [&layer.o], &attn);
+        let attn = self.attention(cache, &q, layer.window, scratch.zeroed(q.len()));
+        let [o] = products(pool, kernels, scratch, [&layer.o], &attn);
         ops::add(x, &o);
-        let h = ops::rms_norm_rows(x, &layer.ffn_norm, c.rms_eps);
-        let [mut g, u] = products(self.pool, self.kernels, [&layer.gate, &layer.up], &h);
+        ops::rms_norm_rows_into(x, &layer.ffn_norm, c.rms_eps, &mut h);
+        let [mut g, u] = products(pool, kernels, scratch, [&layer.gate, &layer.up], &h);
         ops::silu_mul(&mut g, &u);
-        let [d] = products(self.pool, self.kernels, [&layer.down], &g);
+        let [d] = products(pool, kernels, scratch, [&layer.down], &g);
         ops::add(x, &d);
+        scratch.recycle([h, q, k, v, attn, o, g, u, d]);
     }
 
     /// Grouped-query attention of every query head of every token over the cache, with
     /// the causal mask and the layer's sliding window.
-    fn attention(&self, cache: &KvCache, q: &[f32], window: Option<usize>) -> Vec<f32> {
+    /// Writes into `out`, zeros as long as `q`, and returns it.
+    fn attention(
+        &self,
+        cache: &KvCache,
+        q: &[f32],
+        window: Option<usize>,
+        mut out: Vec<f32>,
+    ) -> Vec<f32> {
         let c = &self.model.config;
         let (hd, heads, group) = (c.head_dim, c.heads, c.heads / c.kv_heads);
         let scale = 1.0 / (hd as f32).sqrt();
-        let mut out = vec![0f32; q.len()];
         let items = q.len() / hd;
         let ptr = SharedOut::new(&mut out);
         let counter = Counter::new();

@@ -14,10 +14,15 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) {
 /// [`rms_norm`] over every `w.len()`-wide row of `x`.
 pub fn rms_norm_rows(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     let mut y = vec![0f32; x.len()];
+    rms_norm_rows_into(x, w, eps, &mut y);
+    y
+}
+
+/// [`rms_norm_rows`] into `y` (as long as `x`).
+pub fn rms_norm_rows_into(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) {
     for (o, r) in y.chunks_exact_mut(w.len()).zip(x.chunks_exact(w.len())) {
         rms_norm(r, w, eps, o);
     }
-    y
 }
 
 /// [`rms_norm`] in place over every `w.len()`-wide piece of `x` (per-head norms).

@@ -6,7 +6,7 @@ use amalgam_gguf::GgmlType;
 use amalgam_gguf::blocks::{BlockQ8_0, BlockQ8_1, QK, as_blocks, as_blocks_mut};
 use amalgam_gguf::quant;
 
-use super::activation_type;
+use super::{PANEL, activation_type};
 
 /// A batch of activation rows, one per token.
 pub struct Activations {
@@ -19,6 +19,20 @@ pub struct Activations {
     /// read a float instead of converting a half per product.
     d: Vec<f32>,
     s: Vec<f32>,
+    /// The same widened scales block-major per tile of [`PANEL`] tokens (the last tile
+    /// padded with the last token): tile `k`, block `i`, token `t` at
+    /// `(k · blocks + i) · PANEL + t`, so a panel kernel reads one contiguous run.
+    tile_d: Vec<f32>,
+    tile_s: Vec<f32>,
+}
+
+/// [`PANEL`] tokens' activation blocks and their widened scales, block-major (`d[i ·
+/// PANEL + t]`; `s` empty for Q8_0). Tokens past the batch repeat its last token.
+#[derive(Clone, Copy, Debug)]
+pub struct ActTile<'a> {
+    pub blocks: [&'a [u8]; PANEL],
+    pub d: &'a [f32],
+    pub s: &'a [f32],
 }
 
 /// One token's quantized activations: the blocks and their widened scales (empty for
@@ -44,6 +58,8 @@ impl Activations {
             blocks: Vec::new(),
             d: Vec::new(),
             s: Vec::new(),
+            tile_d: Vec::new(),
+            tile_s: Vec::new(),
         };
         if ty == GgmlType::F32 {
             act.floats = x.to_vec();
@@ -76,6 +92,41 @@ impl Activations {
             }
             _ => {}
         }
+        self.tile_d = self.block_major(&self.d);
+        self.tile_s = self.block_major(&self.s);
+    }
+
+    /// Per-token scales (`tokens × blocks`) laid out as [`ActTile`] reads them.
+    fn block_major(&self, per_token: &[f32]) -> Vec<f32> {
+        let blocks = per_token.len().checked_div(self.tokens).unwrap_or(0);
+        let last = self.tokens.saturating_sub(1);
+        let mut out = Vec::with_capacity(self.tiles() * blocks * PANEL);
+        for k in 0..self.tiles() {
+            for i in 0..blocks {
+                for t in 0..PANEL {
+                    let token = (k * PANEL + t).min(last);
+                    out.push(per_token.get(token * blocks + i).copied().unwrap_or(0.0));
+                }
+            }
+        }
+        out
+    }
+
+    /// The number of [`PANEL`]-token tiles covering the batch.
+    pub fn tiles(&self) -> usize {
+        self.tokens.div_ceil(PANEL)
+    }
+
+    /// Tokens `k · PANEL ..` as a tile (quantized weights with a panel kernel).
+    pub fn tile(&self, k: usize) -> ActTile<'_> {
+        let last = self.tokens.saturating_sub(1);
+        let tiles = self.tiles().max(1);
+        let (nd, ns) = (self.tile_d.len() / tiles, self.tile_s.len() / tiles);
+        ActTile {
+            blocks: std::array::from_fn(|t| self.blocks((k * PANEL + t).min(last))),
+            d: self.tile_d.get(k * nd..(k + 1) * nd).unwrap_or_default(),
+            s: self.tile_s.get(k * ns..(k + 1) * ns).unwrap_or_default(),
+        }
     }
 
     /// Token `t`'s blocks and widened scales.
@@ -100,6 +151,12 @@ impl Activations {
 
     pub fn cols(&self) -> usize {
         self.cols
+    }
+
+    /// Tokens `k · T ..` as f32 rows (float weights); past the batch, its last token.
+    pub fn float_tile<const T: usize>(&self, k: usize) -> [&[f32]; T] {
+        let last = self.tokens.saturating_sub(1);
+        std::array::from_fn(|t| self.floats((k * T + t).min(last)))
     }
 
     /// Token `t`'s f32 row (float weights).

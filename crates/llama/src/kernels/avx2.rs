@@ -10,7 +10,7 @@ use amalgam_gguf::blocks::{
 };
 
 use super::float::{LANES, fold, fold8};
-use super::{ActRow, Kernels, TILE, avx2_k};
+use super::{ActRow, Kernels, Panels, TILE, avx2_k, avx2_panel};
 
 /// The AVX2 kernels, if this CPU has AVX2, FMA and F16C.
 pub fn kernels() -> Option<Kernels> {
@@ -37,6 +37,16 @@ pub fn kernels() -> Option<Kernels> {
         q6_k: avx2_k::dot_q6_k,
         axpy_f16,
         axpy_f32,
+        panels: Panels {
+            f32: avx2_panel::panel_f32,
+            f16: avx2_panel::panel_f16,
+            bf16: avx2_panel::panel_bf16,
+            q4_0: avx2_panel::panel_q4_0,
+            q4_1: avx2_panel::panel_q4_1,
+            q5_0: avx2_panel::panel_q5_0,
+            q5_1: avx2_panel::panel_q5_1,
+            q8_0: avx2_panel::panel_q8_0,
+        },
     })
 }
 
@@ -158,7 +168,7 @@ fn dot_i8_i8(a: __m256i, b: __m256i) -> __m256i {
 /// The 32 nibbles of 16 bytes in element order: low nibbles, then high nibbles.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn nibbles(qs: &[u8; 16]) -> __m256i {
+pub(super) fn nibbles(qs: &[u8; 16]) -> __m256i {
     // SAFETY: reads exactly the 16 bytes of the array.
     let v = unsafe { _mm_loadu_si128(qs.as_ptr().cast()) };
     let both = _mm256_set_m128i(_mm_srli_epi16(v, 4), v);
@@ -168,7 +178,7 @@ fn nibbles(qs: &[u8; 16]) -> __m256i {
 /// Bit 4 (0x10) in byte `j` where bit `j` of `qh` is set.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn high_bits(qh: [u8; 4]) -> __m256i {
+pub(super) fn high_bits(qh: [u8; 4]) -> __m256i {
     let v = _mm256_set1_epi32(i32::from_le_bytes(qh));
     let spread = _mm256_shuffle_epi8(
         v,
@@ -312,15 +322,15 @@ fn load_bf16(w: &[u8], at: usize) -> __m256 {
     _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
 }
 
-fn decode_f32(w: &[u8], j: usize) -> f32 {
+pub(super) fn decode_f32(w: &[u8], j: usize) -> f32 {
     f32::from_le_bytes([w[4 * j], w[4 * j + 1], w[4 * j + 2], w[4 * j + 3]])
 }
 
-fn decode_f16(w: &[u8], j: usize) -> f32 {
+pub(super) fn decode_f16(w: &[u8], j: usize) -> f32 {
     half::f16::from_le_bytes([w[2 * j], w[2 * j + 1]]).to_f32()
 }
 
-fn decode_bf16(w: &[u8], j: usize) -> f32 {
+pub(super) fn decode_bf16(w: &[u8], j: usize) -> f32 {
     f32::from_bits(u32::from(u16::from_le_bytes([w[2 * j], w[2 * j + 1]])) << 16)
 }
 

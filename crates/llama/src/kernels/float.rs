@@ -74,3 +74,26 @@ per_token_float! {
     dot_f16_tiled => dot_f16;
     dot_bf16_tiled => dot_bf16;
 }
+
+/// Declares scalar float panel kernels that run the one-token kernel per row and token.
+macro_rules! per_token_float_panel {
+    ($($name:ident => $one:ident;)*) => {$(
+        pub fn $name(
+            rows: [&[u8]; super::FLOAT_ROWS],
+            xs: &[&[f32]; super::FLOAT_TOKENS],
+            out: &mut [[f32; super::FLOAT_TOKENS]; super::FLOAT_ROWS],
+        ) {
+            for (w, out) in rows.into_iter().zip(out) {
+                for (o, x) in out.iter_mut().zip(xs) {
+                    *o = $one(w, x);
+                }
+            }
+        }
+    )*};
+}
+
+per_token_float_panel! {
+    panel_f32 => dot_f32;
+    panel_f16 => dot_f16;
+    panel_bf16 => dot_bf16;
+}

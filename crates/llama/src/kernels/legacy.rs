@@ -123,3 +123,22 @@ super::per_token! {
     dot_q5_1 => one_q5_1;
     dot_q8_0 => one_q8_0;
 }
+
+/// Declares scalar panel kernels that run a one-token kernel per token of the tile.
+macro_rules! per_token_panel {
+    ($($name:ident => $one:ident;)*) => {$(
+        pub fn $name(w: &[u8], tile: &super::ActTile, out: &mut [f32; super::PANEL]) {
+            for (o, a) in out.iter_mut().zip(tile.blocks) {
+                *o = $one(w, a);
+            }
+        }
+    )*};
+}
+
+per_token_panel! {
+    panel_q4_0 => one_q4_0;
+    panel_q4_1 => one_q4_1;
+    panel_q5_0 => one_q5_0;
+    panel_q5_1 => one_q5_1;
+    panel_q8_0 => one_q8_0;
+}

@@ -12,6 +12,8 @@ pub mod activations;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx2_k;
+#[cfg(target_arch = "x86_64")]
+mod avx2_panel;
 mod float;
 mod kquants;
 mod legacy;
@@ -20,7 +22,7 @@ use std::sync::OnceLock;
 
 use amalgam_gguf::GgmlType;
 
-pub use activations::{ActRow, Activations};
+pub use activations::{ActRow, ActTile, Activations};
 
 use crate::model::Matrix;
 use crate::pool::{Counter, Pool, SharedOut};
@@ -34,8 +36,25 @@ pub type FloatDots = fn(&[u8], &[&[f32]], &mut [f32]);
 /// blocks: `out[t] = w · a[t]`, each computed exactly as for one token alone.
 pub type QuantDot = fn(&[u8], &[ActRow], &mut [f32]);
 
+/// Products of a stored quantized row with a tile of [`PANEL`] tokens: `out[t] = w ·
+/// a[t]`, each computed exactly as for one token alone.
+pub type QuantPanel = fn(&[u8], &ActTile, &mut [f32; PANEL]);
+/// Products of [`FLOAT_ROWS`] stored float rows with [`FLOAT_TOKENS`] tokens' f32
+/// activations, each computed exactly as [`FloatDot`] computes it.
+pub type FloatPanel =
+    fn([&[u8]; FLOAT_ROWS], &[&[f32]; FLOAT_TOKENS], &mut [[f32; FLOAT_TOKENS]; FLOAT_ROWS]);
+
 /// Tokens whose products one pass over a weight row computes.
 pub const TILE: usize = 4;
+
+/// Tokens a quantized panel kernel takes per pass over a weight row: one register
+/// accumulator each.
+pub const PANEL: usize = 8;
+
+/// Rows and tokens a float panel kernel takes per pass: f32 activations are four times
+/// the bytes of Q8 ones, so two rows share each load of them.
+pub const FLOAT_ROWS: usize = 2;
+pub const FLOAT_TOKENS: usize = 4;
 
 /// Rows and tokens of the blocks a thread walks through, sized for L1.
 const BLOCK: usize = 16;
@@ -76,6 +95,27 @@ pub struct Kernels {
     pub q6_k: QuantDot,
     pub axpy_f16: Axpy,
     pub axpy_f32: Axpy,
+    pub panels: Panels,
+}
+
+/// Panel kernels of the float types and the 32-element block types.
+#[derive(Clone, Copy)]
+pub struct Panels {
+    pub f32: FloatPanel,
+    pub f16: FloatPanel,
+    pub bf16: FloatPanel,
+    pub q4_0: QuantPanel,
+    pub q4_1: QuantPanel,
+    pub q5_0: QuantPanel,
+    pub q5_1: QuantPanel,
+    pub q8_0: QuantPanel,
+}
+
+/// A panel kernel for one weight type.
+#[derive(Clone, Copy)]
+pub enum Panel {
+    Float(FloatPanel),
+    Quant(QuantPanel),
 }
 
 /// A dot product for one weight type.
@@ -122,6 +162,22 @@ impl Kernels {
             GgmlType::Q8_1 | GgmlType::Q8K => return None,
         })
     }
+
+    /// The panel kernel for weights of type `ty`, where there is one.
+    pub fn panel(&self, ty: GgmlType) -> Option<Panel> {
+        let p = &self.panels;
+        Some(match ty {
+            GgmlType::F32 => Panel::Float(p.f32),
+            GgmlType::F16 => Panel::Float(p.f16),
+            GgmlType::BF16 => Panel::Float(p.bf16),
+            GgmlType::Q4_0 => Panel::Quant(p.q4_0),
+            GgmlType::Q4_1 => Panel::Quant(p.q4_1),
+            GgmlType::Q5_0 => Panel::Quant(p.q5_0),
+            GgmlType::Q5_1 => Panel::Quant(p.q5_1),
+            GgmlType::Q8_0 => Panel::Quant(p.q8_0),
+            _ => return None,
+        })
+    }
 }
 
 static SCALAR: Kernels = Kernels {
@@ -144,6 +200,16 @@ static SCALAR: Kernels = Kernels {
     q6_k: kquants::dot_q6_k,
     axpy_f16: float::axpy_f16,
     axpy_f32: float::axpy_f32,
+    panels: Panels {
+        f32: float::panel_f32,
+        f16: float::panel_f16,
+        bf16: float::panel_bf16,
+        q4_0: legacy::panel_q4_0,
+        q4_1: legacy::panel_q4_1,
+        q5_0: legacy::panel_q5_0,
+        q5_1: legacy::panel_q5_1,
+        q8_0: legacy::panel_q8_0,
+    },
 };
 
 /// Rows per work item: enough items to balance the threads, few enough to keep the
@@ -194,6 +260,9 @@ pub fn matmul(pool: &Pool, kernels: &Kernels, w: &Matrix, act: &Activations, out
         });
         return;
     }
+    if let Some(panel) = kernels.panel(w.ty) {
+        return matmul_panels(pool, panel, w, act, out);
+    }
     pool.run(&|_| {
         let mut tile = [0f32; TILE];
         while let Some(c) = counter.next(items) {
@@ -214,6 +283,66 @@ pub fn matmul(pool: &Pool, kernels: &Kernels, w: &Matrix, act: &Activations, out
                                 // above), and each row `r` belongs to exactly one work item,
                                 // so no two threads write the same element; `run` returns
                                 // when every thread is done.
+                                unsafe { *ptr.at((t0 + t) * rows + r) = v };
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// [`matmul`] of several tokens by a panel kernel.
+fn matmul_panels(pool: &Pool, panel: Panel, w: &Matrix, act: &Activations, out: &mut [f32]) {
+    match panel {
+        Panel::Quant(f) => {
+            let tiles: Vec<ActTile> = (0..act.tiles()).map(|k| act.tile(k)).collect();
+            let run = |[row]: [&[u8]; 1], k: usize, res: &mut [[f32; PANEL]; 1]| {
+                f(row, &tiles[k], &mut res[0]);
+            };
+            by_tiles(pool, w, act.tokens(), out, run);
+        }
+        Panel::Float(f) => {
+            let tiles: Vec<[&[f32]; FLOAT_TOKENS]> =
+                (0..act.tokens().div_ceil(FLOAT_TOKENS)).map(|k| act.float_tile(k)).collect();
+            by_tiles(pool, w, act.tokens(), out, |rows, k, res| f(rows, &tiles[k], res));
+        }
+    }
+}
+
+/// Runs `panel` over `R` rows × tile `k` of `T` tokens at a time: per work item, blocks
+/// of rows, each run over every tile (the tile's activations stay in L1 across the
+/// block's rows, the rows across the tiles). Past the last row, a panel repeats it.
+fn by_tiles<const R: usize, const T: usize>(
+    pool: &Pool,
+    w: &Matrix,
+    tokens: usize,
+    out: &mut [f32],
+    panel: impl Fn([&[u8]; R], usize, &mut [[f32; T]; R]) + Sync,
+) {
+    let rows = w.rows;
+    let ptr = SharedOut::new(out);
+    let chunk = rows_per_item(rows, pool.threads());
+    let items = rows.div_ceil(chunk);
+    let counter = Counter::new();
+    pool.run(&|_| {
+        let mut res = [[0f32; T]; R];
+        while let Some(c) = counter.next(items) {
+            let rows_here = c * chunk..((c + 1) * chunk).min(rows);
+            for r0 in rows_here.clone().step_by(BLOCK) {
+                let block = r0..(r0 + BLOCK).min(rows_here.end);
+                for k in 0..tokens.div_ceil(T) {
+                    let t0 = k * T;
+                    for r1 in block.clone().step_by(R) {
+                        let last = (r1 + R).min(block.end);
+                        panel(std::array::from_fn(|i| w.row((r1 + i).min(last - 1))), k, &mut res);
+                        for (r, res) in (r1..last).zip(&res) {
+                            for (t, &v) in res.iter().enumerate().take(tokens - t0) {
+                                // SAFETY: `(t0 + t) * rows + r < tokens * rows = out.len()`
+                                // (checked by `matmul`), and each row `r` belongs to
+                                // exactly one work item, so no two threads write the same
+                                // element; `run` returns when every thread is done.
                                 unsafe { *ptr.at((t0 + t) * rows + r) = v };
                             }
                         }

@@ -145,8 +145,15 @@ fn q8_activations_round_half_to_even_with_127_over_amax() {
 #[test]
 fn matmul_is_the_same_for_any_thread_count() {
     let mut rng = Rng::new(11);
-    let (rows, cols, tokens) = (64, 512, 3);
-    for ty in [GgmlType::Q4_1, GgmlType::Q4K, GgmlType::F16] {
+    let (rows, cols) = (64, 512);
+    for (ty, tokens) in [
+        (GgmlType::Q4_1, 3),
+        (GgmlType::Q4_1, PANEL + 3),
+        (GgmlType::Q8_0, PANEL),
+        (GgmlType::Q4K, 3),
+        (GgmlType::F16, 3),
+        (GgmlType::BF16, FLOAT_TOKENS + 1),
+    ] {
         let data: Vec<u8> = (0..rows).flat_map(|_| weight_row(&mut rng, ty, cols).0).collect();
         let w = Matrix { ty, rows, cols, data: &data, scale: 1.0 };
         let x = random(&mut rng, tokens * cols, 1.0);
@@ -214,6 +221,77 @@ fn tiled_products_equal_one_token_products() {
                         "{ty} {} token {t} of {tokens}",
                         kernels.name
                     );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn panel_products_equal_one_token_products() {
+    let mut rng = Rng::new(13);
+    let n = 1536;
+    let tokens = 2 * PANEL + 3;
+    for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0] {
+        let (w, _) = weight_row(&mut rng, ty, n);
+        let x = random(&mut rng, tokens * n, 2.0);
+        let act = Activations::new(ty, &x, n);
+        let Some(Dot::Quant(one)) = Kernels::scalar().dot(ty) else { panic!("{ty}") };
+        for kernels in [Kernels::scalar(), Kernels::best()] {
+            let Some(Panel::Quant(panel)) = kernels.panel(ty) else { panic!("{ty} has no panel") };
+            assert_eq!(act.tiles(), 3);
+            for k in 0..act.tiles() {
+                let mut out = [0f32; PANEL];
+                panel(&w, &act.tile(k), &mut out);
+                for (t, &v) in out.iter().enumerate() {
+                    // Past the batch, the tile repeats its last token.
+                    let token = (k * PANEL + t).min(tokens - 1);
+                    let mut expect = [0f32];
+                    one(&w, &[act.row(token)], &mut expect);
+                    assert_eq!(
+                        v.to_bits(),
+                        expect[0].to_bits(),
+                        "{ty} {} token {token}: {v} vs {}",
+                        kernels.name,
+                        expect[0]
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn float_panel_products_equal_one_token_products() {
+    let mut rng = Rng::new(17);
+    let tokens = FLOAT_TOKENS + 1;
+    for ty in [GgmlType::F32, GgmlType::F16, GgmlType::BF16] {
+        for n in [7, 100, 576] {
+            let rows: Vec<Vec<u8>> = (0..3).map(|_| weight_row(&mut rng, ty, n).0).collect();
+            let x = random(&mut rng, tokens * n, 1.0);
+            let act = Activations::new(ty, &x, n);
+            let Some(Dot::Float(one)) = Kernels::scalar().dot(ty) else { panic!("{ty}") };
+            for kernels in [Kernels::scalar(), Kernels::best()] {
+                let Some(Panel::Float(panel)) = kernels.panel(ty) else { panic!("{ty}") };
+                for (r0, k) in [(0, 0), (1, 0), (1, 1)] {
+                    let mut out = [[0f32; FLOAT_TOKENS]; FLOAT_ROWS];
+                    let pair = std::array::from_fn(|i| rows[r0 + i].as_slice());
+                    panel(pair, &act.float_tile(k), &mut out);
+                    for (i, out) in out.iter().enumerate() {
+                        for (t, &v) in out.iter().enumerate() {
+                            // Past the batch, the tile repeats its last token.
+                            let token = (k * FLOAT_TOKENS + t).min(tokens - 1);
+                            let mut expect = [0f32];
+                            one(&rows[r0 + i], &[act.floats(token)], &mut expect);
+                            assert_eq!(
+                                v.to_bits(),
+                                expect[0].to_bits(),
+                                "{ty} n={n} {} row {} token {token}",
+                                kernels.name,
+                                r0 + i
+                            );
+                        }
+                    }
                 }
             }
         }

@@ -1,0 +1,279 @@
+//! AVX2 panel kernels: one weight row against [`PANEL`] tokens per pass, one register
+//! accumulator per token, so each weight is loaded and decoded once for all of them.
+//!
+//! - The 32-element block types: per token, each block's scale product, integer lanes
+//!   and `fma` are the one-token kernel's, and the `m · s` terms of all tokens are summed
+//!   in one vector (lane `t` holds token `t`'s running sum, in the scalar kernel's order).
+//! - The float types: the one-token kernel keeps 32 lanes (four vectors); the panel walks
+//!   the row once per vector of lanes, so each lane still adds its elements in order.
+//!
+//! Every output therefore has the one-token bits.
+
+use std::arch::x86_64::*;
+
+use amalgam_gguf::blocks::{
+    Block, BlockQ4_0, BlockQ4_1, BlockQ5_0, BlockQ5_1, BlockQ8_0, BlockQ8_1, as_blocks,
+};
+
+use super::avx2::{
+    decode_bf16, decode_f16, decode_f32, dot_u8_i8, f16, high_bits, load32i, nibbles,
+};
+use super::float::{LANES, fold, fold8};
+use super::{ActTile, FLOAT_ROWS, FLOAT_TOKENS, PANEL};
+
+/// Declares safe panel kernels that call their `#[target_feature]` bodies.
+macro_rules! checked_panel {
+    ($($name:ident => $body:ident;)*) => {$(
+        pub(super) fn $name(w: &[u8], tile: &ActTile, out: &mut [f32; PANEL]) {
+            // SAFETY: these kernels are only reachable through `avx2::kernels()`, which
+            // returns them only when the CPU has AVX2, FMA and F16C.
+            unsafe { $body(w, tile, out) }
+        }
+    )*};
+}
+
+checked_panel! {
+    panel_q4_0 => q4_0_body;
+    panel_q4_1 => q4_1_body;
+    panel_q5_0 => q5_0_body;
+    panel_q5_1 => q5_1_body;
+    panel_q8_0 => q8_0_body;
+}
+
+/// One decoded weight block: its 32 levels as `dot` takes them (unsigned, or signed
+/// with their magnitudes), its scale and its minimum (0 for the types without one).
+type Decoded = (Levels, f32, f32);
+
+/// A block's levels: unsigned ones once, signed ones with their magnitudes (taken once
+/// per block rather than per token).
+#[derive(Clone, Copy)]
+struct Levels {
+    q: __m256i,
+    abs: __m256i,
+}
+
+/// Levels of an unsigned type.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn unsigned(q: __m256i) -> Levels {
+    Levels { q, abs: q }
+}
+
+/// Levels of a signed type, with their magnitudes.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn signed(q: __m256i) -> Levels {
+    Levels { q, abs: _mm256_sign_epi8(q, q) }
+}
+
+/// `Σ q[i] · y[i]` of signed levels: `|q| · (y · sign q)`, exact as the one-token
+/// kernels' sign trick.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn dot_signed(l: Levels, y: &[i8; 32]) -> __m256i {
+    dot_u8_i8(l.abs, _mm256_sign_epi8(load32i(y), l.q))
+}
+
+/// The panel loop: `prep` decodes a weight block, `dot` gives its eight integer lanes
+/// with one token's activation block. `MINS` says whether the type has `m · s` terms.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn panel<W: Block, A: Block, const MINS: bool>(
+    w: &[u8],
+    tile: &ActTile,
+    out: &mut [f32; PANEL],
+    prep: impl Fn(&W) -> Decoded,
+    dot: impl Fn(Levels, &A) -> __m256i,
+) {
+    let weights: &[W] = as_blocks(w).unwrap_or_default();
+    let mut acts: [&[A]; PANEL] = [&[]; PANEL];
+    for (a, b) in acts.iter_mut().zip(tile.blocks) {
+        *a = as_blocks(b).unwrap_or_default();
+    }
+    let mut n = acts.iter().map(|a| a.len()).fold(weights.len(), usize::min);
+    n = n.min(tile.d.len() / PANEL);
+    if MINS {
+        n = n.min(tile.s.len() / PANEL);
+    }
+    let (mut acc, mut mins) = ([_mm256_setzero_ps(); PANEL], _mm256_setzero_ps());
+    for i in 0..n {
+        // SAFETY: `i < n`, and `n` is at most every token's block count and the scale
+        // runs' lengths over `PANEL`, so each block and the `PANEL` scales from
+        // `i · PANEL` are in bounds.
+        unsafe {
+            let x = weights.get_unchecked(i);
+            // A hint only (the address need not be valid): the rows stream from memory.
+            _mm_prefetch::<_MM_HINT_T0>((x as *const W).cast::<i8>().wrapping_add(1024));
+            let (q, dw, mw) = prep(x);
+            let dw = _mm256_set1_ps(dw);
+            let d = tile.d.as_ptr().add(i * PANEL);
+            for (t, a) in acc.iter_mut().enumerate() {
+                let lanes = dot(q, acts[t].get_unchecked(i));
+                let scale = _mm256_mul_ps(dw, _mm256_broadcast_ss(&*d.add(t)));
+                *a = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(lanes), *a);
+            }
+            if MINS {
+                let s = _mm256_loadu_ps(tile.s.as_ptr().add(i * PANEL));
+                mins = _mm256_add_ps(mins, _mm256_mul_ps(_mm256_set1_ps(mw), s));
+            }
+        }
+    }
+    let mut m = [0f32; PANEL];
+    // SAFETY: writes the 8 floats of `m`.
+    unsafe { _mm256_storeu_ps(m.as_mut_ptr(), mins) };
+    for ((o, a), m) in out.iter_mut().zip(acc).zip(m) {
+        let mut lanes = [0f32; 8];
+        // SAFETY: writes the 8 floats of `lanes`.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), a) };
+        *o = fold8(&lanes) + m;
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_0_body(w: &[u8], tile: &ActTile, out: &mut [f32; PANEL]) {
+    let prep = |x: &BlockQ4_0| {
+        (signed(_mm256_sub_epi8(nibbles(&x.qs), _mm256_set1_epi8(8))), f16(x.d), 0.0)
+    };
+    panel::<_, _, false>(w, tile, out, prep, |l, y: &BlockQ8_0| dot_signed(l, &y.qs));
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_1_body(w: &[u8], tile: &ActTile, out: &mut [f32; PANEL]) {
+    let prep = |x: &BlockQ4_1| (unsigned(nibbles(&x.qs)), f16(x.d), f16(x.m));
+    panel::<_, _, true>(w, tile, out, prep, |l, y: &BlockQ8_1| dot_u8_i8(l.q, load32i(&y.qs)));
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q5_0_body(w: &[u8], tile: &ActTile, out: &mut [f32; PANEL]) {
+    let prep = |x: &BlockQ5_0| {
+        let q = _mm256_or_si256(nibbles(&x.qs), high_bits(x.qh));
+        (signed(_mm256_sub_epi8(q, _mm256_set1_epi8(16))), f16(x.d), 0.0)
+    };
+    panel::<_, _, false>(w, tile, out, prep, |l, y: &BlockQ8_0| dot_signed(l, &y.qs));
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q5_1_body(w: &[u8], tile: &ActTile, out: &mut [f32; PANEL]) {
+    let prep = |x: &BlockQ5_1| {
+        (unsigned(_mm256_or_si256(nibbles(&x.qs), high_bits(x.qh))), f16(x.d), f16(x.m))
+    };
+    panel::<_, _, true>(w, tile, out, prep, |l, y: &BlockQ8_1| dot_u8_i8(l.q, load32i(&y.qs)));
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q8_0_body(w: &[u8], tile: &ActTile, out: &mut [f32; PANEL]) {
+    let prep = |x: &BlockQ8_0| (signed(load32i(&x.qs)), f16(x.d), 0.0);
+    panel::<_, _, false>(w, tile, out, prep, |l, y: &BlockQ8_0| dot_signed(l, &y.qs));
+}
+
+/// Declares safe float panel kernels over their `#[target_feature]` bodies; `$width` is
+/// the bytes per weight.
+macro_rules! checked_float_panel {
+    ($($name:ident => $width:expr, $load:ident, $decode:ident;)*) => {$(
+        pub(super) fn $name(rows: [&[u8]; ROWS], xs: &[&[f32]; TOKENS], out: &mut FloatOut) {
+            #[target_feature(enable = "avx2,fma,f16c")]
+            fn body(rows: [&[u8]; ROWS], xs: &[&[f32]; TOKENS], out: &mut FloatOut) {
+                let n = rows.iter().map(|w| w.len() / $width);
+                let n = xs.iter().map(|x| x.len()).chain(n).fold(usize::MAX, usize::min);
+                // SAFETY: `float_panel` loads eight weights from `at` only where
+                // `at + 8 <= n <= w.len() / width`.
+                let load = |r: usize, at: usize| unsafe { $load(rows[r], at) };
+                float_panel(n, xs, out, load, |r, j| $decode(rows[r], j));
+            }
+            // SAFETY: only reachable through `avx2::kernels()`, after the CPU features
+            // are checked.
+            unsafe { body(rows, xs, out) }
+        }
+    )*};
+}
+
+checked_float_panel! {
+    panel_f32 => 4, load_f32, decode_f32;
+    panel_f16 => 2, load_f16, decode_f16;
+    panel_bf16 => 2, load_bf16, decode_bf16;
+}
+
+const ROWS: usize = FLOAT_ROWS;
+const TOKENS: usize = FLOAT_TOKENS;
+type FloatOut = [[f32; TOKENS]; ROWS];
+
+/// Eight f32 weights from element `at`.
+///
+/// # Safety
+/// `4 · (at + 8) <= w.len()`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn load_f32(w: &[u8], at: usize) -> __m256 {
+    // SAFETY: in bounds by the caller's promise.
+    unsafe { _mm256_loadu_ps(w.as_ptr().add(4 * at).cast()) }
+}
+
+/// Eight f16 weights from element `at`, widened.
+///
+/// # Safety
+/// `2 · (at + 8) <= w.len()`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn load_f16(w: &[u8], at: usize) -> __m256 {
+    // SAFETY: in bounds by the caller's promise.
+    _mm256_cvtph_ps(unsafe { _mm_loadu_si128(w.as_ptr().add(2 * at).cast()) })
+}
+
+/// Eight bf16 weights from element `at`, widened.
+///
+/// # Safety
+/// `2 · (at + 8) <= w.len()`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn load_bf16(w: &[u8], at: usize) -> __m256 {
+    // SAFETY: in bounds by the caller's promise.
+    let h = unsafe { _mm_loadu_si128(w.as_ptr().add(2 * at).cast()) };
+    _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
+}
+
+/// The panel over the first `n` elements (`n` at most every row's length): for each of
+/// the one-token kernel's four lane vectors, one walk down the rows adding that vector's
+/// elements for every row and token; then each product's tail and fold as the one-token
+/// kernel's. `load(r, at)` gives row `r`'s eight weights from `at`, `decode(r, j)` one.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn float_panel(
+    n: usize,
+    xs: &[&[f32]; TOKENS],
+    out: &mut FloatOut,
+    load: impl Fn(usize, usize) -> __m256,
+    decode: impl Fn(usize, usize) -> f32,
+) {
+    let full = n / LANES * LANES;
+    let mut lanes = [[[0f32; LANES]; TOKENS]; ROWS];
+    for v in 0..LANES / 8 {
+        let mut acc = [[_mm256_setzero_ps(); TOKENS]; ROWS];
+        let mut at = 8 * v;
+        while at < full {
+            // SAFETY: `at + 8 <= full <= n <= x.len()` for every token.
+            let x: [__m256; TOKENS] =
+                std::array::from_fn(|t| unsafe { _mm256_loadu_ps(xs[t].as_ptr().add(at)) });
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let wv = load(r, at);
+                for (a, &xv) in acc.iter_mut().zip(&x) {
+                    *a = _mm256_fmadd_ps(wv, xv, *a);
+                }
+            }
+            at += LANES;
+        }
+        for (lanes, acc) in lanes.iter_mut().zip(acc) {
+            for (l, a) in lanes.iter_mut().zip(acc) {
+                // SAFETY: writes 8 floats at `8v`, inside the 32-float array.
+                unsafe { _mm256_storeu_ps(l.as_mut_ptr().add(8 * v), a) };
+            }
+        }
+    }
+    for (r, (out, lanes)) in out.iter_mut().zip(&mut lanes).enumerate() {
+        for ((o, l), x) in out.iter_mut().zip(lanes).zip(xs) {
+            for (j, &v) in (full..n).zip(x.get(full..n).unwrap_or_default()) {
+                l[j % LANES] = decode(r, j).mul_add(v, l[j % LANES]);
+            }
+            *o = fold(l);
+        }
+    }
+}
