@@ -46,6 +46,7 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
     let options =
         MergeOptions { out_shard_size: args.out_shard_size, ..single_model_options(args.force) };
     let bar = Bar::new(args.quiet);
+    crate::signals::remove_stale_partials(&args.out_dir);
     let result = amalgam_merge::run_config(&config, "convert", &args.out_dir, &options, &bar);
     bar.finish();
     let summary = result?;

@@ -9,6 +9,7 @@ mod pretok;
 mod progress;
 mod quantize;
 mod shared;
+mod signals;
 
 use std::process::ExitCode;
 
@@ -45,6 +46,10 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let cli = Cli::parse();
+    if let Err(error) = signals::install() {
+        eprintln!("error: {error:#}");
+        return ExitCode::from(2);
+    }
     let result = match cli.command {
         Command::Merge(args) => merge::run(args),
         Command::Quantize(args) => quantize::run(args),

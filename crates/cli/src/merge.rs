@@ -259,6 +259,7 @@ pub fn run(args: MergeArgs) -> anyhow::Result<()> {
         None => options,
     };
     let started = Instant::now();
+    crate::signals::remove_stale_partials(&args.out_dir);
     let result = amalgam_merge::run(&args.config, &args.out_dir, &options, &bar);
     bar.finish();
     let summary = result?;

@@ -52,6 +52,7 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
     if args.out.exists() && !args.force {
         bail!("{} exists; pass --force to replace it", args.out.display());
     }
+    crate::signals::remove_stale_partials(&args.out);
     let folder_path = locate(&args.model, &bar)?;
     if folder_path.is_file() {
         return requantize(&args, &folder_path, &bar);

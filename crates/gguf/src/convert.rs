@@ -166,6 +166,7 @@ pub fn write(
     };
     let partials: Vec<std::path::PathBuf> =
         finals.iter().map(|p| partial::sibling(p, "partial")).collect();
+    let _tracked: Vec<partial::Tracked> = partials.iter().map(|p| partial::track(p)).collect();
     let result = write_parts(
         &partials,
         metadata,

@@ -101,6 +101,8 @@ pub fn split_record(record: &[u16]) -> (f32, f32, &[u16]) {
 pub struct LogitsWriter {
     out: BufWriter<File>,
     partial: PathBuf,
+    /// Lists the partial for an interrupt handler to remove.
+    _tracked: amalgam_tensors::partial::Tracked,
     path: PathBuf,
     finished: bool,
 }
@@ -111,7 +113,8 @@ impl LogitsWriter {
         let partial = amalgam_tensors::partial::sibling(path, "partial");
         let io = |e: std::io::Error| Error::Invalid(format!("writing {}: {e}", path.display()));
         let out = BufWriter::new(File::create(&partial).map_err(io)?);
-        let mut w = LogitsWriter { out, partial, path: path.to_owned(), finished: false };
+        let _tracked = amalgam_tensors::partial::track(&partial);
+        let mut w = LogitsWriter { out, partial, _tracked, path: path.to_owned(), finished: false };
         let int = |n: usize| i32::try_from(n).map(i32::to_le_bytes);
         let too_big = |_| Error::Invalid(format!("{}: sizes past i32", path.display()));
         w.out.write_all(MAGIC).map_err(io)?;

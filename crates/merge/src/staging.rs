@@ -4,7 +4,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use amalgam_tensors::partial::{self, sibling};
+use amalgam_tensors::partial::{self, Tracked, sibling};
 
 use crate::error::{MergeError, Result};
 
@@ -13,6 +13,8 @@ use crate::error::{MergeError, Result};
 pub(crate) struct Staging {
     pub(crate) path: PathBuf,
     committed: bool,
+    /// Lists the folder for an interrupt handler to remove.
+    _tracked: Tracked,
 }
 
 impl Staging {
@@ -23,7 +25,8 @@ impl Staging {
         }
         let _ = fs::remove_dir_all(&path);
         fs::create_dir(&path).map_err(|e| MergeError::io("create", &path, e))?;
-        Ok(Staging { path, committed: false })
+        let _tracked = partial::track(&path);
+        Ok(Staging { path, committed: false, _tracked })
     }
 
     /// Syncs the staged files and renames the folder to `out_dir` (an empty folder there,

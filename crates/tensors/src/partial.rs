@@ -4,8 +4,96 @@
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
+
+/// The partials this process is writing now.
+static UNFINISHED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn unfinished() -> MutexGuard<'static, Vec<PathBuf>> {
+    // A panic while holding the lock leaves a list that is still valid.
+    UNFINISHED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A partial this process is writing, listed for [`remove_unfinished`] until dropped
+/// (after its commit, or after the error that abandons it).
+#[must_use = "the partial is listed only while the guard lives"]
+pub struct Tracked {
+    path: PathBuf,
+}
+
+/// Lists `path` as a partial this process is writing.
+pub fn track(path: &Path) -> Tracked {
+    unfinished().push(path.to_owned());
+    Tracked { path: path.to_owned() }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        let mut list = unfinished();
+        if let Some(i) = list.iter().position(|p| *p == self.path) {
+            list.swap_remove(i);
+        }
+    }
+}
+
+/// Removes every partial this process is writing — for an interrupt handler, just before
+/// the process exits — and returns those it removed. Writers may still be adding files
+/// to a folder, so a folder is tried a few times.
+pub fn remove_unfinished() -> Vec<PathBuf> {
+    let list = unfinished().clone();
+    list.into_iter().filter(|p| remove(p)).collect()
+}
+
+/// Removes a file or folder; whether it is gone.
+fn remove(path: &Path) -> bool {
+    for _ in 0..5 {
+        let result = if path.is_dir() { fs::remove_dir_all(path) } else { fs::remove_file(path) };
+        if result.is_ok() || !path.exists() {
+            return true;
+        }
+    }
+    false
+}
+
+/// A partial left in `dir` by an amalgam process that is no longer running: its path and
+/// that process's id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stale {
+    pub path: PathBuf,
+    pub pid: u32,
+}
+
+/// Removes the partials (`.NAME.amalgam-partial-PID`) that processes no longer running
+/// left in `dir`, and returns them. Only where running processes can be told (Linux's
+/// `/proc`); elsewhere nothing is removed. An output a replacing merge had moved aside
+/// (`.NAME.amalgam-old-PID`) is the user's data and stays.
+pub fn remove_stale(dir: &Path) -> Vec<Stale> {
+    let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid = partial_pid(&name)?;
+            (pid != std::process::id() && !running(pid)).then(|| Stale { path: e.path(), pid })
+        })
+        .filter(|s| remove(&s.path))
+        .collect()
+}
+
+/// The process id in a partial's name, `.NAME.amalgam-partial-PID`.
+fn partial_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?;
+    let (_, tail) = rest.rsplit_once(".amalgam-partial-")?;
+    tail.parse().ok()
+}
+
+/// Whether process `pid` is running (assumed so where that cannot be told).
+fn running(pid: u32) -> bool {
+    let proc = Path::new("/proc");
+    !proc.join("self").exists() || proc.join(pid.to_string()).exists()
+}
 
 /// `.NAME.amalgam-KIND-PID` beside `dest`: hidden, unique to this process, and on the
 /// same file system, so the final rename is atomic.
@@ -50,6 +138,61 @@ pub fn sync_parent(path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn partial_names_give_their_process() {
+        assert_eq!(partial_pid(".model.gguf.amalgam-partial-4242"), Some(4242));
+        assert_eq!(partial_pid(".out.amalgam-partial-7"), Some(7));
+        assert_eq!(partial_pid(".out.amalgam-old-7"), None);
+        assert_eq!(partial_pid("model.gguf.amalgam-partial-7"), None);
+        assert_eq!(partial_pid(".model.gguf"), None);
+        assert_eq!(partial_pid(".x.amalgam-partial-pid"), None);
+    }
+
+    #[test]
+    fn stale_partials_of_dead_processes_are_removed_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let stale_file = dir.path().join(format!(".out.gguf.amalgam-partial-{dead}"));
+        let stale_dir = dir.path().join(format!(".out.amalgam-partial-{dead}"));
+        let mine = sibling(&dir.path().join("other"), "partial");
+        let user = dir.path().join(".hidden-notes");
+        fs::write(&stale_file, b"x").unwrap();
+        fs::create_dir(&stale_dir).unwrap();
+        fs::write(stale_dir.join("model.safetensors"), b"x").unwrap();
+        fs::write(&mine, b"x").unwrap();
+        fs::write(&user, b"x").unwrap();
+        let mut removed = remove_stale(dir.path());
+        removed.sort_by(|a, b| a.path.cmp(&b.path));
+        let mut expected = vec![
+            Stale { path: stale_file.clone(), pid: dead },
+            Stale { path: stale_dir.clone(), pid: dead },
+        ];
+        expected.sort_by(|a, b| a.path.cmp(&b.path));
+        assert_eq!(removed, expected);
+        assert!(!stale_file.exists() && !stale_dir.exists());
+        assert!(mine.exists() && user.exists());
+    }
+
+    #[test]
+    fn tracked_partials_are_removed_until_their_guard_drops() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("staged");
+        let file = dir.path().join("part.gguf");
+        fs::create_dir(&folder).unwrap();
+        fs::write(folder.join("a"), b"1").unwrap();
+        fs::write(&file, b"1").unwrap();
+        let guard = track(&folder);
+        drop(track(&file));
+        let removed = remove_unfinished();
+        assert!(removed.contains(&folder), "{removed:?}");
+        assert!(!folder.exists());
+        assert!(file.exists(), "an untracked partial is left alone");
+        drop(guard);
+        assert!(!unfinished().contains(&folder));
+    }
 
     #[test]
     fn a_sibling_is_hidden_beside_its_destination_and_commit_moves_it() {

@@ -3,7 +3,6 @@
 //! Reads piped stdin too, one user turn per line.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use amalgam_llama::generate::{GenerateOptions, Stop, generate};
 use amalgam_llama::template::Message;
@@ -13,6 +12,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use super::{Engine, EngineArgs, SamplingArgs, Store};
+use crate::signals;
 
 /// Chat with a model: type a message and read the answer as it is written.
 ///
@@ -37,11 +37,6 @@ pub struct ChatArgs {
     pub sampling: SamplingArgs,
 }
 
-/// Set by Ctrl-C; read between tokens.
-static STOP: AtomicBool = AtomicBool::new(false);
-/// Whether an answer is being written (Ctrl-C otherwise quits).
-static ANSWERING: AtomicBool = AtomicBool::new(false);
-
 pub fn run(args: ChatArgs) -> Result<()> {
     let store = Store::open(&args.engine.model)?;
     let engine = Engine::load(&store, &args.engine)?;
@@ -51,14 +46,6 @@ pub fn run(args: ChatArgs) -> Result<()> {
          tokenizer.chat_template); use `amalgam generate` for plain text",
     )?;
     engine.announce(&store);
-    ctrlc::set_handler(|| {
-        if ANSWERING.load(Ordering::SeqCst) {
-            STOP.store(true, Ordering::SeqCst);
-        } else {
-            std::process::exit(130);
-        }
-    })
-    .context("installing the Ctrl-C handler")?;
     let interactive = std::io::stdin().is_terminal();
     if interactive {
         eprintln!("/reset starts over, /exit quits, Ctrl-C stops an answer.");
@@ -116,15 +103,14 @@ pub fn run(args: ChatArgs) -> Result<()> {
         sampler.observe(&ids[..common]);
         let mut decoder = StreamDecoder::new(&assets.tokenizer);
         let mut answer = Vec::new();
-        STOP.store(false, Ordering::SeqCst);
-        ANSWERING.store(true, Ordering::SeqCst);
+        signals::begin_answer();
         let stats = generate(&mut session, &mut sampler, &ids[common..], &options, |token| {
             answer.push(token);
             let piece = decoder.push(token)?;
             let _ = out.write_all(piece.as_bytes()).and_then(|()| out.flush());
-            Ok(!STOP.load(Ordering::SeqCst))
+            Ok(!signals::stopped())
         });
-        ANSWERING.store(false, Ordering::SeqCst);
+        signals::end_answer();
         let stats = stats?;
         writeln!(out, "{}", decoder.finish()?).context("writing to stdout")?;
         if stats.stop == Stop::Interrupted {

@@ -11,6 +11,7 @@ mod gguf;
 mod gguf_merge;
 mod hub;
 mod infer;
+mod interrupt;
 mod layers;
 mod lora;
 mod merge_quality;

@@ -1,0 +1,57 @@
+//! The binary's one Ctrl-C / SIGTERM handler: while `chat` writes an answer it stops the
+//! answer; otherwise it removes the partial outputs this process is writing, says so,
+//! and exits with status 130, so an interrupted merge or quantization leaves nothing.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+
+/// Whether an interrupt stops an answer instead of the program.
+static STOPS_ANSWER: AtomicBool = AtomicBool::new(false);
+/// Set by an interrupt while [`STOPS_ANSWER`] is.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Installs the handler (once, at start).
+pub fn install() -> anyhow::Result<()> {
+    ctrlc::set_handler(on_interrupt).context("installing the Ctrl-C handler")
+}
+
+fn on_interrupt() {
+    if STOPS_ANSWER.load(Ordering::SeqCst) {
+        STOP.store(true, Ordering::SeqCst);
+        return;
+    }
+    for path in amalgam_tensors::partial::remove_unfinished() {
+        eprintln!("\ninterrupted: removed the unfinished {}", path.display());
+    }
+    std::process::exit(130);
+}
+
+/// From now until [`end_answer`], an interrupt stops the answer (see [`stopped`]).
+pub fn begin_answer() {
+    STOP.store(false, Ordering::SeqCst);
+    STOPS_ANSWER.store(true, Ordering::SeqCst);
+}
+
+/// Interrupts quit again.
+pub fn end_answer() {
+    STOPS_ANSWER.store(false, Ordering::SeqCst);
+}
+
+/// Whether an interrupt asked the current answer to stop.
+pub fn stopped() -> bool {
+    STOP.load(Ordering::SeqCst)
+}
+
+/// Removes the partial outputs that amalgam processes no longer running left beside
+/// `out`, with a note for each.
+pub fn remove_stale_partials(out: &std::path::Path) {
+    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(".".as_ref());
+    for stale in amalgam_tensors::partial::remove_stale(dir) {
+        eprintln!(
+            "note: removed {}, left unfinished by amalgam process {}, which is no longer running",
+            stale.path.display(),
+            stale.pid
+        );
+    }
+}
