@@ -46,8 +46,7 @@ pub fn stopped() -> bool {
 /// Removes the partial outputs that amalgam processes no longer running left beside
 /// `out`, with a note for each.
 pub fn remove_stale_partials(out: &std::path::Path) {
-    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(".".as_ref());
-    for stale in amalgam_tensors::partial::remove_stale(dir) {
+    for stale in amalgam_tensors::partial::remove_stale(out) {
         eprintln!(
             "note: removed {}, left unfinished by amalgam process {}, which is no longer running",
             stale.path.display(),

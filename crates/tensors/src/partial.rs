@@ -57,7 +57,7 @@ fn remove(path: &Path) -> bool {
     false
 }
 
-/// A partial left in `dir` by an amalgam process that is no longer running: its path and
+/// A partial left beside an output by an amalgam process that is no longer running: its path and
 /// that process's id.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Stale {
@@ -66,11 +66,11 @@ pub struct Stale {
 }
 
 /// Removes the partials (`.NAME.amalgam-partial-PID`) that processes no longer running
-/// left in `dir`, and returns them. Only where running processes can be told (Linux's
+/// left in the folder that holds (or will hold) `dest`, and returns them. Only where running processes can be told (Linux's
 /// `/proc`); elsewhere nothing is removed. An output a replacing merge had moved aside
 /// (`.NAME.amalgam-old-PID`) is the user's data and stays.
-pub fn remove_stale(dir: &Path) -> Vec<Stale> {
-    let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
+pub fn remove_stale(dest: &Path) -> Vec<Stale> {
+    let Ok(entries) = fs::read_dir(folder_of(dest)) else { return Vec::new() };
     entries
         .flatten()
         .filter_map(|e| {
@@ -131,8 +131,12 @@ pub fn commit(temp: &Path, dest: &Path) -> Result<()> {
 
 /// Syncs the folder holding `path` (the current folder for a bare name).
 pub fn sync_parent(path: &Path) -> Result<()> {
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    sync_one(parent)
+    sync_one(folder_of(path))
+}
+
+/// The folder holding `path` (the current folder for a bare name).
+fn folder_of(path: &Path) -> &Path {
+    path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
 }
 
 #[cfg(test)]
@@ -164,7 +168,7 @@ mod tests {
         fs::write(stale_dir.join("model.safetensors"), b"x").unwrap();
         fs::write(&mine, b"x").unwrap();
         fs::write(&user, b"x").unwrap();
-        let mut removed = remove_stale(dir.path());
+        let mut removed = remove_stale(&dir.path().join("out.gguf"));
         removed.sort_by(|a, b| a.path.cmp(&b.path));
         let mut expected = vec![
             Stale { path: stale_file.clone(), pid: dead },
