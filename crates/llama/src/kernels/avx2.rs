@@ -22,9 +22,6 @@ pub fn kernels() -> Option<Kernels> {
         f32: dot_f32,
         f16: dot_f16,
         bf16: dot_bf16,
-        f32_tiled: dot_f32_tiled,
-        f16_tiled: dot_f16_tiled,
-        bf16_tiled: dot_bf16_tiled,
         q4_0: dot_q4_0,
         q4_1: dot_q4_1,
         q5_0: dot_q5_0,
@@ -220,104 +217,36 @@ fn float_body(
     fold(&lanes)
 }
 
-/// [`float_body`] for `T` tokens at once: each weight vector is loaded (and widened) once
-/// for all of them; every token's lanes and fold are the one-token kernel's.
+/// Eight f32 weights from element `at`.
+///
+/// # Safety
+/// `4 · (at + 8) <= w.len()`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn float_tile<const T: usize>(
-    n: usize,
-    xs: [&[f32]; T],
-    out: &mut [f32],
-    load: &impl Fn(usize) -> __m256,
-    decode: &impl Fn(usize) -> f32,
-) {
-    let n = xs.iter().map(|x| x.len()).fold(n, usize::min);
-    let full = n / LANES * LANES;
-    let mut acc = [[_mm256_setzero_ps(); 4]; T];
-    let mut i = 0;
-    while i < full {
-        for k in 0..4 {
-            let at = i + 8 * k;
-            let wv = load(at);
-            for (a, x) in acc.iter_mut().zip(xs) {
-                // SAFETY: `at + 8 <= full <= x.len()`.
-                let xv = unsafe { _mm256_loadu_ps(x.as_ptr().add(at)) };
-                a[k] = _mm256_fmadd_ps(wv, xv, a[k]);
-            }
-        }
-        i += LANES;
-    }
-    for ((a, x), o) in acc.iter().zip(xs).zip(out.iter_mut()) {
-        let mut lanes = [0f32; LANES];
-        for (k, v) in a.iter().enumerate() {
-            // SAFETY: writes 8 floats at `8k`, inside the 32-float array.
-            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr().add(8 * k), *v) };
-        }
-        for (j, &v) in x.iter().enumerate().take(n).skip(full) {
-            lanes[j % LANES] = decode(j).mul_add(v, lanes[j % LANES]);
-        }
-        *o = fold(&lanes);
-    }
-}
-
-/// Float products for several tokens, two per pass over the weight row.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn float_tiled(
-    n: usize,
-    xs: &[&[f32]],
-    out: &mut [f32],
-    load: impl Fn(usize) -> __m256,
-    decode: impl Fn(usize) -> f32,
-) {
-    for (xs, out) in xs.chunks(2).zip(out.chunks_mut(2)) {
-        match *xs {
-            [a, b] => float_tile::<2>(n, [a, b], out, &load, &decode),
-            [a] => float_tile::<1>(n, [a], out, &load, &decode),
-            _ => {}
-        }
-    }
-}
-
-/// Declares safe multi-token float kernels over their `#[target_feature]` bodies.
-macro_rules! checked_float_tiled {
-    ($($name:ident => $width:expr, $load:ident, $decode:ident;)*) => {$(
-        pub(super) fn $name(w: &[u8], xs: &[&[f32]], out: &mut [f32]) {
-            #[target_feature(enable = "avx2,fma,f16c")]
-            fn body(w: &[u8], xs: &[&[f32]], out: &mut [f32]) {
-                float_tiled(w.len() / $width, xs, out, |at| $load(w, at), |j| $decode(w, j));
-            }
-            // SAFETY: only reachable through `kernels()`, after the CPU features are
-            // checked.
-            unsafe { body(w, xs, out) }
-        }
-    )*};
-}
-
-/// Eight f32 weights from element `at` (`at + 8` within the row).
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn load_f32(w: &[u8], at: usize) -> __m256 {
-    assert!(4 * (at + 8) <= w.len());
-    // SAFETY: checked just above.
+pub(super) unsafe fn load_f32(w: &[u8], at: usize) -> __m256 {
+    // SAFETY: in bounds by the caller's promise.
     unsafe { _mm256_loadu_ps(w.as_ptr().add(4 * at).cast()) }
 }
 
 /// Eight f16 weights from element `at`, widened.
+///
+/// # Safety
+/// `2 · (at + 8) <= w.len()`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn load_f16(w: &[u8], at: usize) -> __m256 {
-    assert!(2 * (at + 8) <= w.len());
-    // SAFETY: checked just above.
+pub(super) unsafe fn load_f16(w: &[u8], at: usize) -> __m256 {
+    // SAFETY: in bounds by the caller's promise.
     _mm256_cvtph_ps(unsafe { _mm_loadu_si128(w.as_ptr().add(2 * at).cast()) })
 }
 
 /// Eight bf16 weights from element `at`, widened.
+///
+/// # Safety
+/// `2 · (at + 8) <= w.len()`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn load_bf16(w: &[u8], at: usize) -> __m256 {
-    assert!(2 * (at + 8) <= w.len());
-    // SAFETY: checked just above.
+pub(super) unsafe fn load_bf16(w: &[u8], at: usize) -> __m256 {
+    // SAFETY: in bounds by the caller's promise.
     let h = unsafe { _mm_loadu_si128(w.as_ptr().add(2 * at).cast()) };
     _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
 }
@@ -334,12 +263,6 @@ pub(super) fn decode_bf16(w: &[u8], j: usize) -> f32 {
     f32::from_bits(u32::from(u16::from_le_bytes([w[2 * j], w[2 * j + 1]])) << 16)
 }
 
-checked_float_tiled! {
-    dot_f32_tiled => 4, load_f32, decode_f32;
-    dot_f16_tiled => 2, load_f16, decode_f16;
-    dot_bf16_tiled => 2, load_bf16, decode_bf16;
-}
-
 #[target_feature(enable = "avx2,fma,f16c")]
 fn f32_body(w: &[u8], x: &[f32]) -> f32 {
     let n = x.len().min(w.len() / 4);
@@ -347,8 +270,8 @@ fn f32_body(w: &[u8], x: &[f32]) -> f32 {
         n,
         x,
         // SAFETY: `at + 8 <= n`, so 32 bytes from `4 at` are inside `w`.
-        |at| unsafe { _mm256_loadu_ps(w.as_ptr().add(4 * at).cast()) },
-        |j| f32::from_le_bytes([w[4 * j], w[4 * j + 1], w[4 * j + 2], w[4 * j + 3]]),
+        |at| unsafe { load_f32(w, at) },
+        |j| decode_f32(w, j),
     )
 }
 
@@ -359,8 +282,8 @@ fn f16_body(w: &[u8], x: &[f32]) -> f32 {
         n,
         x,
         // SAFETY: `at + 8 <= n`, so 16 bytes from `2 at` are inside `w`.
-        |at| unsafe { _mm256_cvtph_ps(_mm_loadu_si128(w.as_ptr().add(2 * at).cast())) },
-        |j| f16([w[2 * j], w[2 * j + 1]]),
+        |at| unsafe { load_f16(w, at) },
+        |j| decode_f16(w, j),
     )
 }
 
@@ -370,12 +293,9 @@ fn bf16_body(w: &[u8], x: &[f32]) -> f32 {
     float_body(
         n,
         x,
-        |at| {
-            // SAFETY: `at + 8 <= n`, so 16 bytes from `2 at` are inside `w`.
-            let h = unsafe { _mm_loadu_si128(w.as_ptr().add(2 * at).cast()) };
-            _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
-        },
-        |j| f32::from_bits(u32::from(u16::from_le_bytes([w[2 * j], w[2 * j + 1]])) << 16),
+        // SAFETY: `at + 8 <= n`, so 16 bytes from `2 at` are inside `w`.
+        |at| unsafe { load_bf16(w, at) },
+        |j| decode_bf16(w, j),
     )
 }
 

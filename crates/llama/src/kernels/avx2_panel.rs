@@ -16,7 +16,8 @@ use amalgam_gguf::blocks::{
 };
 
 use super::avx2::{
-    decode_bf16, decode_f16, decode_f32, dot_u8_i8, f16, high_bits, load32i, nibbles,
+    decode_bf16, decode_f16, decode_f32, dot_u8_i8, f16, high_bits, load_bf16, load_f16, load_f32,
+    load32i, nibbles,
 };
 use super::float::{LANES, fold, fold8};
 use super::{ActTile, FLOAT_ROWS, FLOAT_TOKENS, PANEL};
@@ -196,40 +197,6 @@ checked_float_panel! {
 const ROWS: usize = FLOAT_ROWS;
 const TOKENS: usize = FLOAT_TOKENS;
 type FloatOut = [[f32; TOKENS]; ROWS];
-
-/// Eight f32 weights from element `at`.
-///
-/// # Safety
-/// `4 · (at + 8) <= w.len()`.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn load_f32(w: &[u8], at: usize) -> __m256 {
-    // SAFETY: in bounds by the caller's promise.
-    unsafe { _mm256_loadu_ps(w.as_ptr().add(4 * at).cast()) }
-}
-
-/// Eight f16 weights from element `at`, widened.
-///
-/// # Safety
-/// `2 · (at + 8) <= w.len()`.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn load_f16(w: &[u8], at: usize) -> __m256 {
-    // SAFETY: in bounds by the caller's promise.
-    _mm256_cvtph_ps(unsafe { _mm_loadu_si128(w.as_ptr().add(2 * at).cast()) })
-}
-
-/// Eight bf16 weights from element `at`, widened.
-///
-/// # Safety
-/// `2 · (at + 8) <= w.len()`.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn load_bf16(w: &[u8], at: usize) -> __m256 {
-    // SAFETY: in bounds by the caller's promise.
-    let h = unsafe { _mm_loadu_si128(w.as_ptr().add(2 * at).cast()) };
-    _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))
-}
 
 /// The panel over the first `n` elements (`n` at most every row's length): for each of
 /// the one-token kernel's four lane vectors, one walk down the rows adding that vector's

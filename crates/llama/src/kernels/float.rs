@@ -58,23 +58,6 @@ pub fn axpy_f32(a: f32, v: &[u8], out: &mut [f32]) {
     axpy_with(a, v, out, 4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
 }
 
-/// Declares multi-token float kernels that run the one-token kernel per token.
-macro_rules! per_token_float {
-    ($($name:ident => $one:ident;)*) => {$(
-        pub fn $name(w: &[u8], xs: &[&[f32]], out: &mut [f32]) {
-            for (o, x) in out.iter_mut().zip(xs) {
-                *o = $one(w, x);
-            }
-        }
-    )*};
-}
-
-per_token_float! {
-    dot_f32_tiled => dot_f32;
-    dot_f16_tiled => dot_f16;
-    dot_bf16_tiled => dot_bf16;
-}
-
 /// Declares scalar float panel kernels that run the one-token kernel per row and token.
 macro_rules! per_token_float_panel {
     ($($name:ident => $one:ident;)*) => {$(

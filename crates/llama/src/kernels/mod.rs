@@ -29,9 +29,6 @@ use crate::pool::{Counter, Pool, SharedOut};
 
 /// A dot product of a stored float row with f32 activations.
 pub type FloatDot = fn(&[u8], &[f32]) -> f32;
-/// Dot products of a stored float row with several tokens' f32 activations, each
-/// computed exactly as [`FloatDot`] computes it.
-pub type FloatDots = fn(&[u8], &[&[f32]], &mut [f32]);
 /// Dot products of a stored quantized row with several tokens' rows of activation
 /// blocks: `out[t] = w · a[t]`, each computed exactly as for one token alone.
 pub type QuantDot = fn(&[u8], &[ActRow], &mut [f32]);
@@ -80,9 +77,6 @@ pub struct Kernels {
     pub f32: FloatDot,
     pub f16: FloatDot,
     pub bf16: FloatDot,
-    pub f32_tiled: FloatDots,
-    pub f16_tiled: FloatDots,
-    pub bf16_tiled: FloatDots,
     pub q4_0: QuantDot,
     pub q4_1: QuantDot,
     pub q5_0: QuantDot,
@@ -121,7 +115,7 @@ pub enum Panel {
 /// A dot product for one weight type.
 #[derive(Clone, Copy)]
 pub enum Dot {
-    Float(FloatDots),
+    Float(FloatDot),
     Quant(QuantDot),
 }
 
@@ -146,9 +140,9 @@ impl Kernels {
     /// The dot product for weights of type `ty`; `None` for activation-only types.
     pub fn dot(&self, ty: GgmlType) -> Option<Dot> {
         Some(match ty {
-            GgmlType::F32 => Dot::Float(self.f32_tiled),
-            GgmlType::F16 => Dot::Float(self.f16_tiled),
-            GgmlType::BF16 => Dot::Float(self.bf16_tiled),
+            GgmlType::F32 => Dot::Float(self.f32),
+            GgmlType::F16 => Dot::Float(self.f16),
+            GgmlType::BF16 => Dot::Float(self.bf16),
             GgmlType::Q4_0 => Dot::Quant(self.q4_0),
             GgmlType::Q4_1 => Dot::Quant(self.q4_1),
             GgmlType::Q5_0 => Dot::Quant(self.q5_0),
@@ -185,9 +179,6 @@ static SCALAR: Kernels = Kernels {
     f32: float::dot_f32,
     f16: float::dot_f16,
     bf16: float::dot_bf16,
-    f32_tiled: float::dot_f32_tiled,
-    f16_tiled: float::dot_f16_tiled,
-    bf16_tiled: float::dot_bf16_tiled,
     q4_0: legacy::dot_q4_0,
     q4_1: legacy::dot_q4_1,
     q5_0: legacy::dot_q5_0,
@@ -230,59 +221,68 @@ pub fn matmul(pool: &Pool, kernels: &Kernels, w: &Matrix, act: &Activations, out
     assert!(out.len() == tokens * w.rows && act.cols() == w.cols, "matmul: bad shapes");
     assert!(act.fits(w.ty), "matmul: activations prepared for another type");
     let Some(dot) = kernels.dot(w.ty) else { panic!("matmul: {} is not a weight type", w.ty) };
+    if tokens == 1 {
+        return matmul_one(pool, dot, w, act, out);
+    }
+    match (kernels.panel(w.ty), dot) {
+        (Some(panel), _) => matmul_panels(pool, panel, w, act, out),
+        (None, Dot::Quant(f)) => matmul_tiled(pool, f, w, act, out),
+        (None, Dot::Float(_)) => unreachable!("every float type has a panel kernel"),
+    }
+}
+
+/// [`matmul`] of one token (decode): each work item fills its own contiguous run of the
+/// output.
+fn matmul_one(pool: &Pool, dot: Dot, w: &Matrix, act: &Activations, out: &mut [f32]) {
     let rows = w.rows;
     let ptr = SharedOut::new(out);
     let chunk = rows_per_item(rows, pool.threads());
     let items = rows.div_ceil(chunk);
     let counter = Counter::new();
-    let blocks: Vec<ActRow> = (0..tokens).map(|t| act.row(t)).collect();
-    let floats: Vec<&[f32]> = (0..tokens).map(|t| act.floats(t)).collect();
-    // f32 activations take four times the bytes of Q8 ones: fewer per block keep L1.
-    let token_block = if matches!(dot, Dot::Float(_)) { TILE } else { BLOCK };
-    let one = |row: &[u8], t: usize, out: &mut [f32]| match dot {
-        Dot::Float(f) => f(row, &floats[t..t + 1], out),
-        Dot::Quant(f) => f(row, &blocks[t..t + 1], out),
-    };
-    if tokens == 1 {
-        // Decode: each work item fills its own contiguous run of the output.
-        pool.run(&|_| {
-            while let Some(c) = counter.next(items) {
-                let rows_here = c * chunk..((c + 1) * chunk).min(rows);
-                // SAFETY: `rows_here` is inside `0..rows = out.len()` and belongs to this
-                // work item alone; `run` returns when every thread is done.
-                let out = unsafe {
-                    std::slice::from_raw_parts_mut(ptr.at(rows_here.start), rows_here.len())
-                };
-                for (r, o) in rows_here.zip(out) {
-                    one(w.row(r), 0, std::slice::from_mut(o));
+    let (blocks, floats) = ([act.row(0)], act.floats(0));
+    pool.run(&|_| {
+        while let Some(c) = counter.next(items) {
+            let rows_here = c * chunk..((c + 1) * chunk).min(rows);
+            // SAFETY: `rows_here` is inside `0..rows = out.len()` and belongs to this
+            // work item alone; `run` returns when every thread is done.
+            let out =
+                unsafe { std::slice::from_raw_parts_mut(ptr.at(rows_here.start), rows_here.len()) };
+            for (r, o) in rows_here.zip(out) {
+                match dot {
+                    Dot::Float(f) => *o = f(w.row(r), floats),
+                    Dot::Quant(f) => f(w.row(r), &blocks, std::slice::from_mut(o)),
                 }
             }
-        });
-        return;
-    }
-    if let Some(panel) = kernels.panel(w.ty) {
-        return matmul_panels(pool, panel, w, act, out);
-    }
+        }
+    });
+}
+
+/// [`matmul`] of several tokens by a quantized type without a panel kernel (the
+/// K-quants): blocks of 16 rows × 16 tokens, up to [`TILE`] tokens per pass over a row.
+fn matmul_tiled(pool: &Pool, dot: QuantDot, w: &Matrix, act: &Activations, out: &mut [f32]) {
+    let (rows, tokens) = (w.rows, act.tokens());
+    let ptr = SharedOut::new(out);
+    let chunk = rows_per_item(rows, pool.threads());
+    let items = rows.div_ceil(chunk);
+    let counter = Counter::new();
+    let blocks: Vec<ActRow> = (0..tokens).map(|t| act.row(t)).collect();
     pool.run(&|_| {
         let mut tile = [0f32; TILE];
         while let Some(c) = counter.next(items) {
             let rows_here = c * chunk..((c + 1) * chunk).min(rows);
             // 16 rows × 16 tokens at a time, so both stay in L1 while they are reused.
             for r0 in rows_here.clone().step_by(BLOCK) {
-                for t1 in (0..tokens).step_by(token_block) {
+                for t1 in (0..tokens).step_by(BLOCK) {
                     for r in r0..(r0 + BLOCK).min(rows_here.end) {
                         let row = w.row(r);
-                        for t0 in (t1..(t1 + token_block).min(tokens)).step_by(TILE) {
-                            let n = TILE.min(tokens - t0).min(t1 + token_block - t0);
-                            match dot {
-                                Dot::Float(f) => f(row, &floats[t0..t0 + n], &mut tile[..n]),
-                                Dot::Quant(f) => f(row, &blocks[t0..t0 + n], &mut tile[..n]),
-                            }
+                        for t0 in (t1..(t1 + BLOCK).min(tokens)).step_by(TILE) {
+                            let n = TILE.min(tokens - t0).min(t1 + BLOCK - t0);
+                            dot(row, &blocks[t0..t0 + n], &mut tile[..n]);
                             for (t, &v) in tile[..n].iter().enumerate() {
-                                // SAFETY: `(t0 + t) * rows + r < out.len()` (checked
-                                // above), and each row `r` belongs to exactly one work item,
-                                // so no two threads write the same element; `run` returns
-                                // when every thread is done.
+                                // SAFETY: `(t0 + t) * rows + r < out.len()` (checked by
+                                // `matmul`), and each row `r` belongs to exactly one work
+                                // item, so no two threads write the same element; `run`
+                                // returns when every thread is done.
                                 unsafe { *ptr.at((t0 + t) * rows + r) = v };
                             }
                         }

@@ -50,11 +50,7 @@ fn held_activations(act: &Activations, ty: GgmlType) -> Vec<f32> {
 
 fn dot_of(kernels: &Kernels, ty: GgmlType, w: &[u8], act: &Activations) -> f32 {
     match kernels.dot(ty) {
-        Some(Dot::Float(f)) => {
-            let mut out = [0f32];
-            f(w, &[act.floats(0)], &mut out);
-            out[0]
-        }
+        Some(Dot::Float(f)) => f(w, act.floats(0)),
         Some(Dot::Quant(f)) => {
             let mut out = [0f32];
             f(w, &[act.row(0)], &mut out);
@@ -281,11 +277,10 @@ fn float_panel_products_equal_one_token_products() {
                         for (t, &v) in out.iter().enumerate() {
                             // Past the batch, the tile repeats its last token.
                             let token = (k * FLOAT_TOKENS + t).min(tokens - 1);
-                            let mut expect = [0f32];
-                            one(&rows[r0 + i], &[act.floats(token)], &mut expect);
+                            let expect = one(&rows[r0 + i], act.floats(token));
                             assert_eq!(
                                 v.to_bits(),
-                                expect[0].to_bits(),
+                                expect.to_bits(),
                                 "{ty} n={n} {} row {} token {token}",
                                 kernels.name,
                                 r0 + i
