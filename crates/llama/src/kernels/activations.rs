@@ -24,6 +24,8 @@ pub struct Activations {
     /// `(k · blocks + i) · PANEL + t`, so a panel kernel reads one contiguous run.
     tile_d: Vec<f32>,
     tile_s: Vec<f32>,
+    /// Q8_0 batches: [`ActTile::bias`] of every tile, in the same block-major order.
+    tile_bias: Vec<i32>,
 }
 
 /// [`PANEL`] tokens' activation blocks and their widened scales, block-major (`d[i ·
@@ -33,7 +35,15 @@ pub struct ActTile<'a> {
     pub blocks: [&'a [u8]; PANEL],
     pub d: &'a [f32],
     pub s: &'a [f32],
+    /// Q8_0 only: `−128 · Σ y` over each group of four activations (the eight i32 lanes
+    /// of a block), block-major as `d` (`bias[(i · PANEL + t) · 8 + lane]`). A product
+    /// of weights offset by +128 (unsigned bytes) that starts from it gives the lanes of
+    /// the signed product exactly.
+    pub bias: &'a [i32],
 }
+
+/// The i32 lanes of one block's product: lane `l` covers elements `4l..4l + 4`.
+pub const LANES_PER_BLOCK: usize = QK / 4;
 
 /// One token's quantized activations: the blocks and their widened scales (empty for
 /// Q8_K, whose scale is stored as f32).
@@ -60,6 +70,7 @@ impl Activations {
             s: Vec::new(),
             tile_d: Vec::new(),
             tile_s: Vec::new(),
+            tile_bias: Vec::new(),
         };
         if ty == GgmlType::F32 {
             act.floats = x.to_vec();
@@ -94,6 +105,31 @@ impl Activations {
         }
         self.tile_d = self.block_major(&self.d);
         self.tile_s = self.block_major(&self.s);
+        if self.ty == GgmlType::Q8_0 && self.tokens > 1 {
+            self.tile_bias = self.lane_bias();
+        }
+    }
+
+    /// [`ActTile::bias`] of every tile: per tile, block and token, `−128 ·` each lane's
+    /// sum of activations.
+    fn lane_bias(&self) -> Vec<i32> {
+        let blocks: Vec<&[BlockQ8_0]> =
+            (0..self.tokens).map(|t| as_blocks(self.blocks(t)).unwrap_or_default()).collect();
+        let per_token = blocks.first().map_or(0, |b| b.len());
+        let mut out = Vec::with_capacity(self.tiles() * per_token * PANEL * LANES_PER_BLOCK);
+        for k in 0..self.tiles() {
+            for i in 0..per_token {
+                for t in 0..PANEL {
+                    let token = (k * PANEL + t).min(self.tokens - 1);
+                    let qs = blocks.get(token).and_then(|b| b.get(i)).map_or([0; QK], |b| b.qs);
+                    out.extend(
+                        qs.chunks_exact(4)
+                            .map(|l| -128 * l.iter().map(|&q| i32::from(q)).sum::<i32>()),
+                    );
+                }
+            }
+        }
+        out
     }
 
     /// Per-token scales (`tokens × blocks`) laid out as [`ActTile`] reads them.
@@ -122,10 +158,12 @@ impl Activations {
         let last = self.tokens.saturating_sub(1);
         let tiles = self.tiles().max(1);
         let (nd, ns) = (self.tile_d.len() / tiles, self.tile_s.len() / tiles);
+        let nb = self.tile_bias.len() / tiles;
         ActTile {
             blocks: std::array::from_fn(|t| self.blocks((k * PANEL + t).min(last))),
             d: self.tile_d.get(k * nd..(k + 1) * nd).unwrap_or_default(),
             s: self.tile_s.get(k * ns..(k + 1) * ns).unwrap_or_default(),
+            bias: self.tile_bias.get(k * nb..(k + 1) * nb).unwrap_or_default(),
         }
     }
 

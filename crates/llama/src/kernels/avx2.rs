@@ -10,7 +10,7 @@ use amalgam_gguf::blocks::{
 };
 
 use super::float::{LANES, fold, fold8};
-use super::{ActRow, Kernels, Panels, TILE, avx2_k, avx2_panel};
+use super::{ActRow, Kernels, Panel, Panels, TILE, avx2_k, avx2_panel};
 
 /// The AVX2 kernels, if this CPU has AVX2, FMA and F16C.
 pub fn kernels() -> Option<Kernels> {
@@ -35,14 +35,14 @@ pub fn kernels() -> Option<Kernels> {
         axpy_f16,
         axpy_f32,
         panels: Panels {
-            f32: avx2_panel::panel_f32,
-            f16: avx2_panel::panel_f16,
-            bf16: avx2_panel::panel_bf16,
-            q4_0: avx2_panel::panel_q4_0,
-            q4_1: avx2_panel::panel_q4_1,
-            q5_0: avx2_panel::panel_q5_0,
-            q5_1: avx2_panel::panel_q5_1,
-            q8_0: avx2_panel::panel_q8_0,
+            f32: Panel::Float(avx2_panel::panel_f32),
+            f16: Panel::Float(avx2_panel::panel_f16),
+            bf16: Panel::Float(avx2_panel::panel_bf16),
+            q4_0: Panel::Quant(avx2_panel::panel_q4_0),
+            q4_1: Panel::Quant(avx2_panel::panel_q4_1),
+            q5_0: Panel::Quant(avx2_panel::panel_q5_0),
+            q5_1: Panel::Quant(avx2_panel::panel_q5_1),
+            q8_0: Panel::Quant(avx2_panel::panel_q8_0),
         },
     })
 }

@@ -87,15 +87,8 @@ fn panel<W: Block, A: Block, const MINS: bool>(
     dot: impl Fn(Levels, &A) -> __m256i,
 ) {
     let weights: &[W] = as_blocks(w).unwrap_or_default();
-    let mut acts: [&[A]; PANEL] = [&[]; PANEL];
-    for (a, b) in acts.iter_mut().zip(tile.blocks) {
-        *a = as_blocks(b).unwrap_or_default();
-    }
-    let mut n = acts.iter().map(|a| a.len()).fold(weights.len(), usize::min);
-    n = n.min(tile.d.len() / PANEL);
-    if MINS {
-        n = n.min(tile.s.len() / PANEL);
-    }
+    let acts = tile_blocks::<A>(tile);
+    let n = walkable(weights, &acts, tile, MINS);
     let (mut acc, mut mins) = ([_mm256_setzero_ps(); PANEL], _mm256_setzero_ps());
     for i in 0..n {
         // SAFETY: `i < n`, and `n` is at most every token's block count and the scale
@@ -114,11 +107,51 @@ fn panel<W: Block, A: Block, const MINS: bool>(
                 *a = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(lanes), *a);
             }
             if MINS {
-                let s = _mm256_loadu_ps(tile.s.as_ptr().add(i * PANEL));
-                mins = _mm256_add_ps(mins, _mm256_mul_ps(_mm256_set1_ps(mw), s));
+                mins = add_mins(mins, mw, tile.s.as_ptr().add(i * PANEL));
             }
         }
     }
+    finish(acc, mins, out);
+}
+
+/// A tile's activation blocks, typed.
+pub(super) fn tile_blocks<'a, A: Block>(tile: &ActTile<'a>) -> [&'a [A]; PANEL] {
+    tile.blocks.map(|b| as_blocks(b).unwrap_or_default())
+}
+
+/// The blocks a panel may walk: at most the row's, every token's, and the tile's scale
+/// runs over [`PANEL`] (the `s` run's too when `mins`; the bias run's over `PANEL · 8`
+/// when it is given).
+pub(super) fn walkable<W, A>(
+    weights: &[W],
+    acts: &[&[A]; PANEL],
+    tile: &ActTile,
+    mins: bool,
+) -> usize {
+    let mut n = acts.iter().map(|a| a.len()).fold(weights.len(), usize::min);
+    n = n.min(tile.d.len() / PANEL);
+    if mins {
+        n = n.min(tile.s.len() / PANEL);
+    }
+    n
+}
+
+/// `mins + mw · s[0..8]`: one block's `m · s` terms for the [`PANEL`] tokens.
+///
+/// # Safety
+/// `s` points at 8 readable floats.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) unsafe fn add_mins(mins: __m256, mw: f32, s: *const f32) -> __m256 {
+    // SAFETY: by the caller's promise.
+    let s = unsafe { _mm256_loadu_ps(s) };
+    _mm256_add_ps(mins, _mm256_mul_ps(_mm256_set1_ps(mw), s))
+}
+
+/// Each token's output: its accumulator's lanes folded, plus its `m · s` sum.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) fn finish(acc: [__m256; PANEL], mins: __m256, out: &mut [f32; PANEL]) {
     let mut m = [0f32; PANEL];
     // SAFETY: writes the 8 floats of `m`.
     unsafe { _mm256_storeu_ps(m.as_mut_ptr(), mins) };

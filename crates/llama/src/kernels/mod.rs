@@ -14,9 +14,13 @@ mod avx2;
 mod avx2_k;
 #[cfg(target_arch = "x86_64")]
 mod avx2_panel;
+#[cfg(target_arch = "x86_64")]
+mod avx512_panel;
 mod float;
 mod kquants;
 mod legacy;
+#[cfg(target_arch = "x86_64")]
+mod vnni_panel;
 
 use std::sync::OnceLock;
 
@@ -36,10 +40,14 @@ pub type QuantDot = fn(&[u8], &[ActRow], &mut [f32]);
 /// Products of a stored quantized row with a tile of [`PANEL`] tokens: `out[t] = w ·
 /// a[t]`, each computed exactly as for one token alone.
 pub type QuantPanel = fn(&[u8], &ActTile, &mut [f32; PANEL]);
-/// Products of [`FLOAT_ROWS`] stored float rows with [`FLOAT_TOKENS`] tokens' f32
-/// activations, each computed exactly as [`FloatDot`] computes it.
-pub type FloatPanel =
-    fn([&[u8]; FLOAT_ROWS], &[&[f32]; FLOAT_TOKENS], &mut [[f32; FLOAT_TOKENS]; FLOAT_ROWS]);
+/// Products of `R` stored float rows with `T` tokens' f32 activations, each computed
+/// exactly as [`FloatDot`] computes it.
+pub type FloatPanelOf<const R: usize, const T: usize> =
+    fn([&[u8]; R], &[&[f32]; T], &mut [[f32; T]; R]);
+/// The float panel of [`FLOAT_ROWS`] × [`FLOAT_TOKENS`].
+pub type FloatPanel = FloatPanelOf<FLOAT_ROWS, FLOAT_TOKENS>;
+/// The float panel for CPUs with 32 vector registers: [`WIDE_ROWS`] × [`WIDE_TOKENS`].
+pub type WideFloatPanel = FloatPanelOf<WIDE_ROWS, WIDE_TOKENS>;
 
 /// Tokens whose products one pass over a weight row computes.
 pub const TILE: usize = 4;
@@ -52,6 +60,11 @@ pub const PANEL: usize = 8;
 /// the bytes of Q8 ones, so two rows share each load of them.
 pub const FLOAT_ROWS: usize = 2;
 pub const FLOAT_TOKENS: usize = 4;
+
+/// Rows and tokens a [`WideFloatPanel`] takes per pass: 24 accumulators, four rows'
+/// weights and one token's activations fill 29 of 32 registers.
+pub const WIDE_ROWS: usize = 4;
+pub const WIDE_TOKENS: usize = 6;
 
 /// Rows and tokens of the blocks a thread walks through, sized for L1.
 const BLOCK: usize = 16;
@@ -95,20 +108,21 @@ pub struct Kernels {
 /// Panel kernels of the float types and the 32-element block types.
 #[derive(Clone, Copy)]
 pub struct Panels {
-    pub f32: FloatPanel,
-    pub f16: FloatPanel,
-    pub bf16: FloatPanel,
-    pub q4_0: QuantPanel,
-    pub q4_1: QuantPanel,
-    pub q5_0: QuantPanel,
-    pub q5_1: QuantPanel,
-    pub q8_0: QuantPanel,
+    pub f32: Panel,
+    pub f16: Panel,
+    pub bf16: Panel,
+    pub q4_0: Panel,
+    pub q4_1: Panel,
+    pub q5_0: Panel,
+    pub q5_1: Panel,
+    pub q8_0: Panel,
 }
 
 /// A panel kernel for one weight type.
 #[derive(Clone, Copy)]
 pub enum Panel {
     Float(FloatPanel),
+    Wide(WideFloatPanel),
     Quant(QuantPanel),
 }
 
@@ -127,13 +141,31 @@ impl Kernels {
 
     /// The fastest kernels this CPU runs, detected once.
     pub fn best() -> &'static Kernels {
-        static BEST: OnceLock<Kernels> = OnceLock::new();
-        BEST.get_or_init(|| {
+        Kernels::available().last().unwrap_or(&SCALAR)
+    }
+
+    /// Every kernel set this CPU runs, detected once, plainest first: the scalar
+    /// kernels, then AVX2's, then each with the next extension this CPU has swapped in
+    /// (AVX-VNNI for the quantized panels, AVX-512 for the float panels). All give the
+    /// same bits; tests hold each to the scalar set.
+    pub fn available() -> &'static [Kernels] {
+        static ALL: OnceLock<Vec<Kernels>> = OnceLock::new();
+        ALL.get_or_init(|| {
+            #[allow(unused_mut, reason = "only x86-64 has SIMD sets")]
+            let mut all = vec![SCALAR];
             #[cfg(target_arch = "x86_64")]
-            if let Some(k) = avx2::kernels() {
-                return k;
+            if let Some(mut k) = avx2::kernels() {
+                all.push(k);
+                if let Some(panels) = vnni_panel::upgrade(k.panels) {
+                    k = Kernels { name: "avx2+vnni", panels, ..k };
+                    all.push(k);
+                }
+                if let Some(panels) = avx512_panel::upgrade(k.panels) {
+                    let name = if k.name == "avx2" { "avx512" } else { "avx512+vnni" };
+                    all.push(Kernels { name, panels, ..k });
+                }
             }
-            SCALAR
+            all
         })
     }
 
@@ -161,14 +193,14 @@ impl Kernels {
     pub fn panel(&self, ty: GgmlType) -> Option<Panel> {
         let p = &self.panels;
         Some(match ty {
-            GgmlType::F32 => Panel::Float(p.f32),
-            GgmlType::F16 => Panel::Float(p.f16),
-            GgmlType::BF16 => Panel::Float(p.bf16),
-            GgmlType::Q4_0 => Panel::Quant(p.q4_0),
-            GgmlType::Q4_1 => Panel::Quant(p.q4_1),
-            GgmlType::Q5_0 => Panel::Quant(p.q5_0),
-            GgmlType::Q5_1 => Panel::Quant(p.q5_1),
-            GgmlType::Q8_0 => Panel::Quant(p.q8_0),
+            GgmlType::F32 => p.f32,
+            GgmlType::F16 => p.f16,
+            GgmlType::BF16 => p.bf16,
+            GgmlType::Q4_0 => p.q4_0,
+            GgmlType::Q4_1 => p.q4_1,
+            GgmlType::Q5_0 => p.q5_0,
+            GgmlType::Q5_1 => p.q5_1,
+            GgmlType::Q8_0 => p.q8_0,
             _ => return None,
         })
     }
@@ -192,14 +224,14 @@ static SCALAR: Kernels = Kernels {
     axpy_f16: float::axpy_f16,
     axpy_f32: float::axpy_f32,
     panels: Panels {
-        f32: float::panel_f32,
-        f16: float::panel_f16,
-        bf16: float::panel_bf16,
-        q4_0: legacy::panel_q4_0,
-        q4_1: legacy::panel_q4_1,
-        q5_0: legacy::panel_q5_0,
-        q5_1: legacy::panel_q5_1,
-        q8_0: legacy::panel_q8_0,
+        f32: Panel::Float(float::panel_f32),
+        f16: Panel::Float(float::panel_f16),
+        bf16: Panel::Float(float::panel_bf16),
+        q4_0: Panel::Quant(legacy::panel_q4_0),
+        q4_1: Panel::Quant(legacy::panel_q4_1),
+        q5_0: Panel::Quant(legacy::panel_q5_0),
+        q5_1: Panel::Quant(legacy::panel_q5_1),
+        q8_0: Panel::Quant(legacy::panel_q8_0),
     },
 };
 
@@ -306,6 +338,11 @@ fn matmul_panels(pool: &Pool, panel: Panel, w: &Matrix, act: &Activations, out: 
         Panel::Float(f) => {
             let tiles: Vec<[&[f32]; FLOAT_TOKENS]> =
                 (0..act.tokens().div_ceil(FLOAT_TOKENS)).map(|k| act.float_tile(k)).collect();
+            by_tiles(pool, w, act.tokens(), out, |rows, k, res| f(rows, &tiles[k], res));
+        }
+        Panel::Wide(f) => {
+            let tiles: Vec<[&[f32]; WIDE_TOKENS]> =
+                (0..act.tokens().div_ceil(WIDE_TOKENS)).map(|k| act.float_tile(k)).collect();
             by_tiles(pool, w, act.tokens(), out, |rows, k, res| f(rows, &tiles[k], res));
         }
     }

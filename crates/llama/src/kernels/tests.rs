@@ -233,7 +233,7 @@ fn panel_products_equal_one_token_products() {
         let x = random(&mut rng, tokens * n, 2.0);
         let act = Activations::new(ty, &x, n);
         let Some(Dot::Quant(one)) = Kernels::scalar().dot(ty) else { panic!("{ty}") };
-        for kernels in [Kernels::scalar(), Kernels::best()] {
+        for kernels in Kernels::available() {
             let Some(Panel::Quant(panel)) = kernels.panel(ty) else { panic!("{ty} has no panel") };
             assert_eq!(act.tiles(), 3);
             for k in 0..act.tiles() {
@@ -260,34 +260,44 @@ fn panel_products_equal_one_token_products() {
 #[test]
 fn float_panel_products_equal_one_token_products() {
     let mut rng = Rng::new(17);
-    let tokens = FLOAT_TOKENS + 1;
+    let tokens = WIDE_TOKENS + 1;
     for ty in [GgmlType::F32, GgmlType::F16, GgmlType::BF16] {
         for n in [7, 100, 576] {
-            let rows: Vec<Vec<u8>> = (0..3).map(|_| weight_row(&mut rng, ty, n).0).collect();
+            let rows: Vec<Vec<u8>> =
+                (0..WIDE_ROWS + 1).map(|_| weight_row(&mut rng, ty, n).0).collect();
             let x = random(&mut rng, tokens * n, 1.0);
             let act = Activations::new(ty, &x, n);
             let Some(Dot::Float(one)) = Kernels::scalar().dot(ty) else { panic!("{ty}") };
-            for kernels in [Kernels::scalar(), Kernels::best()] {
-                let Some(Panel::Float(panel)) = kernels.panel(ty) else { panic!("{ty}") };
-                for (r0, k) in [(0, 0), (1, 0), (1, 1)] {
-                    let mut out = [[0f32; FLOAT_TOKENS]; FLOAT_ROWS];
-                    let pair = std::array::from_fn(|i| rows[r0 + i].as_slice());
-                    panel(pair, &act.float_tile(k), &mut out);
-                    for (i, out) in out.iter().enumerate() {
-                        for (t, &v) in out.iter().enumerate() {
-                            // Past the batch, the tile repeats its last token.
-                            let token = (k * FLOAT_TOKENS + t).min(tokens - 1);
-                            let expect = one(&rows[r0 + i], act.floats(token));
-                            assert_eq!(
-                                v.to_bits(),
-                                expect.to_bits(),
-                                "{ty} n={n} {} row {} token {token}",
-                                kernels.name,
-                                r0 + i
-                            );
-                        }
-                    }
+            for kernels in Kernels::available() {
+                let what = format!("{ty} n={n} {}", kernels.name);
+                match kernels.panel(ty) {
+                    Some(Panel::Float(f)) => check_float_panel(f, &rows, &act, one, &what),
+                    Some(Panel::Wide(f)) => check_float_panel(f, &rows, &act, one, &what),
+                    _ => panic!("{what} has no float panel"),
                 }
+            }
+        }
+    }
+}
+
+/// Runs `panel` from rows 0 and 1 over its first two tiles and compares each output with
+/// the one-token kernel `one`.
+fn check_float_panel<const R: usize, const T: usize>(
+    panel: FloatPanelOf<R, T>,
+    rows: &[Vec<u8>],
+    act: &Activations,
+    one: FloatDot,
+    what: &str,
+) {
+    for (r0, k) in [(0, 0), (1, 0), (1, 1)] {
+        let mut out = [[0f32; T]; R];
+        panel(std::array::from_fn(|i| rows[r0 + i].as_slice()), &act.float_tile(k), &mut out);
+        for (i, out) in out.iter().enumerate() {
+            for (t, &v) in out.iter().enumerate() {
+                // Past the batch, the tile repeats its last token.
+                let token = (k * T + t).min(act.tokens() - 1);
+                let expect = one(&rows[r0 + i], act.floats(token));
+                assert_eq!(v.to_bits(), expect.to_bits(), "{what} row {} token {token}", r0 + i);
             }
         }
     }
