@@ -3,7 +3,7 @@
 //! llama.cpp's x86 CPU backend quantizes them.
 
 use amalgam_gguf::GgmlType;
-use amalgam_gguf::blocks::{BlockQ8_0, BlockQ8_1, QK, as_blocks, as_blocks_mut};
+use amalgam_gguf::blocks::{BlockQ8_0, BlockQ8_1, BlockQ8K, QK, as_blocks, as_blocks_mut};
 use amalgam_gguf::quant;
 
 use super::{PANEL, activation_type};
@@ -15,8 +15,8 @@ pub struct Activations {
     cols: usize,
     floats: Vec<f32>,
     blocks: Vec<u8>,
-    /// Q8_0/Q8_1: each block's `d` (and Q8_1's `s`) widened to f32 (exactly), so kernels
-    /// read a float instead of converting a half per product.
+    /// Each block's `d` (and Q8_1's `s`) as f32 (Q8_0/Q8_1 widen halves exactly, Q8_K
+    /// stores f32), so kernels read a float instead of converting a half per product.
     d: Vec<f32>,
     s: Vec<f32>,
     /// The same widened scales block-major per tile of [`PANEL`] tokens (the last tile
@@ -45,8 +45,7 @@ pub struct ActTile<'a> {
 /// The i32 lanes of one block's product: lane `l` covers elements `4l..4l + 4`.
 pub const LANES_PER_BLOCK: usize = QK / 4;
 
-/// One token's quantized activations: the blocks and their widened scales (empty for
-/// Q8_K, whose scale is stored as f32).
+/// One token's quantized activations: the blocks and their scales as f32.
 #[derive(Clone, Copy, Debug)]
 pub struct ActRow<'a> {
     pub blocks: &'a [u8],
@@ -100,6 +99,10 @@ impl Activations {
                 let blocks: &[BlockQ8_1] = as_blocks(&self.blocks).unwrap_or_default();
                 self.d = blocks.iter().map(|b| half(b.d)).collect();
                 self.s = blocks.iter().map(|b| half(b.s)).collect();
+            }
+            GgmlType::Q8K => {
+                let blocks: &[BlockQ8K] = as_blocks(&self.blocks).unwrap_or_default();
+                self.d = blocks.iter().map(|b| f32::from_le_bytes(b.d)).collect();
             }
             _ => {}
         }

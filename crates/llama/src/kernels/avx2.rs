@@ -10,7 +10,7 @@ use amalgam_gguf::blocks::{
 };
 
 use super::float::{LANES, fold, fold8};
-use super::{ActRow, Kernels, Panel, Panels, TILE, avx2_k, avx2_panel};
+use super::{ActRow, Kernels, Panel, Panels, avx2_k, avx2_k_panel, avx2_panel};
 
 /// The AVX2 kernels, if this CPU has AVX2, FMA and F16C.
 pub fn kernels() -> Option<Kernels> {
@@ -43,6 +43,11 @@ pub fn kernels() -> Option<Kernels> {
             q5_0: Panel::Quant(avx2_panel::panel_q5_0),
             q5_1: Panel::Quant(avx2_panel::panel_q5_1),
             q8_0: Panel::Quant(avx2_panel::panel_q8_0),
+            q2_k: Panel::Quant(avx2_k_panel::panel_q2_k),
+            q3_k: Panel::Quant(avx2_k_panel::panel_q3_k),
+            q4_k: Panel::Quant(avx2_k_panel::panel_q4_k),
+            q5_k: Panel::Quant(avx2_k_panel::panel_q5_k),
+            q6_k: Panel::Quant(avx2_k_panel::panel_q6_k),
         },
     })
 }
@@ -64,19 +69,19 @@ checked! {
     fn dot_bf16(w: &[u8], x: &[f32]) => bf16_body;
 }
 
-/// Declares safe multi-token kernels that call their `#[target_feature]` bodies.
-macro_rules! checked_tiled {
+/// Declares safe quantized dot products that call their `#[target_feature]` bodies.
+macro_rules! checked_quant {
     ($($name:ident => $body:ident;)*) => {$(
-        pub(super) fn $name(w: &[u8], a: &[super::ActRow], out: &mut [f32]) {
+        pub(super) fn $name(w: &[u8], a: super::ActRow) -> f32 {
             // SAFETY: these kernels are only reachable through `kernels()`, which returns
             // them only when the CPU has AVX2, FMA and F16C.
-            unsafe { $body(w, a, out) }
+            unsafe { $body(w, a) }
         }
     )*};
 }
-pub(super) use checked_tiled;
+pub(super) use checked_quant;
 
-checked_tiled! {
+checked_quant! {
     dot_q4_0 => q4_0_body;
     dot_q4_1 => q4_1_body;
     dot_q5_0 => q5_0_body;
@@ -299,48 +304,21 @@ fn bf16_body(w: &[u8], x: &[f32]) -> f32 {
     )
 }
 
-/// Products of one weight row with up to [`TILE`] tokens at a time: each weight block is
-/// decoded once by `prep`; per token, `mul` (given the block and its widened `d` and `s`)
-/// gives the scale product, the eight integer lanes and the mins term, added as the
-/// scalar kernels add them (`fma` per float lane, lanes folded last, `+ sign · Σ mins`),
-/// so every output has the one-token bits.
+/// The dot product of one weight row with one token's activations: each weight block is
+/// decoded by `prep`; `mul` (given the block and the token's widened `d` and `s`) gives
+/// the scale product, the eight integer lanes and the mins term, added as the scalar
+/// kernels add them (`fma` per float lane, lanes folded last, `+ sign · Σ mins`).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-pub(super) fn tiled<W: Block, A: Block, P>(
+pub(super) fn quant_dot<W: Block, A: Block, P>(
     w: &[u8],
-    acts: &[ActRow],
-    out: &mut [f32],
+    act: ActRow,
     sign: f32,
     prep: impl Fn(&W) -> P,
     mul: impl Fn(&P, &A, f32, f32) -> (f32, __m256i, f32),
-) {
+) -> f32 {
     let weights: &[W] = as_blocks(w).unwrap_or_default();
-    for (acts, out) in acts.chunks(TILE).zip(out.chunks_mut(TILE)) {
-        let mut ab: [Row<A>; TILE] = [Row { blocks: &[], d: &[], s: &[] }; TILE];
-        for (b, a) in ab.iter_mut().zip(acts) {
-            *b = Row { blocks: as_blocks(a.blocks).unwrap_or_default(), d: a.d, s: a.s };
-        }
-        let ab = &ab[..acts.len()];
-        match ab.len() {
-            4 => tile::<W, A, P, 4>(weights, ab, out, sign, &prep, &mul),
-            3 => tile::<W, A, P, 3>(weights, ab, out, sign, &prep, &mul),
-            2 => tile::<W, A, P, 2>(weights, ab, out, sign, &prep, &mul),
-            _ => tile::<W, A, P, 1>(weights, ab, out, sign, &prep, &mul),
-        }
-    }
-}
-
-/// [`tile`] for one token, as a plain zip over the blocks.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn single<W: Block, A: Block, P>(
-    weights: &[W],
-    act: Row<A>,
-    out: &mut [f32],
-    sign: f32,
-    prep: &impl Fn(&W) -> P,
-    mul: &impl Fn(&P, &A, f32, f32) -> (f32, __m256i, f32),
-) {
+    let blocks: &[A] = as_blocks(act.blocks).unwrap_or_default();
     let (mut acc, mut mins) = (_mm256_setzero_ps(), 0f32);
     let mut step = |x: &W, y: &A, d: f32, s: f32| {
         _mm_prefetch::<_MM_HINT_T0>((x as *const W).cast::<i8>().wrapping_add(1024));
@@ -348,8 +326,8 @@ fn single<W: Block, A: Block, P>(
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(lanes), acc);
         mins += m;
     };
-    let pairs = weights.iter().zip(act.blocks);
-    match (act.d.len() == act.blocks.len(), act.s.len() == act.blocks.len()) {
+    let pairs = weights.iter().zip(blocks);
+    match (act.d.len() == blocks.len(), act.s.len() == blocks.len()) {
         (true, true) => {
             pairs.zip(act.d.iter().zip(act.s)).for_each(|((x, y), (&d, &s))| step(x, y, d, s))
         }
@@ -359,96 +337,49 @@ fn single<W: Block, A: Block, P>(
     let mut lanes = [0f32; 8];
     // SAFETY: writes the 8 floats of `lanes`.
     unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
-    if let Some(o) = out.first_mut() {
-        *o = fold8(&lanes) + sign * mins;
-    }
-}
-
-/// One token's activation blocks with their widened scales (empty for Q8_K).
-#[derive(Clone, Copy)]
-struct Row<'a, A> {
-    blocks: &'a [A],
-    d: &'a [f32],
-    s: &'a [f32],
+    fold8(&lanes) + sign * mins
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn tile<W: Block, A: Block, P, const T: usize>(
-    weights: &[W],
-    acts: &[Row<A>],
-    out: &mut [f32],
-    sign: f32,
-    prep: &impl Fn(&W) -> P,
-    mul: &impl Fn(&P, &A, f32, f32) -> (f32, __m256i, f32),
-) {
-    let Ok(acts) = <[Row<A>; T]>::try_from(&acts[..T.min(acts.len())]) else { return };
-    if T == 1 {
-        return single(weights, acts[0], out, sign, prep, mul);
-    }
-    let n = acts.iter().map(|a| a.blocks.len()).fold(weights.len(), usize::min);
-    // Widened scales where the activation type has them, else 0 (not read).
-    let scale = |v: &[f32], i: usize| v.get(i).copied().unwrap_or(0.0);
-    let (mut acc, mut mins) = ([_mm256_setzero_ps(); T], [0f32; T]);
-    for (i, x) in weights[..n].iter().enumerate() {
-        // A hint only (the address need not be valid): the rows stream from memory.
-        _mm_prefetch::<_MM_HINT_T0>((x as *const W).cast::<i8>().wrapping_add(1024));
-        let p = prep(x);
-        for t in 0..T {
-            let a = &acts[t];
-            let (d, lanes, m) = mul(&p, &a.blocks[i], scale(a.d, i), scale(a.s, i));
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(lanes), acc[t]);
-            mins[t] += m;
-        }
-    }
-    for (o, (a, m)) in out.iter_mut().zip(acc.iter().zip(mins)) {
-        let mut lanes = [0f32; 8];
-        // SAFETY: writes the 8 floats of `lanes`.
-        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *a) };
-        *o = fold8(&lanes) + sign * m;
-    }
-}
-
-#[target_feature(enable = "avx2,fma,f16c")]
-fn q4_0_body(w: &[u8], a: &[ActRow], out: &mut [f32]) {
+fn q4_0_body(w: &[u8], a: ActRow) -> f32 {
     let prep = |x: &BlockQ4_0| (_mm256_sub_epi8(nibbles(&x.qs), _mm256_set1_epi8(8)), f16(x.d));
-    tiled(w, a, out, 1.0, prep, |p, y: &BlockQ8_0, d, _| {
+    quant_dot(w, a, 1.0, prep, |p, y: &BlockQ8_0, d, _| {
         (p.1 * d, dot_i8_i8(p.0, load32i(&y.qs)), 0.0)
-    });
+    })
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q4_1_body(w: &[u8], a: &[ActRow], out: &mut [f32]) {
+fn q4_1_body(w: &[u8], a: ActRow) -> f32 {
     let prep = |x: &BlockQ4_1| (nibbles(&x.qs), f16(x.d), f16(x.m));
-    tiled(w, a, out, 1.0, prep, |p, y: &BlockQ8_1, d, s| {
+    quant_dot(w, a, 1.0, prep, |p, y: &BlockQ8_1, d, s| {
         (p.1 * d, dot_u8_i8(p.0, load32i(&y.qs)), p.2 * s)
-    });
+    })
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q5_0_body(w: &[u8], a: &[ActRow], out: &mut [f32]) {
+fn q5_0_body(w: &[u8], a: ActRow) -> f32 {
     let prep = |x: &BlockQ5_0| {
         let q = _mm256_or_si256(nibbles(&x.qs), high_bits(x.qh));
         (_mm256_sub_epi8(q, _mm256_set1_epi8(16)), f16(x.d))
     };
-    tiled(w, a, out, 1.0, prep, |p, y: &BlockQ8_0, d, _| {
+    quant_dot(w, a, 1.0, prep, |p, y: &BlockQ8_0, d, _| {
         (p.1 * d, dot_i8_i8(p.0, load32i(&y.qs)), 0.0)
-    });
+    })
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q5_1_body(w: &[u8], a: &[ActRow], out: &mut [f32]) {
+fn q5_1_body(w: &[u8], a: ActRow) -> f32 {
     let prep =
         |x: &BlockQ5_1| (_mm256_or_si256(nibbles(&x.qs), high_bits(x.qh)), f16(x.d), f16(x.m));
-    tiled(w, a, out, 1.0, prep, |p, y: &BlockQ8_1, d, s| {
+    quant_dot(w, a, 1.0, prep, |p, y: &BlockQ8_1, d, s| {
         (p.1 * d, dot_u8_i8(p.0, load32i(&y.qs)), p.2 * s)
-    });
+    })
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q8_0_body(w: &[u8], a: &[ActRow], out: &mut [f32]) {
+fn q8_0_body(w: &[u8], a: ActRow) -> f32 {
     let prep = |x: &BlockQ8_0| (load32i(&x.qs), f16(x.d));
-    tiled(w, a, out, 1.0, prep, |p, y: &BlockQ8_0, d, _| {
+    quant_dot(w, a, 1.0, prep, |p, y: &BlockQ8_0, d, _| {
         (p.1 * d, dot_i8_i8(p.0, load32i(&y.qs)), 0.0)
-    });
+    })
 }

@@ -1,7 +1,8 @@
-//! AVX2 dot products of the K-quant super-blocks with Q8_K activations, several tokens
-//! per pass over a weight row: each super-block's levels are unpacked once (32 per
-//! register) with its scales; per token, `maddubs` with the activations and `madd` with
-//! the group scales give eight integer lanes, finished as the scalar kernels finish them.
+//! AVX2 dot products of the K-quant super-blocks with Q8_K activations: each
+//! super-block's levels are unpacked (32 per register) with its scales (the panels in
+//! `avx2_k_panel` unpack them the same way, once for a tile of tokens); `maddubs` with the
+//! activations and `madd` with the group scales give eight integer lanes, finished as the
+//! scalar kernels finish them.
 
 use std::arch::x86_64::*;
 
@@ -10,10 +11,10 @@ use amalgam_gguf::blocks::{
 };
 
 use super::ActRow;
-use super::avx2::{checked_tiled, f16, load32, tiled};
+use super::avx2::{checked_quant, f16, load32, quant_dot};
 use super::kquants::{bsum, k4_mins, k4_scales, q2k_mins, q2k_scales, q8k_d, widen};
 
-checked_tiled! {
+checked_quant! {
     dot_q2_k => q2_k_body;
     dot_q3_k => q3_k_body;
     dot_q4_k => q4_k_body;
@@ -24,19 +25,19 @@ checked_tiled! {
 /// A super-block decoded once for every token: its eight 32-level chunks and their
 /// scale vectors (one i16 per element pair), the scales and mins as integers, and the
 /// block's scales.
-struct Decoded<const M: usize> {
-    levels: [__m256i; 8],
-    scales: [__m256i; 8],
+pub(super) struct Decoded<const M: usize> {
+    pub levels: [__m256i; 8],
+    pub scales: [__m256i; 8],
     /// Per-group scales (for offset corrections) or mins (for the mins term).
-    ints: [i32; M],
-    d: f32,
-    dmin: f32,
+    pub ints: [i32; M],
+    pub d: f32,
+    pub dmin: f32,
 }
 
 /// Activations `32c..32c + 32` of a Q8_K block.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn act(y: &BlockQ8K, c: usize) -> __m256i {
+pub(super) fn act(y: &BlockQ8K, c: usize) -> __m256i {
     // SAFETY: `c < 8`, so the 32 bytes from `32c` are inside `qs`.
     unsafe { _mm256_loadu_si256(y.qs.as_ptr().add(32 * c).cast()) }
 }
@@ -127,34 +128,46 @@ fn levels_4bit(qs: &[u8; 128], high: impl Fn(usize) -> __m256i) -> [__m256i; 8] 
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q2_k_body(w: &[u8], a: &[ActRow], out: &mut [f32]) {
-    let prep = |x: &BlockQ2K| {
-        let (scales, mins) = q2k_scales(x);
-        Decoded {
-            levels: levels_2bit(&x.qs, |_| _mm256_setzero_si256()),
-            scales: pair_scales(&scales),
-            ints: mins,
-            d: f16(x.d),
-            dmin: f16(x.dmin),
-        }
-    };
-    tiled(w, a, out, -1.0, prep, |b, y: &BlockQ8K, _, _| with_mins(b, y, q2k_mins(&b.ints, y)));
+#[inline]
+pub(super) fn prep_q2_k(x: &BlockQ2K) -> Decoded<16> {
+    let (scales, mins) = q2k_scales(x);
+    Decoded {
+        levels: levels_2bit(&x.qs, |_| _mm256_setzero_si256()),
+        scales: pair_scales(&scales),
+        ints: mins,
+        d: f16(x.d),
+        dmin: f16(x.dmin),
+    }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q3_k_body(w: &[u8], a: &[ActRow], out: &mut [f32]) {
-    let prep = |x: &BlockQ3K| {
-        let hmask = load32(&x.hmask);
-        let scales = widen(q3k_scales(&x.scales));
-        Decoded {
-            levels: levels_2bit(&x.qs, |g| _mm256_slli_epi16(bits(hmask, g as u32, 1), 2)),
-            scales: pair_scales(&scales),
-            ints: scales,
-            d: f16(x.d),
-            dmin: 0.0,
-        }
-    };
-    tiled(w, a, out, -1.0, prep, |b, y: &BlockQ8K, _, _| with_offset(b, y, 4));
+#[inline]
+pub(super) fn prep_q3_k(x: &BlockQ3K) -> Decoded<16> {
+    let hmask = load32(&x.hmask);
+    let scales = widen(q3k_scales(&x.scales));
+    Decoded {
+        levels: levels_2bit(&x.qs, |g| _mm256_slli_epi16(bits(hmask, g as u32, 1), 2)),
+        scales: pair_scales(&scales),
+        ints: scales,
+        d: f16(x.d),
+        dmin: 0.0,
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q2_k_body(w: &[u8], a: ActRow) -> f32 {
+    quant_dot(
+        w,
+        a,
+        -1.0,
+        |x| prep_q2_k(x),
+        |b, y: &BlockQ8K, _, _| with_mins(b, y, q2k_mins(&b.ints, y)),
+    )
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q3_k_body(w: &[u8], a: ActRow) -> f32 {
+    quant_dot(w, a, -1.0, |x| prep_q3_k(x), |b, y: &BlockQ8K, _, _| with_offset(b, y, Q3K_OFFSET))
 }
 
 /// Q4_K/Q5_K decoded, `high(j)` giving chunk `j`'s bit 4.
@@ -178,37 +191,64 @@ fn decode_k4(
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q4_k_body(w: &[u8], a: &[ActRow], out: &mut [f32]) {
-    let prep = |x: &BlockQ4K| decode_k4(&x.scales, &x.qs, x.d, x.dmin, |_| _mm256_setzero_si256());
-    tiled(w, a, out, -1.0, prep, |b, y: &BlockQ8K, _, _| with_mins(b, y, k4_mins(&b.ints, y)));
+#[inline]
+pub(super) fn prep_q4_k(x: &BlockQ4K) -> Decoded<8> {
+    decode_k4(&x.scales, &x.qs, x.d, x.dmin, |_| _mm256_setzero_si256())
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q5_k_body(w: &[u8], a: &[ActRow], out: &mut [f32]) {
-    let prep = |x: &BlockQ5K| {
-        let qh = load32(&x.qh);
-        decode_k4(&x.scales, &x.qs, x.d, x.dmin, |j| _mm256_slli_epi16(bits(qh, j as u32, 1), 4))
-    };
-    tiled(w, a, out, -1.0, prep, |b, y: &BlockQ8K, _, _| with_mins(b, y, k4_mins(&b.ints, y)));
+#[inline]
+pub(super) fn prep_q5_k(x: &BlockQ5K) -> Decoded<8> {
+    let qh = load32(&x.qh);
+    decode_k4(&x.scales, &x.qs, x.d, x.dmin, |j| _mm256_slli_epi16(bits(qh, j as u32, 1), 4))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q6_k_body(w: &[u8], a: &[ActRow], out: &mut [f32]) {
-    let prep = |x: &BlockQ6K| {
-        let ql = [load_at(&x.ql, 0), load_at(&x.ql, 32), load_at(&x.ql, 64), load_at(&x.ql, 96)];
-        let qh = [load_at(&x.qh, 0), load_at(&x.qh, 32)];
-        let scales = widen(x.scales);
-        Decoded {
-            levels: std::array::from_fn(|g| {
-                let (h, k) = (g / 4, g % 4);
-                let low = bits(ql[2 * h + k % 2], 4 * (k as u32 / 2), 0x0F);
-                _mm256_or_si256(low, _mm256_slli_epi16(bits(qh[h], 2 * k as u32, 3), 4))
-            }),
-            scales: pair_scales(&scales),
-            ints: scales,
-            d: f16(x.d),
-            dmin: 0.0,
-        }
-    };
-    tiled(w, a, out, -1.0, prep, |b, y: &BlockQ8K, _, _| with_offset(b, y, 32));
+#[inline]
+pub(super) fn prep_q6_k(x: &BlockQ6K) -> Decoded<16> {
+    let ql = [load_at(&x.ql, 0), load_at(&x.ql, 32), load_at(&x.ql, 64), load_at(&x.ql, 96)];
+    let qh = [load_at(&x.qh, 0), load_at(&x.qh, 32)];
+    let scales = widen(x.scales);
+    Decoded {
+        levels: std::array::from_fn(|g| {
+            let (h, k) = (g / 4, g % 4);
+            let low = bits(ql[2 * h + k % 2], 4 * (k as u32 / 2), 0x0F);
+            _mm256_or_si256(low, _mm256_slli_epi16(bits(qh[h], 2 * k as u32, 3), 4))
+        }),
+        scales: pair_scales(&scales),
+        ints: scales,
+        d: f16(x.d),
+        dmin: 0.0,
+    }
+}
+
+/// How far above their quants Q3_K and Q6_K store their levels.
+pub(super) const Q3K_OFFSET: i32 = 4;
+pub(super) const Q6K_OFFSET: i32 = 32;
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q4_k_body(w: &[u8], a: ActRow) -> f32 {
+    quant_dot(
+        w,
+        a,
+        -1.0,
+        |x| prep_q4_k(x),
+        |b, y: &BlockQ8K, _, _| with_mins(b, y, k4_mins(&b.ints, y)),
+    )
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q5_k_body(w: &[u8], a: ActRow) -> f32 {
+    quant_dot(
+        w,
+        a,
+        -1.0,
+        |x| prep_q5_k(x),
+        |b, y: &BlockQ8K, _, _| with_mins(b, y, k4_mins(&b.ints, y)),
+    )
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q6_k_body(w: &[u8], a: ActRow) -> f32 {
+    quant_dot(w, a, -1.0, |x| prep_q6_k(x), |b, y: &BlockQ8K, _, _| with_offset(b, y, Q6K_OFFSET))
 }

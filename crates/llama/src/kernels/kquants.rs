@@ -200,10 +200,18 @@ fn one_q6_k(w: &[u8], a: &[u8]) -> f32 {
     })
 }
 
-super::per_token! {
+super::row_dots! {
     dot_q2_k => one_q2_k;
     dot_q3_k => one_q3_k;
     dot_q4_k => one_q4_k;
     dot_q5_k => one_q5_k;
     dot_q6_k => one_q6_k;
+}
+
+super::per_token_panel! {
+    panel_q2_k => one_q2_k;
+    panel_q3_k => one_q3_k;
+    panel_q4_k => one_q4_k;
+    panel_q5_k => one_q5_k;
+    panel_q6_k => one_q6_k;
 }

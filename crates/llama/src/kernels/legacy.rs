@@ -116,7 +116,7 @@ fn one_q8_0(w: &[u8], a: &[u8]) -> f32 {
     dot(w, a, |x: &BlockQ8_0, y: &BlockQ8_0| (f16(x.d) * f16(y.d), lanes32(&x.qs, &y.qs), 0.0))
 }
 
-super::per_token! {
+super::row_dots! {
     dot_q4_0 => one_q4_0;
     dot_q4_1 => one_q4_1;
     dot_q5_0 => one_q5_0;
@@ -124,18 +124,7 @@ super::per_token! {
     dot_q8_0 => one_q8_0;
 }
 
-/// Declares scalar panel kernels that run a one-token kernel per token of the tile.
-macro_rules! per_token_panel {
-    ($($name:ident => $one:ident;)*) => {$(
-        pub fn $name(w: &[u8], tile: &super::ActTile, out: &mut [f32; super::PANEL]) {
-            for (o, a) in out.iter_mut().zip(tile.blocks) {
-                *o = $one(w, a);
-            }
-        }
-    )*};
-}
-
-per_token_panel! {
+super::per_token_panel! {
     panel_q4_0 => one_q4_0;
     panel_q4_1 => one_q4_1;
     panel_q5_0 => one_q5_0;

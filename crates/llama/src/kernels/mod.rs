@@ -13,6 +13,8 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx2_k;
 #[cfg(target_arch = "x86_64")]
+mod avx2_k_panel;
+#[cfg(target_arch = "x86_64")]
 mod avx2_panel;
 #[cfg(target_arch = "x86_64")]
 mod avx512_panel;
@@ -33,9 +35,8 @@ use crate::pool::{Counter, Pool, SharedOut};
 
 /// A dot product of a stored float row with f32 activations.
 pub type FloatDot = fn(&[u8], &[f32]) -> f32;
-/// Dot products of a stored quantized row with several tokens' rows of activation
-/// blocks: `out[t] = w · a[t]`, each computed exactly as for one token alone.
-pub type QuantDot = fn(&[u8], &[ActRow], &mut [f32]);
+/// A dot product of a stored quantized row with one token's activation blocks.
+pub type QuantDot = fn(&[u8], ActRow) -> f32;
 
 /// Products of a stored quantized row with a tile of [`PANEL`] tokens: `out[t] = w ·
 /// a[t]`, each computed exactly as for one token alone.
@@ -48,9 +49,6 @@ pub type FloatPanelOf<const R: usize, const T: usize> =
 pub type FloatPanel = FloatPanelOf<FLOAT_ROWS, FLOAT_TOKENS>;
 /// The float panel for CPUs with 32 vector registers: [`WIDE_ROWS`] × [`WIDE_TOKENS`].
 pub type WideFloatPanel = FloatPanelOf<WIDE_ROWS, WIDE_TOKENS>;
-
-/// Tokens whose products one pass over a weight row computes.
-pub const TILE: usize = 4;
 
 /// Tokens a quantized panel kernel takes per pass over a weight row: one register
 /// accumulator each.
@@ -69,17 +67,27 @@ pub const WIDE_TOKENS: usize = 6;
 /// Rows and tokens of the blocks a thread walks through, sized for L1.
 const BLOCK: usize = 16;
 
-/// Declares multi-token kernels that run a one-token kernel per token.
-macro_rules! per_token {
+/// Declares [`QuantDot`]s over scalar kernels that take the activation blocks alone.
+macro_rules! row_dots {
     ($($name:ident => $one:ident;)*) => {$(
-        pub fn $name(w: &[u8], a: &[super::ActRow], out: &mut [f32]) {
-            for (o, a) in out.iter_mut().zip(a) {
-                *o = $one(w, a.blocks);
+        pub fn $name(w: &[u8], a: super::ActRow) -> f32 {
+            $one(w, a.blocks)
+        }
+    )*};
+}
+pub(crate) use row_dots;
+
+/// Declares scalar panel kernels that run a one-token kernel per token of the tile.
+macro_rules! per_token_panel {
+    ($($name:ident => $one:ident;)*) => {$(
+        pub fn $name(w: &[u8], tile: &super::ActTile, out: &mut [f32; super::PANEL]) {
+            for (o, a) in out.iter_mut().zip(tile.blocks) {
+                *o = $one(w, a);
             }
         }
     )*};
 }
-pub(crate) use per_token;
+pub(crate) use per_token_panel;
 /// `out += a · v` for a stored float row `v`.
 pub type Axpy = fn(f32, &[u8], &mut [f32]);
 
@@ -105,7 +113,7 @@ pub struct Kernels {
     pub panels: Panels,
 }
 
-/// Panel kernels of the float types and the 32-element block types.
+/// Panel kernels of every weight type.
 #[derive(Clone, Copy)]
 pub struct Panels {
     pub f32: Panel,
@@ -116,6 +124,11 @@ pub struct Panels {
     pub q5_0: Panel,
     pub q5_1: Panel,
     pub q8_0: Panel,
+    pub q2_k: Panel,
+    pub q3_k: Panel,
+    pub q4_k: Panel,
+    pub q5_k: Panel,
+    pub q6_k: Panel,
 }
 
 /// A panel kernel for one weight type.
@@ -201,7 +214,12 @@ impl Kernels {
             GgmlType::Q5_0 => p.q5_0,
             GgmlType::Q5_1 => p.q5_1,
             GgmlType::Q8_0 => p.q8_0,
-            _ => return None,
+            GgmlType::Q2K => p.q2_k,
+            GgmlType::Q3K => p.q3_k,
+            GgmlType::Q4K => p.q4_k,
+            GgmlType::Q5K => p.q5_k,
+            GgmlType::Q6K => p.q6_k,
+            GgmlType::Q8_1 | GgmlType::Q8K => return None,
         })
     }
 }
@@ -232,6 +250,11 @@ static SCALAR: Kernels = Kernels {
         q5_0: Panel::Quant(legacy::panel_q5_0),
         q5_1: Panel::Quant(legacy::panel_q5_1),
         q8_0: Panel::Quant(legacy::panel_q8_0),
+        q2_k: Panel::Quant(kquants::panel_q2_k),
+        q3_k: Panel::Quant(kquants::panel_q3_k),
+        q4_k: Panel::Quant(kquants::panel_q4_k),
+        q5_k: Panel::Quant(kquants::panel_q5_k),
+        q6_k: Panel::Quant(kquants::panel_q6_k),
     },
 };
 
@@ -256,11 +279,8 @@ pub fn matmul(pool: &Pool, kernels: &Kernels, w: &Matrix, act: &Activations, out
     if tokens == 1 {
         return matmul_one(pool, dot, w, act, out);
     }
-    match (kernels.panel(w.ty), dot) {
-        (Some(panel), _) => matmul_panels(pool, panel, w, act, out),
-        (None, Dot::Quant(f)) => matmul_tiled(pool, f, w, act, out),
-        (None, Dot::Float(_)) => unreachable!("every float type has a panel kernel"),
-    }
+    let Some(panel) = kernels.panel(w.ty) else { panic!("matmul: {} has no panel", w.ty) };
+    matmul_panels(pool, panel, w, act, out);
 }
 
 /// [`matmul`] of one token (decode): each work item fills its own contiguous run of the
@@ -271,7 +291,7 @@ fn matmul_one(pool: &Pool, dot: Dot, w: &Matrix, act: &Activations, out: &mut [f
     let chunk = rows_per_item(rows, pool.threads());
     let items = rows.div_ceil(chunk);
     let counter = Counter::new();
-    let (blocks, floats) = ([act.row(0)], act.floats(0));
+    let (blocks, floats) = (act.row(0), act.floats(0));
     pool.run(&|_| {
         while let Some(c) = counter.next(items) {
             let rows_here = c * chunk..((c + 1) * chunk).min(rows);
@@ -282,43 +302,7 @@ fn matmul_one(pool: &Pool, dot: Dot, w: &Matrix, act: &Activations, out: &mut [f
             for (r, o) in rows_here.zip(out) {
                 match dot {
                     Dot::Float(f) => *o = f(w.row(r), floats),
-                    Dot::Quant(f) => f(w.row(r), &blocks, std::slice::from_mut(o)),
-                }
-            }
-        }
-    });
-}
-
-/// [`matmul`] of several tokens by a quantized type without a panel kernel (the
-/// K-quants): blocks of 16 rows × 16 tokens, up to [`TILE`] tokens per pass over a row.
-fn matmul_tiled(pool: &Pool, dot: QuantDot, w: &Matrix, act: &Activations, out: &mut [f32]) {
-    let (rows, tokens) = (w.rows, act.tokens());
-    let ptr = SharedOut::new(out);
-    let chunk = rows_per_item(rows, pool.threads());
-    let items = rows.div_ceil(chunk);
-    let counter = Counter::new();
-    let blocks: Vec<ActRow> = (0..tokens).map(|t| act.row(t)).collect();
-    pool.run(&|_| {
-        let mut tile = [0f32; TILE];
-        while let Some(c) = counter.next(items) {
-            let rows_here = c * chunk..((c + 1) * chunk).min(rows);
-            // 16 rows × 16 tokens at a time, so both stay in L1 while they are reused.
-            for r0 in rows_here.clone().step_by(BLOCK) {
-                for t1 in (0..tokens).step_by(BLOCK) {
-                    for r in r0..(r0 + BLOCK).min(rows_here.end) {
-                        let row = w.row(r);
-                        for t0 in (t1..(t1 + BLOCK).min(tokens)).step_by(TILE) {
-                            let n = TILE.min(tokens - t0).min(t1 + BLOCK - t0);
-                            dot(row, &blocks[t0..t0 + n], &mut tile[..n]);
-                            for (t, &v) in tile[..n].iter().enumerate() {
-                                // SAFETY: `(t0 + t) * rows + r < out.len()` (checked by
-                                // `matmul`), and each row `r` belongs to exactly one work
-                                // item, so no two threads write the same element; `run`
-                                // returns when every thread is done.
-                                unsafe { *ptr.at((t0 + t) * rows + r) = v };
-                            }
-                        }
-                    }
+                    Dot::Quant(f) => *o = f(w.row(r), blocks),
                 }
             }
         }

@@ -1,0 +1,163 @@
+//! AVX2 panel kernels of the K-quants: one weight row against [`PANEL`] tokens per pass.
+//! Each super-block is unpacked once for all of them (levels and scale vectors, as the
+//! one-token kernels unpack it); per token, eight `maddubs` and scaled adds give the
+//! integer lanes. What the one-token kernels add per token in scalar code is done for
+//! the whole tile in vectors:
+//!
+//! - the scale products `d_y · d` and, for Q2_K/Q4_K/Q5_K, the mins term
+//!   `(d_y · dmin) · Σ_g min_g · bsum_g`, accumulated per token in its own lane;
+//! - the integer sums `Σ_g w_g · bsum_g` (mins, or the group scales that Q3_K/Q6_K's
+//!   offset correction takes) by one `madd` per token and a transposing add of the tile.
+//!
+//! The integers are exact and the float steps are the one-token kernels', in their order,
+//! so every output has the one-token bits. With AVX-VNNI, `vpdpwssd` does each chunk's
+//! scaled add in one instruction.
+
+use std::arch::x86_64::*;
+
+use amalgam_gguf::blocks::{
+    Block, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, as_blocks,
+};
+
+use super::avx2_k::{
+    Decoded, Q3K_OFFSET, Q6K_OFFSET, act, prep_q2_k, prep_q3_k, prep_q4_k, prep_q5_k, prep_q6_k,
+};
+use super::avx2_panel::{finish, tile_blocks, walkable};
+use super::{ActTile, PANEL};
+
+/// Declares the AVX2 and the AVX-VNNI panel kernel of a K-quant type. `$offset` is 0 for
+/// the types with a mins term, else how far above their quants the levels are stored.
+macro_rules! k_panels {
+    ($($avx2:ident, $vnni:ident => $w:ty, $m:literal, $offset:expr, $prep:ident;)*) => {$(
+        pub(super) fn $avx2(w: &[u8], tile: &ActTile, out: &mut [f32; PANEL]) {
+            #[target_feature(enable = "avx2,fma,f16c")]
+            fn body(w: &[u8], tile: &ActTile, out: &mut [f32; PANEL]) {
+                k_panel_avx2::<$w, $m, { $offset }>(w, tile, out, |x| $prep(x));
+            }
+            // SAFETY: only reachable through `avx2::kernels()`, after the CPU features
+            // are checked.
+            unsafe { body(w, tile, out) }
+        }
+
+        pub(super) fn $vnni(w: &[u8], tile: &ActTile, out: &mut [f32; PANEL]) {
+            #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+            fn body(w: &[u8], tile: &ActTile, out: &mut [f32; PANEL]) {
+                k_panel_vnni::<$w, $m, { $offset }>(w, tile, out, |x| $prep(x));
+            }
+            // SAFETY: only reachable through `vnni_panel::upgrade`, after the CPU
+            // features (AVX-VNNI on top of AVX2, FMA and F16C) are checked.
+            unsafe { body(w, tile, out) }
+        }
+    )*};
+}
+
+k_panels! {
+    panel_q2_k, vnni_q2_k => BlockQ2K, 16, 0, prep_q2_k;
+    panel_q3_k, vnni_q3_k => BlockQ3K, 16, Q3K_OFFSET, prep_q3_k;
+    panel_q4_k, vnni_q4_k => BlockQ4K, 8, 0, prep_q4_k;
+    panel_q5_k, vnni_q5_k => BlockQ5K, 8, 0, prep_q5_k;
+    panel_q6_k, vnni_q6_k => BlockQ6K, 16, Q6K_OFFSET, prep_q6_k;
+}
+
+/// Declares the panel loop, compiled for `$features` with `$chunk(lanes, products,
+/// scales)` adding one chunk's `maddubs` products times its scale vector to the lanes
+/// (a closure would not be inlined across the feature sets). `prep` unpacks a
+/// super-block; `M` is the number of integers it gives (mins or group scales, each over
+/// `256 / M` activations); `OFFSET` as in [`k_panels`].
+macro_rules! k_panel {
+    ($name:ident, $features:literal, $chunk:path) => {
+        #[target_feature(enable = $features)]
+        #[inline]
+        fn $name<W: Block, const M: usize, const OFFSET: i32>(
+            w: &[u8],
+            tile: &ActTile,
+            out: &mut [f32; PANEL],
+            prep: impl Fn(&W) -> Decoded<M>,
+        ) {
+            let weights: &[W] = as_blocks(w).unwrap_or_default();
+            let acts = tile_blocks::<BlockQ8K>(tile);
+            let n = walkable(weights, &acts, tile, false);
+            let (mut acc, mut mins) = ([_mm256_setzero_ps(); PANEL], _mm256_setzero_ps());
+            let (mut scales, mut corrections) = ([0f32; PANEL], [0i32; PANEL]);
+            for i in 0..n {
+                // SAFETY: `i < n`, and `n` is at most every token's block count and the
+                // scale run's length over `PANEL`, so each block and the `PANEL` scales
+                // from `i · PANEL` are in bounds.
+                let (x, ys, dy) = unsafe {
+                    let ys: [&BlockQ8K; PANEL] = std::array::from_fn(|t| acts[t].get_unchecked(i));
+                    (weights.get_unchecked(i), ys, _mm256_loadu_ps(tile.d.as_ptr().add(i * PANEL)))
+                };
+                // A hint only (the address need not be valid): the rows stream from memory.
+                _mm_prefetch::<_MM_HINT_T0>((x as *const W).cast::<i8>().wrapping_add(2048));
+                let b = prep(x);
+                let d = _mm256_mul_ps(dy, _mm256_set1_ps(b.d));
+                // SAFETY: writes the 8 floats of `scales`.
+                unsafe { _mm256_storeu_ps(scales.as_mut_ptr(), d) };
+                let sums = weighted_bsums(&ys, &b.ints);
+                if OFFSET == 0 {
+                    let dmin = _mm256_mul_ps(dy, _mm256_set1_ps(b.dmin));
+                    mins = _mm256_add_ps(mins, _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(sums)));
+                } else {
+                    let c = _mm256_mullo_epi32(sums, _mm256_set1_epi32(OFFSET));
+                    // SAFETY: writes the 8 integers of `corrections`.
+                    unsafe { _mm256_storeu_si256(corrections.as_mut_ptr().cast(), c) };
+                }
+                for (t, (a, y)) in acc.iter_mut().zip(ys).enumerate() {
+                    let mut lanes = _mm256_setzero_si256();
+                    for c in 0..8 {
+                        let products = _mm256_maddubs_epi16(b.levels[c], act(y, c));
+                        lanes = $chunk(lanes, products, b.scales[c]);
+                    }
+                    if OFFSET != 0 {
+                        let first = _mm256_setr_epi32(corrections[t], 0, 0, 0, 0, 0, 0, 0);
+                        lanes = _mm256_sub_epi32(lanes, first);
+                    }
+                    let scale = _mm256_set1_ps(scales[t]);
+                    *a = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(lanes), *a);
+                }
+            }
+            // The one-token kernels add `sign · mins` with sign −1: multiplied, not
+            // subtracted, so a zero keeps the sign it gets there.
+            finish(acc, _mm256_mul_ps(_mm256_set1_ps(-1.0), mins), out);
+        }
+    };
+}
+
+k_panel!(k_panel_avx2, "avx2,fma,f16c", scaled_add);
+k_panel!(k_panel_vnni, "avx2,fma,f16c,avxvnni", _mm256_dpwssd_avx_epi32);
+
+/// `lanes + madd(products, scales)`: AVX2's scaled add of one chunk.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn scaled_add(lanes: __m256i, products: __m256i, scales: __m256i) -> __m256i {
+    _mm256_add_epi32(lanes, _mm256_madd_epi16(products, scales))
+}
+
+/// Per token of the tile, `Σ_g ints_g · bsum_g` over the 16 activation sums of its
+/// block (each of the `M` integers covers `16 / M` of them).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn weighted_bsums<const M: usize>(ys: &[&BlockQ8K; PANEL], ints: &[i32; M]) -> __m256i {
+    let w: [i16; 16] = std::array::from_fn(|k| ints[k * M / 16] as i16);
+    // SAFETY: reads the 32 bytes of `w`.
+    let w = unsafe { _mm256_loadu_si256(w.as_ptr().cast()) };
+    let pairs: [__m256i; PANEL] = std::array::from_fn(|t| {
+        // SAFETY: reads the 32 bytes of the block's 16 two-byte sums.
+        let b = unsafe { _mm256_loadu_si256(ys[t].bsums.as_ptr().cast()) };
+        _mm256_madd_epi16(b, w)
+    });
+    sum_each(pairs)
+}
+
+/// The sum of each vector's eight lanes, as the lanes of one vector.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn sum_each(v: [__m256i; 8]) -> __m256i {
+    // Per 128-bit half, `hadd` twice leaves each vector's sum over that half.
+    let low = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    let high = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+    _mm256_add_epi32(
+        _mm256_permute2x128_si256::<0x20>(low, high),
+        _mm256_permute2x128_si256::<0x31>(low, high),
+    )
+}
