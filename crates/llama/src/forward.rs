@@ -290,7 +290,8 @@ impl Step<'_, '_> {
     }
 
     /// Grouped-query attention of every query head of every token over the cache, with
-    /// the causal mask and the layer's sliding window.
+    /// the causal mask and the layer's sliding window: per token and KV head, the query
+    /// heads that share it are scored together.
     /// Writes into `out`, zeros as long as `q`, and returns it.
     fn attention(
         &self,
@@ -300,35 +301,37 @@ impl Step<'_, '_> {
         mut out: Vec<f32>,
     ) -> Vec<f32> {
         let c = &self.model.config;
-        let (hd, heads, group) = (c.head_dim, c.heads, c.heads / c.kv_heads);
+        let (hd, heads, kv_heads) = (c.head_dim, c.heads, c.kv_heads);
+        let group = heads / kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
-        let items = q.len() / hd;
+        let items = q.len() / hd / group;
         let ptr = SharedOut::new(&mut out);
         let counter = Counter::new();
         self.pool.run(&|_| {
-            let (mut scores, mut qh) = (Vec::new(), vec![0f32; hd]);
+            let (mut scores, mut qs) = (vec![Vec::new(); group], Vec::new());
             while let Some(i) = counter.next(items) {
-                let (t, head) = (i / heads, i % heads);
+                let (t, kv_head) = (i / kv_heads, i % kv_heads);
                 let p = self.pos + t;
-                let first = window.map_or(0, |w| (p + 1).saturating_sub(w));
-                qh.copy_from_slice(&q[i * hd..(i + 1) * hd]);
+                let keys = window.map_or(0, |w| (p + 1).saturating_sub(w))..p + 1;
+                // The group's query heads are contiguous: heads `kv_head · group ..`.
+                let at = i * group * hd;
+                qs.clear();
+                qs.extend_from_slice(&q[at..at + group * hd]);
                 if self.f16_products {
-                    ops::round_f16(&mut qh);
+                    ops::round_f16(&mut qs);
                 }
-                let kv_head = head / group;
-                scores.clear();
-                scores.extend(
-                    (first..=p).map(|j| cache.score(self.kernels, j, kv_head, &qh) * scale),
-                );
-                ops::softmax(&mut scores);
-                if self.f16_products {
-                    ops::round_f16(&mut scores);
-                }
-                // SAFETY: item `i` owns `out[i·hd..(i+1)·hd]` alone, inside `out`
-                // (`i < items = out.len() / hd`); `run` returns when all are done.
-                let o = unsafe { std::slice::from_raw_parts_mut(ptr.at(i * hd), hd) };
-                for (j, &s) in (first..=p).zip(&scores) {
-                    cache.add_value(self.kernels, j, kv_head, s, o);
+                cache.scores(self.kernels, keys.clone(), kv_head, &qs, &mut scores);
+                for (g, scores) in scores.iter_mut().enumerate() {
+                    scores.iter_mut().for_each(|s| *s *= scale);
+                    ops::softmax(scores);
+                    if self.f16_products {
+                        ops::round_f16(scores);
+                    }
+                    // SAFETY: item `i` owns `out[(i·group + g)·hd..][..hd]` for its `g <
+                    // group` alone, inside `out` (`i < items = out.len() / hd / group`);
+                    // `run` returns when all are done.
+                    let o = unsafe { std::slice::from_raw_parts_mut(ptr.at(at + g * hd), hd) };
+                    cache.add_values(self.kernels, keys.clone(), kv_head, scores, o);
                 }
             }
         });

@@ -2,9 +2,11 @@
 //! f16 (rounded to nearest even on store, as llama.cpp's default) or f32, read through
 //! the float kernels.
 
+use std::ops::Range;
+
 use amalgam_gguf::GgmlType;
 
-use crate::kernels::Kernels;
+use crate::kernels::{FloatPanelOf, Kernels, Panel};
 
 /// The element type of the cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,21 +53,88 @@ impl KvCache {
         at..at + self.head_dim * self.ty.size()
     }
 
-    /// `q · k` for KV head `head` at position `pos`.
-    pub fn score(&self, kernels: &Kernels, pos: usize, head: usize, q: &[f32]) -> f32 {
-        let k = &self.k[self.range(pos, head)];
+    fn ggml_type(&self) -> GgmlType {
         match self.ty {
-            KvType::F16 => (kernels.f16)(k, q),
-            KvType::F32 => (kernels.f32)(k, q),
+            KvType::F16 => GgmlType::F16,
+            KvType::F32 => GgmlType::F32,
         }
     }
 
-    /// `out += a · v` for KV head `head` at position `pos`.
-    pub fn add_value(&self, kernels: &Kernels, pos: usize, head: usize, a: f32, out: &mut [f32]) {
-        let v = &self.v[self.range(pos, head)];
+    /// `q · k` of each query (`queries`, rows of the head dim) with the keys of KV head
+    /// `head` at positions `keys`: `out[i]` gets query `i`'s scores in position order.
+    /// Each is the float dot product of the key row and the query, through the panel
+    /// kernels (several keys and queries per pass, the same bits).
+    pub fn scores(
+        &self,
+        kernels: &Kernels,
+        keys: Range<usize>,
+        head: usize,
+        queries: &[f32],
+        out: &mut [Vec<f32>],
+    ) {
+        out.iter_mut().for_each(Vec::clear);
+        match kernels.panel(self.ggml_type()) {
+            Some(Panel::Float(f)) => self.scores_by(f, keys, head, queries, out),
+            Some(Panel::Wide(f)) => self.scores_by(f, keys, head, queries, out),
+            _ => {
+                let dot = if self.ty == KvType::F16 { kernels.f16 } else { kernels.f32 };
+                for (q, out) in queries.chunks_exact(self.head_dim).zip(out) {
+                    out.extend(keys.clone().map(|j| dot(&self.k[self.range(j, head)], q)));
+                }
+            }
+        }
+    }
+
+    fn scores_by<const R: usize, const T: usize>(
+        &self,
+        panel: FloatPanelOf<R, T>,
+        keys: Range<usize>,
+        head: usize,
+        queries: &[f32],
+        out: &mut [Vec<f32>],
+    ) {
+        let hd = self.head_dim;
+        let n = out.len().min(queries.len() / hd);
+        if n == 0 || keys.is_empty() {
+            return;
+        }
+        let mut res = [[0f32; T]; R];
+        for q0 in (0..n).step_by(T) {
+            // Past the last query (or key), a tile repeats it.
+            let qs: [&[f32]; T] = std::array::from_fn(|t| {
+                let q = (q0 + t).min(n - 1);
+                &queries[q * hd..(q + 1) * hd]
+            });
+            for k0 in keys.clone().step_by(R) {
+                let rows =
+                    std::array::from_fn(|r| &self.k[self.range((k0 + r).min(keys.end - 1), head)]);
+                panel(rows, &qs, &mut res);
+                for res in res.iter().take(keys.end - k0) {
+                    for (out, &s) in out[q0..n].iter_mut().zip(res) {
+                        out.push(s);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `out += Σ_j weights[j] · v_j` over the values of KV head `head` at positions
+    /// `keys.start..` (one weight each), adding in position order.
+    pub fn add_values(
+        &self,
+        kernels: &Kernels,
+        keys: Range<usize>,
+        head: usize,
+        weights: &[f32],
+        out: &mut [f32],
+    ) {
+        let start = self.range(keys.start, head).start;
+        let rows = self.v.get(start..).unwrap_or_default();
+        let stride = self.width * self.ty.size();
+        let weights = &weights[..weights.len().min(keys.len())];
         match self.ty {
-            KvType::F16 => (kernels.axpy_f16)(a, v, out),
-            KvType::F32 => (kernels.axpy_f32)(a, v, out),
+            KvType::F16 => (kernels.weighted_f16)(weights, rows, stride, out),
+            KvType::F32 => (kernels.weighted_f32)(weights, rows, stride, out),
         }
     }
 

@@ -32,8 +32,8 @@ pub fn kernels() -> Option<Kernels> {
         q4_k: avx2_k::dot_q4_k,
         q5_k: avx2_k::dot_q5_k,
         q6_k: avx2_k::dot_q6_k,
-        axpy_f16,
-        axpy_f32,
+        weighted_f16,
+        weighted_f32,
         panels: Panels {
             f32: Panel::Float(avx2_panel::panel_f32),
             f16: Panel::Float(avx2_panel::panel_f16),
@@ -89,43 +89,75 @@ checked_quant! {
     dot_q8_0 => q8_0_body;
 }
 
-fn axpy_f16(a: f32, v: &[u8], out: &mut [f32]) {
+fn weighted_f16(weights: &[f32], rows: &[u8], stride: usize, out: &mut [f32]) {
     // SAFETY: only reachable through `kernels()`, after the CPU features are checked.
-    unsafe { axpy_body(a, v, out, 2) }
+    unsafe { weighted_body(weights, rows, stride, out, 2) }
 }
 
-fn axpy_f32(a: f32, v: &[u8], out: &mut [f32]) {
-    // SAFETY: as `axpy_f16`.
-    unsafe { axpy_body(a, v, out, 4) }
+fn weighted_f32(weights: &[f32], rows: &[u8], stride: usize, out: &mut [f32]) {
+    // SAFETY: as `weighted_f16`.
+    unsafe { weighted_body(weights, rows, stride, out, 4) }
 }
 
-/// `out += a · v`, eight at a time by `fma`, the tail as the scalar kernel.
+/// Eight stored floats (`width` bytes each) from byte `at` of `rows`, widened.
+///
+/// # Safety
+/// `at + 8 · width <= rows.len()`.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn axpy_body(a: f32, v: &[u8], out: &mut [f32], width: usize) {
-    let n = out.len().min(v.len() / width);
-    let av = _mm256_set1_ps(a);
-    let mut i = 0;
-    while i + 8 <= n {
-        // SAFETY: `i + 8 <= n`, so 8 elements of `v` (16 or 32 bytes) and 8 floats of
-        // `out` from `i` are in bounds.
-        unsafe {
-            let x = if width == 2 {
-                _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(2 * i).cast()))
-            } else {
-                _mm256_loadu_ps(v.as_ptr().add(4 * i).cast())
-            };
-            let o = out.as_mut_ptr().add(i);
-            _mm256_storeu_ps(o, _mm256_fmadd_ps(av, x, _mm256_loadu_ps(o)));
-        }
-        i += 8;
-    }
-    for j in i..n {
-        let x = if width == 2 {
-            f16([v[2 * j], v[2 * j + 1]])
+#[inline]
+unsafe fn load_width(rows: &[u8], at: usize, width: usize) -> __m256 {
+    // SAFETY: in bounds by the caller's promise.
+    unsafe {
+        if width == 2 {
+            _mm256_cvtph_ps(_mm_loadu_si128(rows.as_ptr().add(at).cast()))
         } else {
-            f32::from_le_bytes([v[4 * j], v[4 * j + 1], v[4 * j + 2], v[4 * j + 3]])
-        };
-        out[j] = a.mul_add(x, out[j]);
+            _mm256_loadu_ps(rows.as_ptr().add(at).cast())
+        }
+    }
+}
+
+/// [`super::WeightedSum`]: 64 elements of `out` at a time kept in registers while every
+/// row adds to them (`fma` per element, rows in order); the tail as the scalar kernel.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn weighted_body(weights: &[f32], rows: &[u8], stride: usize, out: &mut [f32], width: usize) {
+    const VECTORS: usize = 8;
+    let n = out.len();
+    let count = super::float::whole_rows(rows.len(), stride, n * width, weights.len());
+    let weights = &weights[..count];
+    let (full, vectors) = (n / (8 * VECTORS) * 8 * VECTORS, n / 8 * 8);
+    let mut c = 0;
+    while c < vectors {
+        let m = if c < full { VECTORS } else { 1 };
+        let mut acc = [_mm256_setzero_ps(); VECTORS];
+        for (k, a) in acc.iter_mut().enumerate().take(m) {
+            // SAFETY: `c + 8k + 8 <= vectors <= n = out.len()`.
+            *a = unsafe { _mm256_loadu_ps(out.as_ptr().add(c + 8 * k)) };
+        }
+        for (j, &s) in weights.iter().enumerate() {
+            let s = _mm256_set1_ps(s);
+            for (k, a) in acc.iter_mut().enumerate().take(m) {
+                // SAFETY: row `j < count` holds `n · width` bytes from `j · stride`
+                // (`whole_rows`), and `c + 8k + 8 <= n`.
+                let x = unsafe { load_width(rows, j * stride + (c + 8 * k) * width, width) };
+                *a = _mm256_fmadd_ps(s, x, *a);
+            }
+        }
+        for (k, a) in acc.iter().enumerate().take(m) {
+            // SAFETY: as the loads above.
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(c + 8 * k), *a) };
+        }
+        c += 8 * m;
+    }
+    for (j, &s) in weights.iter().enumerate() {
+        for (e, o) in out.iter_mut().enumerate().skip(vectors) {
+            let at = j * stride + e * width;
+            let x = match rows.get(at..at + width) {
+                Some(&[a, b]) => f16([a, b]),
+                Some(&[a, b, c, d]) => f32::from_le_bytes([a, b, c, d]),
+                _ => 0.0,
+            };
+            *o = s.mul_add(x, *o);
+        }
     }
 }
 

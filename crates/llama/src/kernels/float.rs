@@ -43,19 +43,42 @@ pub fn dot_bf16(w: &[u8], x: &[f32]) -> f32 {
     dot_with(w, x, 2, |b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16))
 }
 
-#[inline(always)]
-fn axpy_with(a: f32, v: &[u8], out: &mut [f32], width: usize, decode: impl Fn(&[u8]) -> f32) {
-    for (o, b) in out.iter_mut().zip(v.chunks_exact(width)) {
-        *o = a.mul_add(decode(b), *o);
+/// The rows of `rows` a weighted sum of rows `width · n` bytes long, `stride` apart,
+/// can read: at most `count`.
+pub fn whole_rows(rows: usize, stride: usize, bytes: usize, count: usize) -> usize {
+    match rows.checked_sub(bytes) {
+        None => 0,
+        Some(rest) => rest.checked_div(stride).map_or(count, |r| count.min(r + 1)),
     }
 }
 
-pub fn axpy_f16(a: f32, v: &[u8], out: &mut [f32]) {
-    axpy_with(a, v, out, 2, |b| half::f16::from_le_bytes([b[0], b[1]]).to_f32());
+#[inline(always)]
+fn weighted_with(
+    weights: &[f32],
+    rows: &[u8],
+    stride: usize,
+    out: &mut [f32],
+    width: usize,
+    decode: impl Fn(&[u8]) -> f32,
+) {
+    let bytes = out.len() * width;
+    let count = whole_rows(rows.len(), stride, bytes, weights.len());
+    for (j, &a) in weights[..count].iter().enumerate() {
+        let row = &rows[j * stride..j * stride + bytes];
+        for (o, b) in out.iter_mut().zip(row.chunks_exact(width)) {
+            *o = a.mul_add(decode(b), *o);
+        }
+    }
 }
 
-pub fn axpy_f32(a: f32, v: &[u8], out: &mut [f32]) {
-    axpy_with(a, v, out, 4, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+pub fn weighted_f16(weights: &[f32], rows: &[u8], stride: usize, out: &mut [f32]) {
+    let decode = |b: &[u8]| half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+    weighted_with(weights, rows, stride, out, 2, decode);
+}
+
+pub fn weighted_f32(weights: &[f32], rows: &[u8], stride: usize, out: &mut [f32]) {
+    let decode = |b: &[u8]| f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    weighted_with(weights, rows, stride, out, 4, decode);
 }
 
 /// Declares scalar float panel kernels that run the one-token kernel per row and token.

@@ -88,8 +88,10 @@ macro_rules! per_token_panel {
     )*};
 }
 pub(crate) use per_token_panel;
-/// `out += a · v` for a stored float row `v`.
-pub type Axpy = fn(f32, &[u8], &mut [f32]);
+/// `out += Σ_j weights[j] · row_j` over stored float rows (row `j` starts at byte
+/// `j · stride` of `rows`; rows past its end are left out): each element adds its terms
+/// in `j` order, one `fma` each, as one `out += a · row` per row would.
+pub type WeightedSum = fn(&[f32], &[u8], usize, &mut [f32]);
 
 /// One set of dot-product kernels.
 #[derive(Clone, Copy)]
@@ -108,8 +110,8 @@ pub struct Kernels {
     pub q4_k: QuantDot,
     pub q5_k: QuantDot,
     pub q6_k: QuantDot,
-    pub axpy_f16: Axpy,
-    pub axpy_f32: Axpy,
+    pub weighted_f16: WeightedSum,
+    pub weighted_f32: WeightedSum,
     pub panels: Panels,
 }
 
@@ -239,8 +241,8 @@ static SCALAR: Kernels = Kernels {
     q4_k: kquants::dot_q4_k,
     q5_k: kquants::dot_q5_k,
     q6_k: kquants::dot_q6_k,
-    axpy_f16: float::axpy_f16,
-    axpy_f32: float::axpy_f32,
+    weighted_f16: float::weighted_f16,
+    weighted_f32: float::weighted_f32,
     panels: Panels {
         f32: Panel::Float(float::panel_f32),
         f16: Panel::Float(float::panel_f16),

@@ -170,22 +170,33 @@ fn matmul_is_the_same_for_any_thread_count() {
 }
 
 #[test]
-fn axpy_kernels_agree() {
+fn weighted_sums_equal_one_fma_per_row_in_order() {
     let mut rng = Rng::new(5);
     for (ty, width) in [(GgmlType::F16, 2), (GgmlType::F32, 4)] {
-        for n in [1, 8, 13, 64, 128] {
-            let (v, _) = weight_row(&mut rng, ty, n);
+        for n in [1, 8, 13, 64, 72, 128, 200] {
+            let (stride, rows) = (n * width + 6, 5);
+            // Five rows with gaps between them; the weights ask for a sixth, past the end.
+            let mut bytes = vec![0u8; stride * rows];
+            let mut held = Vec::new();
+            for r in 0..rows {
+                let (row, values) = weight_row(&mut rng, ty, n);
+                bytes[r * stride..r * stride + n * width].copy_from_slice(&row);
+                held.push(values);
+            }
+            let weights = random(&mut rng, rows + 1, 1.0);
             let base = random(&mut rng, n, 1.0);
-            let (mut a, mut b) = (base.clone(), base.clone());
-            let (s, f) = if width == 2 {
-                (Kernels::scalar().axpy_f16, Kernels::best().axpy_f16)
-            } else {
-                (Kernels::scalar().axpy_f32, Kernels::best().axpy_f32)
-            };
-            s(0.37, &v, &mut a);
-            f(0.37, &v, &mut b);
-            assert_eq!(a, b, "{ty} n={n}");
-            assert_ne!(a, base);
+            let mut expect = base.clone();
+            for (w, row) in weights.iter().zip(&held) {
+                for (o, &v) in expect.iter_mut().zip(row) {
+                    *o = w.mul_add(v, *o);
+                }
+            }
+            for kernels in Kernels::available() {
+                let f = if width == 2 { kernels.weighted_f16 } else { kernels.weighted_f32 };
+                let mut out = base.clone();
+                f(&weights, &bytes, stride, &mut out);
+                assert_eq!(out, expect, "{ty} n={n} {}", kernels.name);
+            }
         }
     }
 }
