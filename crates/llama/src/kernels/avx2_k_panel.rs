@@ -10,8 +10,7 @@
 //!   offset correction takes) by one `madd` per token and a transposing add of the tile.
 //!
 //! The integers are exact and the float steps are the one-token kernels', in their order,
-//! so every output has the one-token bits. With AVX-VNNI, `vpdpwssd` does each chunk's
-//! scaled add in one instruction.
+//! so every output has the one-token bits.
 
 use std::arch::x86_64::*;
 
@@ -25,112 +24,86 @@ use super::avx2_k::{
 use super::avx2_panel::{finish, tile_blocks, walkable};
 use super::{ActTile, PANEL};
 
-/// Declares the AVX2 and the AVX-VNNI panel kernel of a K-quant type. `$offset` is 0 for
-/// the types with a mins term, else how far above their quants the levels are stored.
+/// Declares the panel kernels of the K-quant types. `$offset` is 0 for the types with a
+/// mins term, else how far above their quants the levels are stored.
 macro_rules! k_panels {
-    ($($avx2:ident, $vnni:ident => $w:ty, $m:literal, $offset:expr, $prep:ident;)*) => {$(
-        pub(super) fn $avx2(w: &[u8], tile: &ActTile, out: &mut [f32; PANEL]) {
+    ($($name:ident => $w:ty, $m:literal, $offset:expr, $prep:ident;)*) => {$(
+        pub(super) fn $name(w: &[u8], tile: &ActTile, out: &mut [f32; PANEL]) {
             #[target_feature(enable = "avx2,fma,f16c")]
             fn body(w: &[u8], tile: &ActTile, out: &mut [f32; PANEL]) {
-                k_panel_avx2::<$w, $m, { $offset }>(w, tile, out, |x| $prep(x));
+                k_panel::<$w, $m, { $offset }>(w, tile, out, |x| $prep(x));
             }
             // SAFETY: only reachable through `avx2::kernels()`, after the CPU features
             // are checked.
-            unsafe { body(w, tile, out) }
-        }
-
-        pub(super) fn $vnni(w: &[u8], tile: &ActTile, out: &mut [f32; PANEL]) {
-            #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-            fn body(w: &[u8], tile: &ActTile, out: &mut [f32; PANEL]) {
-                k_panel_vnni::<$w, $m, { $offset }>(w, tile, out, |x| $prep(x));
-            }
-            // SAFETY: only reachable through `vnni_panel::upgrade`, after the CPU
-            // features (AVX-VNNI on top of AVX2, FMA and F16C) are checked.
             unsafe { body(w, tile, out) }
         }
     )*};
 }
 
 k_panels! {
-    panel_q2_k, vnni_q2_k => BlockQ2K, 16, 0, prep_q2_k;
-    panel_q3_k, vnni_q3_k => BlockQ3K, 16, Q3K_OFFSET, prep_q3_k;
-    panel_q4_k, vnni_q4_k => BlockQ4K, 8, 0, prep_q4_k;
-    panel_q5_k, vnni_q5_k => BlockQ5K, 8, 0, prep_q5_k;
-    panel_q6_k, vnni_q6_k => BlockQ6K, 16, Q6K_OFFSET, prep_q6_k;
+    panel_q2_k => BlockQ2K, 16, 0, prep_q2_k;
+    panel_q3_k => BlockQ3K, 16, Q3K_OFFSET, prep_q3_k;
+    panel_q4_k => BlockQ4K, 8, 0, prep_q4_k;
+    panel_q5_k => BlockQ5K, 8, 0, prep_q5_k;
+    panel_q6_k => BlockQ6K, 16, Q6K_OFFSET, prep_q6_k;
 }
 
-/// Declares the panel loop, compiled for `$features` with `$chunk(lanes, products,
-/// scales)` adding one chunk's `maddubs` products times its scale vector to the lanes
-/// (a closure would not be inlined across the feature sets). `prep` unpacks a
-/// super-block; `M` is the number of integers it gives (mins or group scales, each over
-/// `256 / M` activations); `OFFSET` as in [`k_panels`].
-macro_rules! k_panel {
-    ($name:ident, $features:literal, $chunk:path) => {
-        #[target_feature(enable = $features)]
-        #[inline]
-        fn $name<W: Block, const M: usize, const OFFSET: i32>(
-            w: &[u8],
-            tile: &ActTile,
-            out: &mut [f32; PANEL],
-            prep: impl Fn(&W) -> Decoded<M>,
-        ) {
-            let weights: &[W] = as_blocks(w).unwrap_or_default();
-            let acts = tile_blocks::<BlockQ8K>(tile);
-            let n = walkable(weights, &acts, tile, false);
-            let (mut acc, mut mins) = ([_mm256_setzero_ps(); PANEL], _mm256_setzero_ps());
-            let (mut scales, mut corrections) = ([0f32; PANEL], [0i32; PANEL]);
-            for i in 0..n {
-                // SAFETY: `i < n`, and `n` is at most every token's block count and the
-                // scale run's length over `PANEL`, so each block and the `PANEL` scales
-                // from `i · PANEL` are in bounds.
-                let (x, ys, dy) = unsafe {
-                    let ys: [&BlockQ8K; PANEL] = std::array::from_fn(|t| acts[t].get_unchecked(i));
-                    (weights.get_unchecked(i), ys, _mm256_loadu_ps(tile.d.as_ptr().add(i * PANEL)))
-                };
-                // A hint only (the address need not be valid): the rows stream from memory.
-                _mm_prefetch::<_MM_HINT_T0>((x as *const W).cast::<i8>().wrapping_add(2048));
-                let b = prep(x);
-                let d = _mm256_mul_ps(dy, _mm256_set1_ps(b.d));
-                // SAFETY: writes the 8 floats of `scales`.
-                unsafe { _mm256_storeu_ps(scales.as_mut_ptr(), d) };
-                let sums = weighted_bsums(&ys, &b.ints);
-                if OFFSET == 0 {
-                    let dmin = _mm256_mul_ps(dy, _mm256_set1_ps(b.dmin));
-                    mins = _mm256_add_ps(mins, _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(sums)));
-                } else {
-                    let c = _mm256_mullo_epi32(sums, _mm256_set1_epi32(OFFSET));
-                    // SAFETY: writes the 8 integers of `corrections`.
-                    unsafe { _mm256_storeu_si256(corrections.as_mut_ptr().cast(), c) };
-                }
-                for (t, (a, y)) in acc.iter_mut().zip(ys).enumerate() {
-                    let mut lanes = _mm256_setzero_si256();
-                    for c in 0..8 {
-                        let products = _mm256_maddubs_epi16(b.levels[c], act(y, c));
-                        lanes = $chunk(lanes, products, b.scales[c]);
-                    }
-                    if OFFSET != 0 {
-                        let first = _mm256_setr_epi32(corrections[t], 0, 0, 0, 0, 0, 0, 0);
-                        lanes = _mm256_sub_epi32(lanes, first);
-                    }
-                    let scale = _mm256_set1_ps(scales[t]);
-                    *a = _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(lanes), *a);
-                }
-            }
-            // The one-token kernels add `sign · mins` with sign −1: multiplied, not
-            // subtracted, so a zero keeps the sign it gets there.
-            finish(acc, _mm256_mul_ps(_mm256_set1_ps(-1.0), mins), out);
-        }
-    };
-}
-
-k_panel!(k_panel_avx2, "avx2,fma,f16c", scaled_add);
-k_panel!(k_panel_vnni, "avx2,fma,f16c,avxvnni", _mm256_dpwssd_avx_epi32);
-
-/// `lanes + madd(products, scales)`: AVX2's scaled add of one chunk.
+/// The panel loop. `prep` unpacks a super-block; `M` is the number of integers it gives
+/// (mins or group scales, each over `256 / M` activations); `OFFSET` as in [`k_panels`].
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn scaled_add(lanes: __m256i, products: __m256i, scales: __m256i) -> __m256i {
-    _mm256_add_epi32(lanes, _mm256_madd_epi16(products, scales))
+fn k_panel<W: Block, const M: usize, const OFFSET: i32>(
+    w: &[u8],
+    tile: &ActTile,
+    out: &mut [f32; PANEL],
+    prep: impl Fn(&W) -> Decoded<M>,
+) {
+    let weights: &[W] = as_blocks(w).unwrap_or_default();
+    let acts = tile_blocks::<BlockQ8K>(tile);
+    let n = walkable(weights, &acts, tile, false);
+    let (mut acc, mut mins) = ([_mm256_setzero_ps(); PANEL], _mm256_setzero_ps());
+    let (mut scales, mut corrections) = ([0f32; PANEL], [0i32; PANEL]);
+    for i in 0..n {
+        // SAFETY: `i < n`, and `n` is at most every token's block count and the scale
+        // run's length over `PANEL`, so each block and the `PANEL` scales from `i · PANEL`
+        // are in bounds.
+        let (x, ys, dy) = unsafe {
+            let ys: [&BlockQ8K; PANEL] = std::array::from_fn(|t| acts[t].get_unchecked(i));
+            (weights.get_unchecked(i), ys, _mm256_loadu_ps(tile.d.as_ptr().add(i * PANEL)))
+        };
+        // A hint only (the address need not be valid): the rows stream from memory.
+        _mm_prefetch::<_MM_HINT_T0>((x as *const W).cast::<i8>().wrapping_add(2048));
+        let b = prep(x);
+        // SAFETY: writes the 8 floats of `scales`.
+        unsafe { _mm256_storeu_ps(scales.as_mut_ptr(), _mm256_mul_ps(dy, _mm256_set1_ps(b.d))) };
+        let sums = weighted_bsums(&ys, &b.ints);
+        if OFFSET == 0 {
+            let dmin = _mm256_mul_ps(dy, _mm256_set1_ps(b.dmin));
+            mins = _mm256_add_ps(mins, _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(sums)));
+        } else {
+            let c = _mm256_mullo_epi32(sums, _mm256_set1_epi32(OFFSET));
+            // SAFETY: writes the 8 integers of `corrections`.
+            unsafe { _mm256_storeu_si256(corrections.as_mut_ptr().cast(), c) };
+        }
+        // Built as a new array (not updated in a loop) so the accumulators can stay in
+        // registers.
+        acc = std::array::from_fn(|t| {
+            let mut lanes = _mm256_setzero_si256();
+            for c in 0..8 {
+                let products = _mm256_maddubs_epi16(b.levels[c], act(ys[t], c));
+                lanes = _mm256_add_epi32(lanes, _mm256_madd_epi16(products, b.scales[c]));
+            }
+            if OFFSET != 0 {
+                let first = _mm256_setr_epi32(corrections[t], 0, 0, 0, 0, 0, 0, 0);
+                lanes = _mm256_sub_epi32(lanes, first);
+            }
+            let scale = _mm256_set1_ps(scales[t]);
+            _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(lanes), acc[t])
+        });
+    }
+    // The one-token kernels add `sign · mins` with sign −1: multiplied, not subtracted,
+    // so a zero keeps the sign it gets there.
+    finish(acc, _mm256_mul_ps(_mm256_set1_ps(-1.0), mins), out);
 }
 
 /// Per token of the tile, `Σ_g ints_g · bsum_g` over the 16 activation sums of its

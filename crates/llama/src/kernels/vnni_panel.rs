@@ -18,10 +18,9 @@ use amalgam_gguf::blocks::{
 use super::activations::LANES_PER_BLOCK;
 use super::avx2::{f16, high_bits, load32i, nibbles};
 use super::avx2_panel::{add_mins, finish, tile_blocks, walkable};
-use super::{ActTile, PANEL, Panels, avx2_k_panel};
+use super::{ActTile, PANEL, Panels};
 
-/// The AVX2 panels with these for the 32-element block types and the K-quants' VNNI
-/// twins (`avx2_k_panel`), if this CPU has AVX-VNNI.
+/// The AVX2 panels with these for the 32-element block types, if this CPU has AVX-VNNI.
 pub fn upgrade(panels: Panels) -> Option<Panels> {
     is_x86_feature_detected!("avxvnni").then_some(Panels {
         q4_0: super::Panel::Quant(panel_q4_0),
@@ -29,11 +28,6 @@ pub fn upgrade(panels: Panels) -> Option<Panels> {
         q5_0: super::Panel::Quant(panel_q5_0),
         q5_1: super::Panel::Quant(panel_q5_1),
         q8_0: super::Panel::Quant(panel_q8_0),
-        q2_k: super::Panel::Quant(avx2_k_panel::vnni_q2_k),
-        q3_k: super::Panel::Quant(avx2_k_panel::vnni_q3_k),
-        q4_k: super::Panel::Quant(avx2_k_panel::vnni_q4_k),
-        q5_k: super::Panel::Quant(avx2_k_panel::vnni_q5_k),
-        q6_k: super::Panel::Quant(avx2_k_panel::vnni_q6_k),
         ..panels
     })
 }
