@@ -52,6 +52,10 @@ pub fn kernels() -> Option<Kernels> {
     })
 }
 
+/// How far ahead of the block being read the kernels ask for weights: a hint, measured
+/// (SmolLM2 Q4_1 decode on one thread: 52 tokens/s at 1 KiB, 73 at 2 KiB, 74 at 4 KiB).
+pub(super) const PREFETCH_AHEAD: usize = 2048;
+
 /// Declares a safe kernel that calls its `#[target_feature]` body.
 macro_rules! checked {
     ($(fn $name:ident($a:ident: $ta:ty, $b:ident: $tb:ty) => $body:ident;)*) => {$(
@@ -162,10 +166,25 @@ fn weighted_body(weights: &[f32], rows: &[u8], stride: usize, out: &mut [f32], w
 }
 
 /// A little-endian f16 as f32 (exact, as the scalar kernels' conversion).
+///
+/// The half enters its register by `vmovd`, which writes the whole register. Written with
+/// intrinsics, LLVM sees that only lane 0 is read and inserts it with `vpinsrw` into
+/// whatever register it likes; in the decode loops that was the running sum, which chained
+/// every block's scale behind the previous block's `fma` and halved decode speed.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 pub(super) fn f16(bytes: [u8; 2]) -> f32 {
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(u16::from_le_bytes(bytes)))))
+    let half: __m128i;
+    // SAFETY: `vmovd` from a general register to a vector register touches nothing else.
+    unsafe {
+        std::arch::asm!(
+            "vmovd {x}, {v:e}",
+            x = out(xmm_reg) half,
+            v = in(reg) u32::from(u16::from_le_bytes(bytes)),
+            options(pure, nomem, nostack, preserves_flags),
+        );
+    }
+    _mm_cvtss_f32(_mm_cvtph_ps(half))
 }
 
 /// Loads 32 bytes.
@@ -353,7 +372,7 @@ pub(super) fn quant_dot<W: Block, A: Block, P>(
     let blocks: &[A] = as_blocks(act.blocks).unwrap_or_default();
     let (mut acc, mut mins) = (_mm256_setzero_ps(), 0f32);
     let mut step = |x: &W, y: &A, d: f32, s: f32| {
-        _mm_prefetch::<_MM_HINT_T0>((x as *const W).cast::<i8>().wrapping_add(1024));
+        _mm_prefetch::<_MM_HINT_T0>((x as *const W).cast::<i8>().wrapping_add(PREFETCH_AHEAD));
         let (d, lanes, m) = mul(&prep(x), y, d, s);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(lanes), acc);
         mins += m;

@@ -18,6 +18,7 @@ use amalgam_gguf::blocks::{
     Block, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, as_blocks,
 };
 
+use super::avx2::PREFETCH_AHEAD;
 use super::avx2_k::{
     Decoded, Q3K_OFFSET, Q6K_OFFSET, act, prep_q2_k, prep_q3_k, prep_q4_k, prep_q5_k, prep_q6_k,
 };
@@ -72,7 +73,7 @@ fn k_panel<W: Block, const M: usize, const OFFSET: i32>(
             (weights.get_unchecked(i), ys, _mm256_loadu_ps(tile.d.as_ptr().add(i * PANEL)))
         };
         // A hint only (the address need not be valid): the rows stream from memory.
-        _mm_prefetch::<_MM_HINT_T0>((x as *const W).cast::<i8>().wrapping_add(2048));
+        _mm_prefetch::<_MM_HINT_T0>((x as *const W).cast::<i8>().wrapping_add(PREFETCH_AHEAD));
         let b = prep(x);
         // SAFETY: writes the 8 floats of `scales`.
         unsafe { _mm256_storeu_ps(scales.as_mut_ptr(), _mm256_mul_ps(dy, _mm256_set1_ps(b.d))) };

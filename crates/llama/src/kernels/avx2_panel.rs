@@ -16,8 +16,8 @@ use amalgam_gguf::blocks::{
 };
 
 use super::avx2::{
-    decode_bf16, decode_f16, decode_f32, dot_u8_i8, f16, high_bits, load_bf16, load_f16, load_f32,
-    load32i, nibbles,
+    PREFETCH_AHEAD, decode_bf16, decode_f16, decode_f32, dot_u8_i8, f16, high_bits, load_bf16,
+    load_f16, load_f32, load32i, nibbles,
 };
 use super::float::{LANES, fold, fold8};
 use super::{ActTile, FLOAT_ROWS, FLOAT_TOKENS, PANEL};
@@ -97,7 +97,7 @@ fn panel<W: Block, A: Block, const MINS: bool>(
         unsafe {
             let x = weights.get_unchecked(i);
             // A hint only (the address need not be valid): the rows stream from memory.
-            _mm_prefetch::<_MM_HINT_T0>((x as *const W).cast::<i8>().wrapping_add(1024));
+            _mm_prefetch::<_MM_HINT_T0>((x as *const W).cast::<i8>().wrapping_add(PREFETCH_AHEAD));
             let (q, dw, mw) = prep(x);
             let dw = _mm256_set1_ps(dw);
             let d = tile.d.as_ptr().add(i * PANEL);

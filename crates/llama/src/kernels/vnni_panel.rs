@@ -16,7 +16,7 @@ use amalgam_gguf::blocks::{
 };
 
 use super::activations::LANES_PER_BLOCK;
-use super::avx2::{f16, high_bits, load32i, nibbles};
+use super::avx2::{PREFETCH_AHEAD, f16, high_bits, load32i, nibbles};
 use super::avx2_panel::{add_mins, finish, tile_blocks, walkable};
 use super::{ActTile, PANEL, Panels};
 
@@ -83,7 +83,7 @@ fn panel<W: Block, A: Block, const SIGNED: bool, const MINS: bool>(
         unsafe {
             let x = weights.get_unchecked(i);
             // A hint only (the address need not be valid): the rows stream from memory.
-            _mm_prefetch::<_MM_HINT_T0>((x as *const W).cast::<i8>().wrapping_add(1024));
+            _mm_prefetch::<_MM_HINT_T0>((x as *const W).cast::<i8>().wrapping_add(PREFETCH_AHEAD));
             let (u, dw, mw) = prep(x);
             let d = _mm256_loadu_ps(tile.d.as_ptr().add(i * PANEL));
             _mm256_storeu_ps(scales.as_mut_ptr(), _mm256_mul_ps(_mm256_set1_ps(dw), d));
