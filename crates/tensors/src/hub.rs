@@ -104,12 +104,13 @@ pub use download::{DownloadOptions, download};
 mod download {
     //! Fetching a snapshot over HTTPS into the hub cache layout.
 
-    use std::fs::{self, File};
+    use std::fs::{self, File, OpenOptions};
     use std::io::{self, Read, Write};
     use std::path::{Path, PathBuf};
     use std::time::Duration;
 
     use serde_json::Value;
+    use sha2::{Digest, Sha256};
 
     use super::{is_commit, repo_dir, wanted_file};
     use crate::error::{Error, Result};
@@ -219,7 +220,7 @@ mod download {
         let fail = |reason: String| Error::Download { repo: repo.to_owned(), reason };
         let url = format!("{}/{repo}/resolve/{commit}/{file}", options.endpoint);
         let token = options.token.as_deref();
-        let head = request(&agent(0), "HEAD", &url, token)
+        let head = request(&agent(0), "HEAD", &url, token, 0)
             .map_err(|e| fail(format!("{file}: {}", explain(e, repo, token.is_some()))))?;
         let header =
             |name: &str| head.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
@@ -232,10 +233,15 @@ mod download {
         if !blob.exists() {
             let location = header("location").map(|l| absolute(&options.endpoint, &l));
             let source = location.as_deref().unwrap_or(&url);
+            // The `.incomplete` name is huggingface_hub's, so either tool can tidy or
+            // continue it.
             let partial = blob.with_extension("incomplete");
-            save_body(source, token, file, &partial, options)
+            save_resuming(source, token, file, &partial, options)
                 .map_err(|e| fail(format!("{file}: {e}")))?;
-            // The `.incomplete` name is huggingface_hub's, so either tool can tidy it.
+            if let Err(e) = verify(&partial, &etag) {
+                let _ = fs::remove_file(&partial);
+                return Err(fail(format!("{file}: {e}")));
+            }
             crate::partial::commit(&partial, &blob)?;
         }
         std::os::unix::fs::symlink(format!("../../blobs/{etag}"), &link)
@@ -251,36 +257,131 @@ mod download {
         }
     }
 
-    /// Streams a GET body into `path`.
-    fn save_body(
+    /// Times a download is started or continued before giving up (a dropped connection
+    /// is continued from where it stopped).
+    const ATTEMPTS: u32 = 5;
+
+    /// Why a download stopped: the connection failed (continue it) or the server
+    /// refused (do not).
+    enum Stop {
+        Dropped(String),
+        Refused(String),
+    }
+
+    /// Downloads `url` into `path`, continuing what an earlier attempt or run left there
+    /// (HTTP `Range`), up to [`ATTEMPTS`] times.
+    fn save_resuming(
         url: &str,
         token: Option<&str>,
         file: &str,
         path: &Path,
         options: &DownloadOptions,
     ) -> Result<(), String> {
-        let response = request(&agent(10), "GET", url, token).map_err(|e| e.to_string())?;
-        let total =
-            response.headers().get("content-length").and_then(|v| v.to_str().ok()?.parse().ok());
+        let mut last = String::new();
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(250 * u64::from(attempt)));
+            }
+            match save_body(url, token, file, path, options) {
+                Ok(()) => return Ok(()),
+                Err(Stop::Refused(e)) => return Err(e),
+                Err(Stop::Dropped(e)) => last = e,
+            }
+        }
+        let kept = fs::metadata(path).map_or(0, |m| m.len());
+        Err(format!(
+            "{last} ({ATTEMPTS} attempts); {kept} bytes are kept in {}, and running the \
+             same command again continues from there",
+            path.display()
+        ))
+    }
+
+    /// Streams a GET body into `path`, asking only for what is missing when `path`
+    /// already holds a start of the file.
+    fn save_body(
+        url: &str,
+        token: Option<&str>,
+        file: &str,
+        path: &Path,
+        options: &DownloadOptions,
+    ) -> Result<(), Stop> {
+        let have = fs::metadata(path).map_or(0, |m| m.len());
+        let response = match request(&agent(10), "GET", url, token, have) {
+            Ok(r) => r,
+            // The kept part is longer than the file: start over.
+            Err(ureq::Error::StatusCode(416)) => {
+                let _ = fs::remove_file(path);
+                return Err(Stop::Dropped("the kept part did not fit the file".into()));
+            }
+            Err(ureq::Error::StatusCode(code)) => {
+                return Err(Stop::Refused(format!("the server answered {code}")));
+            }
+            Err(e) => return Err(Stop::Dropped(e.to_string())),
+        };
+        let continued = have > 0 && response.status().as_u16() == 206;
+        let start = if continued { have } else { 0 };
+        let total = response
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .map(|n| start + n);
         let mut reader = response.into_body().into_reader();
-        let mut out = File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let io_error = |e: io::Error| Stop::Refused(format!("{}: {e}", path.display()));
+        let mut out = if continued {
+            OpenOptions::new().append(true).open(path).map_err(io_error)?
+        } else {
+            File::create(path).map_err(io_error)?
+        };
         let mut buffer = vec![0u8; 1 << 20];
-        let mut done = 0u64;
+        let mut done = start;
         loop {
             let n = match reader.read(&mut buffer) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e.to_string()),
+                Err(e) => {
+                    let _ = out.sync_all();
+                    return Err(Stop::Dropped(format!("{e} after {done} bytes")));
+                }
             };
-            out.write_all(&buffer[..n]).map_err(|e| format!("{}: {e}", path.display()))?;
+            out.write_all(&buffer[..n]).map_err(io_error)?;
             done += n as u64;
             (options.progress)(file, done, total);
         }
-        if total.is_some_and(|t| t != done) {
-            return Err(format!("the connection closed after {done} bytes"));
+        out.sync_all().map_err(io_error)?;
+        match total {
+            Some(t) if t != done => {
+                Err(Stop::Dropped(format!("the connection closed after {done} of {t} bytes")))
+            }
+            _ => Ok(()),
         }
-        out.sync_all().map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Checks a downloaded file against its etag where the etag is a SHA-256 (files in
+    /// Git LFS, the weights); other files (Git blob ids) are not checked.
+    fn verify(path: &Path, etag: &str) -> Result<(), String> {
+        if etag.len() != 64 || !etag.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(());
+        }
+        let mut file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut hasher = Sha256::new();
+        let mut buffer = vec![0u8; 1 << 20];
+        loop {
+            match file.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => hasher.update(&buffer[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("{}: {e}", path.display())),
+            }
+        }
+        let digest: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        if digest.eq_ignore_ascii_case(etag) {
+            return Ok(());
+        }
+        Err(format!(
+            "the downloaded bytes have SHA-256 {digest}, not the {etag} the hub lists; \
+             the damaged download was removed, run the command again"
+        ))
     }
 
     /// An agent following up to `redirects` redirects, with timeouts so that a dead
@@ -294,23 +395,27 @@ mod download {
             .into()
     }
 
+    /// A HEAD or GET request, with the token if any and, from a byte `from > 0`, a
+    /// `Range` for the rest of the file.
     fn request(
         agent: &ureq::Agent,
         method: &str,
         url: &str,
         token: Option<&str>,
+        from: u64,
     ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
-        let auth = token.map(|t| format!("Bearer {t}"));
-        match (method, auth) {
-            ("HEAD", Some(a)) => agent.head(url).header("Authorization", &a).call(),
-            ("HEAD", None) => agent.head(url).call(),
-            (_, Some(a)) => agent.get(url).header("Authorization", &a).call(),
-            (_, None) => agent.get(url).call(),
+        let mut request = if method == "HEAD" { agent.head(url) } else { agent.get(url) };
+        if let Some(t) = token {
+            request = request.header("Authorization", &format!("Bearer {t}"));
         }
+        if from > 0 {
+            request = request.header("Range", &format!("bytes={from}-"));
+        }
+        request.call()
     }
 
     fn get_json(agent: &ureq::Agent, url: &str, token: Option<&str>) -> Result<Value, ureq::Error> {
-        let text = request(agent, "GET", url, token)?.into_body().read_to_string()?;
+        let text = request(agent, "GET", url, token, 0)?.into_body().read_to_string()?;
         serde_json::from_str(&text).map_err(|e| ureq::Error::Io(io::Error::other(e)))
     }
 

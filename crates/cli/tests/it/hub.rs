@@ -21,8 +21,23 @@ struct MockHub {
     requests: Arc<Mutex<Vec<String>>>,
 }
 
+/// How the mock's CDN serves the weights.
+#[derive(Clone, Copy, PartialEq)]
+enum Cdn {
+    /// Whole, or from a `Range` start.
+    Honest,
+    /// A request from the start gets half the body, then the connection closes.
+    Cuts,
+    /// One byte of every body is wrong.
+    Corrupts,
+}
+
 impl MockHub {
     fn start(model: &Path) -> MockHub {
+        MockHub::serving(model, Cdn::Honest)
+    }
+
+    fn serving(model: &Path, cdn: Cdn) -> MockHub {
         let mut files: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         for entry in fs::read_dir(model).unwrap() {
             let entry = entry.unwrap();
@@ -40,7 +55,7 @@ impl MockHub {
         let log = Arc::clone(&requests);
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let _ = serve(stream, &files, &log);
+                let _ = serve(stream, &files, &log, cdn);
             }
         });
         MockHub { endpoint, requests }
@@ -60,6 +75,7 @@ fn serve(
     stream: TcpStream,
     files: &BTreeMap<String, Vec<u8>>,
     log: &Mutex<Vec<String>>,
+    cdn: Cdn,
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut line = String::new();
@@ -67,19 +83,22 @@ fn serve(
     let mut parts = line.split_whitespace();
     let (method, path) =
         (parts.next().unwrap_or("").to_owned(), parts.next().unwrap_or("").to_owned());
-    let mut authorized = false;
+    let (mut authorized, mut from) = (false, None);
     loop {
         let mut header = String::new();
         if reader.read_line(&mut header)? == 0 || header.trim().is_empty() {
             break;
         }
-        if header.to_ascii_lowercase().starts_with("authorization:")
-            && header.contains(&format!("Bearer {TOKEN}"))
-        {
+        let lower = header.to_ascii_lowercase();
+        if lower.starts_with("authorization:") && header.contains(&format!("Bearer {TOKEN}")) {
             authorized = true;
         }
+        if let Some(range) = lower.strip_prefix("range: bytes=") {
+            from = range.trim().trim_end_matches('-').parse::<usize>().ok();
+        }
     }
-    log.lock().unwrap().push(format!("{method} {path}"));
+    let ranged = from.map(|f| format!(" from {f}")).unwrap_or_default();
+    log.lock().unwrap().push(format!("{method} {path}{ranged}"));
     let mut out = stream;
     let respond = |out: &mut TcpStream, status: &str, headers: &[(&str, String)], body: &[u8]| {
         let mut head =
@@ -95,7 +114,25 @@ fn serve(
         out.flush()
     };
     if let Some(blob) = path.strip_prefix("/cdn/") {
-        let body = files.values().find(|b| etag(b) == blob).cloned().unwrap_or_default();
+        let mut body = files.values().find(|b| etag(b) == blob).cloned().unwrap_or_default();
+        if cdn == Cdn::Corrupts {
+            body[100] ^= 1;
+        }
+        if let Some(from) = from {
+            let range = format!("bytes {from}-{}/{}", body.len() - 1, body.len());
+            return respond(
+                &mut out,
+                "206 Partial Content",
+                &[("Content-Range", range)],
+                &body[from..],
+            );
+        }
+        if cdn == Cdn::Cuts {
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+            out.write_all(head.as_bytes())?;
+            out.write_all(&body[..body.len() / 2])?;
+            return out.flush();
+        }
         return respond(&mut out, "200 OK", &[], &body);
     }
     if !authorized {
@@ -189,5 +226,64 @@ fn gated_repository_without_a_token_says_how_to_get_access() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("org/tiny") && stderr.contains("HF_TOKEN"), "{stderr}");
+    assert!(!tmp.path().join("out").exists());
+}
+
+/// A merge over `org/tiny` from `hub`, caching into `cache`.
+fn merge_from(hub: &MockHub, cache: &Path, config: &Path, out: &Path) -> std::process::Command {
+    let mut cmd = amalgam();
+    cmd.env_remove("HF_HUB_OFFLINE")
+        .env("HF_HUB_CACHE", cache)
+        .env("HF_ENDPOINT", &hub.endpoint)
+        .env("HF_TOKEN", TOKEN)
+        .arg("merge")
+        .arg(config)
+        .arg(out)
+        .arg("--quiet");
+    cmd
+}
+
+#[test]
+fn a_download_cut_mid_file_continues_from_where_it_stopped() {
+    let base = data().join("methods/models/base");
+    let hub = MockHub::serving(&base, Cdn::Cuts);
+    let tmp = tempfile::tempdir().unwrap();
+    let (cache, config) = (tmp.path().join("cache"), tmp.path().join("config.yml"));
+    fs::write(&config, "merge_method: passthrough\nmodels:\n  - model: org/tiny\n").unwrap();
+    run_ok(&mut merge_from(&hub, &cache, &config, &tmp.path().join("out")));
+
+    let continued: Vec<String> =
+        hub.requested().into_iter().filter(|r| r.starts_with("GET /cdn/")).collect();
+    assert_eq!(continued.len(), 6, "{continued:?}");
+    assert_eq!(continued.iter().filter(|r| r.contains(" from ")).count(), 3, "{continued:?}");
+    let ours = read_model(&tmp.path().join("out"));
+    let theirs = read_model(&base);
+    for (name, (_, tensor)) in &theirs {
+        assert_eq!(ours[name].1.bytes, tensor.bytes, "{name}");
+    }
+    let blobs = cache.join("models--org--tiny/blobs");
+    let left: Vec<_> = fs::read_dir(&blobs).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.iter().all(|n| !n.to_string_lossy().ends_with(".incomplete")), "{left:?}");
+}
+
+#[test]
+fn a_download_whose_bytes_miss_their_sha256_is_refused_and_removed() {
+    let hub = MockHub::serving(&data().join("methods/models/base"), Cdn::Corrupts);
+    let tmp = tempfile::tempdir().unwrap();
+    let (cache, config) = (tmp.path().join("cache"), tmp.path().join("config.yml"));
+    fs::write(&config, "merge_method: passthrough\nmodels:\n  - model: org/tiny\n").unwrap();
+    let output = run(&mut merge_from(&hub, &cache, &config, &tmp.path().join("out")));
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("SHA-256") && stderr.contains("model-0000"), "{stderr}");
+    let blobs = cache.join("models--org--tiny/blobs");
+    // Weights are stored under their SHA-256 (64 hex digits), other files under 40.
+    let weights: Vec<_> = fs::read_dir(&blobs)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.len() == 64 || n.ends_with(".incomplete"))
+        .collect();
+    assert!(weights.is_empty(), "damaged weights stayed in the cache: {weights:?}");
     assert!(!tmp.path().join("out").exists());
 }
