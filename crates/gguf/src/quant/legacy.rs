@@ -17,6 +17,23 @@ fn trunc_i8(v: f32) -> i32 {
     i32::from(v as i8)
 }
 
+/// `v.round() as i8` (half away from zero, then a saturating cast), without `roundf`:
+/// on the x86-64 baseline `f32::round` is a library call per element, most of Q8_0's
+/// time. `v as i32` truncates (saturating, NaN to 0) and `v - t` is then exact.
+#[inline(always)]
+fn round_i8(v: f32) -> i8 {
+    let t = v as i32;
+    let fraction = v - t as f32;
+    let r = if fraction >= 0.5 {
+        t.saturating_add(1)
+    } else if fraction <= -0.5 {
+        t.saturating_sub(1)
+    } else {
+        t
+    };
+    r.clamp(-128, 127) as i8
+}
+
 fn min_max(x: &[f32]) -> (f32, f32) {
     x.iter().fold((f32::MAX, -f32::MAX), |(lo, hi), &v| {
         (if v < lo { v } else { lo }, if v > hi { v } else { hi })
@@ -134,7 +151,7 @@ pub fn quantize_q8_0(x: &[f32], out: &mut [u8]) {
     let (d, id) = q8_scale(x);
     out[..2].copy_from_slice(&f16_bytes(d));
     for j in 0..QK {
-        out[2 + j] = (x[j] * id).round() as i8 as u8;
+        out[2 + j] = round_i8(x[j] * id) as u8;
     }
 }
 
@@ -150,7 +167,7 @@ pub fn quantize_q8_1(x: &[f32], out: &mut [u8]) {
     out[..2].copy_from_slice(&f16_bytes(d));
     let mut sum = 0i32;
     for j in 0..QK {
-        let q = (x[j] * id).round() as i8;
+        let q = round_i8(x[j] * id);
         out[4 + j] = q as u8;
         sum += i32::from(q);
     }
@@ -161,5 +178,50 @@ pub fn dequantize_q8_1(b: &[u8], y: &mut [f32]) {
     let d = f16_at(b, 0);
     for j in 0..QK {
         y[j] = f32::from(b[4 + j] as i8) * d;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::round_i8;
+
+    #[test]
+    fn round_i8_is_round_then_a_saturating_cast() {
+        let below_half = f32::from_bits(0.5f32.to_bits() - 1);
+        let mut values = vec![
+            0.0,
+            -0.0,
+            0.5,
+            -0.5,
+            below_half,
+            -below_half,
+            1.5,
+            -1.5,
+            2.5,
+            -2.5,
+            126.5,
+            127.49,
+            127.5,
+            -128.5,
+            -128.49,
+            8_388_607.5,
+            1e10,
+            -1e10,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            f32::MIN_POSITIVE,
+        ];
+        // Every float step around the rounding points of the i8 range.
+        for k in -130i32..=130 {
+            let mut v = k as f32 + 0.5 - 4e-5;
+            while v < k as f32 + 0.5 + 4e-5 {
+                values.push(v);
+                v = f32::from_bits(if v >= 0.0 { v.to_bits() + 1 } else { v.to_bits() - 1 });
+            }
+        }
+        for v in values {
+            assert_eq!(round_i8(v), v.round() as i8, "{v:e}");
+        }
     }
 }
