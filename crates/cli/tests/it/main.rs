@@ -16,6 +16,7 @@ mod layers;
 mod lora;
 mod merge_quality;
 mod methods;
+mod methods_ties;
 mod search;
 mod seed;
 mod templates;
