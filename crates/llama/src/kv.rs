@@ -16,6 +16,14 @@ pub enum KvType {
 }
 
 impl KvType {
+    /// The stored element type.
+    pub fn ggml_type(self) -> GgmlType {
+        match self {
+            KvType::F16 => GgmlType::F16,
+            KvType::F32 => GgmlType::F32,
+        }
+    }
+
     /// Bytes per stored value.
     pub fn size(self) -> usize {
         match self {
@@ -53,13 +61,6 @@ impl KvCache {
         at..at + self.head_dim * self.ty.size()
     }
 
-    fn ggml_type(&self) -> GgmlType {
-        match self.ty {
-            KvType::F16 => GgmlType::F16,
-            KvType::F32 => GgmlType::F32,
-        }
-    }
-
     /// `q · k` of each query (`queries`, rows of the head dim) with the keys of KV head
     /// `head` at positions `keys`: `out[i]` gets query `i`'s scores in position order.
     /// Each is the float dot product of the key row and the query, through the panel
@@ -73,7 +74,7 @@ impl KvCache {
         out: &mut [Vec<f32>],
     ) {
         out.iter_mut().for_each(Vec::clear);
-        match kernels.panel(self.ggml_type()) {
+        match kernels.panel(self.ty.ggml_type()) {
             Some(Panel::Float(f)) => self.scores_by(f, keys, head, queries, out),
             Some(Panel::Wide(f)) => self.scores_by(f, keys, head, queries, out),
             _ => {
@@ -145,9 +146,5 @@ impl KvCache {
 }
 
 fn write(ty: KvType, x: &[f32], out: &mut [u8]) {
-    let g = match ty {
-        KvType::F16 => GgmlType::F16,
-        KvType::F32 => GgmlType::F32,
-    };
-    amalgam_gguf::quant::quantize(g, x, out);
+    amalgam_gguf::quant::quantize(ty.ggml_type(), x, out);
 }

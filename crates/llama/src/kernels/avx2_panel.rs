@@ -22,16 +22,19 @@ use super::avx2::{
 use super::float::{LANES, fold, fold8};
 use super::{ActTile, FLOAT_ROWS, FLOAT_TOKENS, PANEL};
 
-/// Declares safe panel kernels that call their `#[target_feature]` bodies.
+/// Declares safe panel kernels that call their `#[target_feature]` bodies (this file's
+/// and `vnni_panel`'s).
 macro_rules! checked_panel {
     ($($name:ident => $body:ident;)*) => {$(
-        pub(super) fn $name(w: &[u8], tile: &ActTile, out: &mut [f32; PANEL]) {
-            // SAFETY: these kernels are only reachable through `avx2::kernels()`, which
-            // returns them only when the CPU has AVX2, FMA and F16C.
+        pub(super) fn $name(w: &[u8], tile: &super::ActTile, out: &mut [f32; super::PANEL]) {
+            // SAFETY: these kernels are only reachable through the kernel set their
+            // module hands out (`avx2::kernels()`, `vnni_panel::upgrade`), which does so
+            // only after checking that the CPU has the body's features.
             unsafe { $body(w, tile, out) }
         }
     )*};
 }
+pub(super) use checked_panel;
 
 checked_panel! {
     panel_q4_0 => q4_0_body;

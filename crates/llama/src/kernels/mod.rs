@@ -161,8 +161,8 @@ impl Kernels {
 
     /// Every kernel set this CPU runs, detected once, plainest first: the scalar
     /// kernels, then AVX2's, then each with the next extension this CPU has swapped in
-    /// (AVX-VNNI for the quantized panels, AVX-512 for the float panels). All give the
-    /// same bits; tests hold each to the scalar set.
+    /// (AVX-VNNI for the 32-element block types' panels, AVX-512 for the float panels).
+    /// All give the same bits; tests hold each to the scalar set.
     pub fn available() -> &'static [Kernels] {
         static ALL: OnceLock<Vec<Kernels>> = OnceLock::new();
         ALL.get_or_init(|| {

@@ -17,7 +17,7 @@ use amalgam_gguf::blocks::{
 
 use super::activations::LANES_PER_BLOCK;
 use super::avx2::{PREFETCH_AHEAD, f16, high_bits, load32i, nibbles};
-use super::avx2_panel::{add_mins, finish, tile_blocks, walkable};
+use super::avx2_panel::{add_mins, checked_panel, finish, tile_blocks, walkable};
 use super::{ActTile, PANEL, Panels};
 
 /// The AVX2 panels with these for the 32-element block types, if this CPU has AVX-VNNI.
@@ -30,18 +30,6 @@ pub fn upgrade(panels: Panels) -> Option<Panels> {
         q8_0: super::Panel::Quant(panel_q8_0),
         ..panels
     })
-}
-
-/// Declares safe panel kernels that call their `#[target_feature]` bodies.
-macro_rules! checked_panel {
-    ($($name:ident => $body:ident;)*) => {$(
-        fn $name(w: &[u8], tile: &ActTile, out: &mut [f32; PANEL]) {
-            // SAFETY: these kernels are only reachable through `upgrade`, which returns
-            // them only when the CPU has AVX-VNNI, on top of the AVX2 kernels' AVX2, FMA
-            // and F16C.
-            unsafe { $body(w, tile, out) }
-        }
-    )*};
 }
 
 checked_panel! {
