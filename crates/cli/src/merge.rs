@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use amalgam_merge::run::Resume;
 use amalgam_merge::to_gguf::GgufTypes;
 use amalgam_merge::{MergeOptions, Summary};
 use anyhow::{Context, bail};
@@ -85,6 +86,12 @@ pub struct MergeArgs {
     /// Print the plan (layers, tensors, bytes read and written, shards) and write nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Finish the merge an interrupted run (Ctrl-C, a crash, a lost machine) left beside
+    /// OUT_DIR: the tensors it recorded as written are kept and the rest merged. Refused,
+    /// naming what changed, unless the config, the inputs (sizes and times) and the
+    /// options that shape the output are the same. Folder outputs only.
+    #[arg(long)]
+    resume: bool,
     /// Replace OUT_DIR if it exists and is not empty (only once the merge is complete).
     #[arg(long)]
     force: bool,
@@ -231,6 +238,10 @@ pub fn run(args: MergeArgs) -> anyhow::Result<()> {
         strict: args.strict,
         force: args.force,
         dry_run: args.dry_run,
+        resume: match args.resume {
+            true => Resume::Continue,
+            false => Resume::Record,
+        },
         truncate_vocab: args.unsafe_truncate_embeddings,
         cache_dir: args.transformers_cache.clone(),
         quant: args.quant,
@@ -258,8 +269,16 @@ pub fn run(args: MergeArgs) -> anyhow::Result<()> {
         },
         None => options,
     };
+    if args.resume && amalgam_merge::to_gguf::is_gguf_path(&args.out_dir) {
+        bail!(
+            "--resume finishes folder merges; a .gguf output is written from the start: run \
+             without --resume"
+        );
+    }
     let started = Instant::now();
-    crate::signals::remove_stale_partials(&args.out_dir);
+    if !args.resume {
+        crate::signals::remove_stale_partials(&args.out_dir);
+    }
     let result = amalgam_merge::run(&args.config, &args.out_dir, &options, &bar);
     bar.finish();
     let summary = result?;

@@ -67,6 +67,7 @@ pub fn single_model_options(force: bool) -> MergeOptions {
         strict: true,
         force,
         dry_run: false,
+        resume: amalgam_merge::run::Resume::Never,
         truncate_vocab: false,
         cache_dir: None,
         quant: None,

@@ -4,6 +4,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use amalgam_tensors::partial::Left;
 use anyhow::Context;
 
 /// Whether an interrupt stops an answer instead of the program.
@@ -21,8 +22,17 @@ fn on_interrupt() {
         STOP.store(true, Ordering::SeqCst);
         return;
     }
-    for path in amalgam_tensors::partial::remove_unfinished() {
-        eprintln!("\ninterrupted: removed the unfinished {}", path.display());
+    for left in amalgam_tensors::partial::remove_unfinished() {
+        match left {
+            Left::Removed(path) => {
+                eprintln!("\ninterrupted: removed the unfinished {}", path.display());
+            }
+            Left::Kept { path, done } => eprintln!(
+                "\ninterrupted: kept the unfinished merge in {} ({done} tensors written); the \
+                 same command with --resume finishes it, and without it removes it",
+                path.display()
+            ),
+        }
     }
     std::process::exit(130);
 }
@@ -46,11 +56,18 @@ pub fn stopped() -> bool {
 /// Removes the partial outputs that amalgam processes no longer running left beside
 /// `out`, with a note for each.
 pub fn remove_stale_partials(out: &std::path::Path) {
-    for stale in amalgam_tensors::partial::remove_stale(out) {
-        eprintln!(
-            "note: removed {}, left unfinished by amalgam process {}, which is no longer running",
-            stale.path.display(),
-            stale.pid
-        );
+    for stale in amalgam_tensors::partial::stale(out) {
+        let resumable = stale.resumable().filter(|done| *done > 0).map(|done| {
+            format!(" (it had {done} tensors written: --resume would have finished it)")
+        });
+        if amalgam_tensors::partial::remove_one(&stale) {
+            eprintln!(
+                "note: removed {}, left unfinished by amalgam process {}, which is no longer \
+                 running{}",
+                stale.path.display(),
+                stale.pid,
+                resumable.unwrap_or_default()
+            );
+        }
     }
 }

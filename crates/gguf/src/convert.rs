@@ -19,7 +19,8 @@ use crate::quant;
 use crate::split;
 use crate::tokenizer::{self, TokenizerFiles};
 use crate::value::Value;
-use crate::write::{GgufWriter, Layout, TensorSpec};
+use crate::write::{self, TensorSpec};
+use amalgam_tensors::PositionedFile;
 
 /// Elements converted per work item.
 const CHUNK: usize = 1 << 18;
@@ -213,19 +214,19 @@ fn write_parts(
         } else {
             metadata.to_vec()
         };
-        writers.push(GgufWriter::create(path, Layout::new(&meta, &part_specs)?)?);
+        writers.push(PositionedFile::create(path, write::layout(&meta, &part_specs)?)?);
     }
     tensors.par_iter().enumerate().try_for_each(|(i, t)| {
         write_tensor(&writers[part_of[i]], slot[i], t, source, progress.bytes)?;
         (progress.tensor_done)();
         Ok::<_, GgufError>(())
     })?;
-    writers.into_iter().try_for_each(GgufWriter::finish)
+    writers.into_iter().try_for_each(|w| Ok(w.finish()?))
 }
 
 /// Writes a tensor's finished bytes as they are, in parallel chunks.
 fn write_stored(
-    writer: &GgufWriter,
+    writer: &PositionedFile,
     index: usize,
     tensor: &OutTensor,
     name: &str,
@@ -249,7 +250,7 @@ fn write_stored(
 
 /// Converts one tensor in chunks of whole rows.
 fn write_tensor(
-    writer: &GgufWriter,
+    writer: &PositionedFile,
     index: usize,
     tensor: &OutTensor,
     source: &dyn RowSource,

@@ -28,4 +28,4 @@ pub use mixture::FileType;
 pub use model::GgufModel;
 pub use read::{GgufFile, Header, TensorInfo};
 pub use value::{Value, ValueType};
-pub use write::{GgufWriter, Layout, TensorSpec};
+pub use write::TensorSpec;

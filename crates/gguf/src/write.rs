@@ -1,10 +1,10 @@
-//! Streaming GGUF v3 writer: the header and every tensor's offset are computed from the
-//! tensor specs up front, so data can be written tensor by tensor (or chunk by chunk,
-//! from several threads) at known offsets; the whole model is never in memory.
+//! The GGUF v3 layout: the header and every tensor's offset are computed from the tensor
+//! specs up front, so data can be written tensor by tensor (or chunk by chunk, from
+//! several threads) at known offsets; the whole model is never in memory.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use amalgam_tensors::FileLayout;
+#[cfg(doc)]
+use amalgam_tensors::PositionedFile;
 
 use crate::error::{GgufError, Result};
 use crate::ggml_type::GgmlType;
@@ -27,60 +27,36 @@ impl TensorSpec {
     }
 }
 
-/// The complete byte layout of a GGUF file.
-#[derive(Clone, Debug)]
-pub struct Layout {
-    header: Vec<u8>,
-    /// Absolute offset of each tensor's data.
-    offsets: Vec<u64>,
-    sizes: Vec<u64>,
-    total_len: u64,
-}
-
-impl Layout {
-    /// Lays out a file; tensors are stored in the order given, each padded to 32 bytes.
-    pub fn new(metadata: &[(String, Value)], tensors: &[TensorSpec]) -> Result<Layout> {
-        let alignment = DEFAULT_ALIGNMENT;
-        let mut h = Vec::new();
-        h.extend_from_slice(b"GGUF");
-        h.extend_from_slice(&3u32.to_le_bytes());
-        h.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
-        h.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
-        for (key, value) in metadata {
-            put_string(&mut h, key);
-            h.extend_from_slice(&(value.value_type() as u32).to_le_bytes());
-            put_value(&mut h, value);
-        }
-        let mut relative = Vec::with_capacity(tensors.len());
-        let mut sizes = Vec::with_capacity(tensors.len());
-        let mut position = 0u64;
-        for t in tensors {
-            check_tensor(t)?;
-            put_string(&mut h, &t.name);
-            h.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
-            for d in &t.dims {
-                h.extend_from_slice(&d.to_le_bytes());
-            }
-            h.extend_from_slice(&t.ty.id().to_le_bytes());
-            h.extend_from_slice(&position.to_le_bytes());
-            relative.push(position);
-            sizes.push(t.size());
-            position += t.size().div_ceil(alignment) * alignment;
-        }
-        h.resize((h.len() as u64).div_ceil(alignment) as usize * alignment as usize, 0);
-        let data_start = h.len() as u64;
-        Ok(Layout {
-            offsets: relative.iter().map(|r| r + data_start).collect(),
-            sizes,
-            total_len: data_start + position,
-            header: h,
-        })
+/// The complete byte layout of a GGUF v3 file: tensors stored in the order given, each
+/// padded to 32 bytes — what [`PositionedFile`] writes.
+pub fn layout(metadata: &[(String, Value)], tensors: &[TensorSpec]) -> Result<FileLayout> {
+    let alignment = DEFAULT_ALIGNMENT;
+    let mut h = Vec::new();
+    h.extend_from_slice(b"GGUF");
+    h.extend_from_slice(&3u32.to_le_bytes());
+    h.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+    h.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
+    for (key, value) in metadata {
+        put_string(&mut h, key);
+        h.extend_from_slice(&(value.value_type() as u32).to_le_bytes());
+        put_value(&mut h, value);
     }
-
-    /// Total file size.
-    pub fn file_len(&self) -> u64 {
-        self.total_len
+    let mut regions = Vec::with_capacity(tensors.len());
+    let mut position = 0u64;
+    for t in tensors {
+        check_tensor(t)?;
+        put_string(&mut h, &t.name);
+        h.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
+        for d in &t.dims {
+            h.extend_from_slice(&d.to_le_bytes());
+        }
+        h.extend_from_slice(&t.ty.id().to_le_bytes());
+        h.extend_from_slice(&position.to_le_bytes());
+        regions.push((position, t.size()));
+        position += t.size().div_ceil(alignment) * alignment;
     }
+    h.resize((h.len() as u64).div_ceil(alignment) as usize * alignment as usize, 0);
+    Ok(FileLayout::new(h, &regions, position))
 }
 
 fn check_tensor(t: &TensorSpec) -> Result<()> {
@@ -130,36 +106,5 @@ fn put_value(h: &mut Vec<u8>, value: &Value) {
         Value::U64(v) => h.extend_from_slice(&v.to_le_bytes()),
         Value::I64(v) => h.extend_from_slice(&v.to_le_bytes()),
         Value::F64(v) => h.extend_from_slice(&v.to_le_bytes()),
-    }
-}
-
-/// A GGUF file being written.
-pub struct GgufWriter {
-    path: PathBuf,
-    file: File,
-    layout: Layout,
-}
-
-impl GgufWriter {
-    /// Creates `path` with its header in place and its final length (padding is zeros).
-    pub fn create(path: &Path, layout: Layout) -> Result<GgufWriter> {
-        let file = File::create(path).map_err(|e| GgufError::io("create", path, e))?;
-        file.write_all_at(&layout.header, 0)
-            .and_then(|()| file.set_len(layout.total_len))
-            .map_err(|e| GgufError::io("write", path, e))?;
-        Ok(GgufWriter { path: path.to_owned(), file, layout })
-    }
-
-    /// Writes `bytes` at `offset` within tensor `index`'s data; disjoint ranges may be
-    /// written from several threads.
-    pub fn write_at(&self, index: usize, offset: u64, bytes: &[u8]) -> Result<()> {
-        debug_assert!(offset + bytes.len() as u64 <= self.layout.sizes[index]);
-        let at = self.layout.offsets[index] + offset;
-        self.file.write_all_at(bytes, at).map_err(|e| GgufError::io("write", &self.path, e))
-    }
-
-    /// Flushes the file to stable storage.
-    pub fn finish(self) -> Result<()> {
-        self.file.sync_all().map_err(|e| GgufError::io("sync", &self.path, e))
     }
 }

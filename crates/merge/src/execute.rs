@@ -6,8 +6,9 @@
 use std::cell::RefCell;
 use std::path::Path;
 
+use crate::checkpoint::Checkpoint;
 use amalgam_tensors::dtype::{encode_f32, round_slice};
-use amalgam_tensors::{DType, Layout, ShardWriter, TensorSpec};
+use amalgam_tensors::{DType, PositionedFile, TensorSpec, safetensors_layout};
 use rayon::prelude::*;
 
 use crate::error::{MergeError, Result};
@@ -156,27 +157,50 @@ pub fn shard_names(count: usize) -> Vec<String> {
     (1..=count).map(|i| format!("model-{i:05}-of-{count:05}.safetensors")).collect()
 }
 
-/// Writes every bound tensor into the shards named by `shard_of` under `dir`.
-pub fn write(
+/// Writes every bound tensor into the shards named by `shard_of` under `dir`, recording
+/// progress in `checkpoint`; tensors it says an earlier run wrote are kept where their
+/// shard is intact.
+fn write(
     dir: &Path,
     bound: &[Bound],
     shard_of: &[usize],
     names: &[String],
     progress: &dyn Progress,
+    checkpoint: Option<&Checkpoint>,
 ) -> Result<()> {
+    let earlier = |i: &usize| checkpoint.is_some_and(|c| c.earlier().contains(i));
     let mut writers = Vec::with_capacity(names.len());
     let mut slot = vec![0usize; bound.len()];
+    let mut kept = vec![false; bound.len()];
     for (s, name) in names.iter().enumerate() {
         let members: Vec<usize> = (0..bound.len()).filter(|&i| shard_of[i] == s).collect();
         let specs: Vec<TensorSpec> = members.iter().map(|&i| bound[i].spec.clone()).collect();
         for (k, &i) in members.iter().enumerate() {
             slot[i] = k;
         }
-        writers
-            .push(ShardWriter::create(&dir.join(name), Layout::new(&specs, &[("format", "pt")]))?);
+        let (path, layout) = (dir.join(name), safetensors_layout(&specs, &[("format", "pt")]));
+        let reopened = match members.iter().any(earlier) {
+            true => PositionedFile::reopen(&path, layout.clone())?,
+            false => None,
+        };
+        if reopened.is_some() {
+            members.iter().for_each(|&i| kept[i] = earlier(&i));
+        }
+        writers.push(match reopened {
+            Some(file) => file,
+            None => PositionedFile::create(&path, layout)?,
+        });
     }
+    let sync = || writers.iter().try_for_each(PositionedFile::sync);
     bound.par_iter().enumerate().try_for_each(|(i, tensor)| {
-        merge_tensor(tensor, &writers[shard_of[i]], slot[i], progress)?;
+        if kept[i] {
+            progress.advance(tensor.spec.byte_len() as u64);
+        } else {
+            merge_tensor(tensor, &writers[shard_of[i]], slot[i], progress)?;
+            if let Some(checkpoint) = checkpoint {
+                checkpoint.finished(i, || Ok(sync()?))?;
+            }
+        }
         progress.tensor_done();
         Ok::<_, MergeError>(())
     })?;
@@ -189,7 +213,7 @@ pub fn write(
 /// Merges one tensor in chunks, in parallel, writing each chunk in place.
 fn merge_tensor(
     tensor: &Bound,
-    writer: &ShardWriter,
+    writer: &PositionedFile,
     slot: usize,
     progress: &dyn Progress,
 ) -> Result<()> {
@@ -204,7 +228,7 @@ fn merge_tensor(
         let start = c * CHUNK;
         let n = CHUNK.min(numel - start);
         if let Some(bytes) = direct_copy(tensor, start, n) {
-            writer.write_at(slot, start * out_size, bytes)?;
+            writer.write_at(slot, (start * out_size) as u64, bytes)?;
         } else {
             SCRATCH.with_borrow_mut(|buffers| -> Result<()> {
                 buffers.fit(tensor.inputs.len(), n, out_size);
@@ -214,7 +238,11 @@ fn merge_tensor(
                     &buffers.out[..n],
                     &mut buffers.bytes[..n * out_size],
                 );
-                Ok(writer.write_at(slot, start * out_size, &buffers.bytes[..n * out_size])?)
+                Ok(writer.write_at(
+                    slot,
+                    (start * out_size) as u64,
+                    &buffers.bytes[..n * out_size],
+                )?)
             })?;
         }
         release(tensor, start, n);
@@ -331,7 +359,7 @@ fn whole_output(tensor: &Bound, method: &crate::methods::whole::Whole) -> Result
 fn write_values(
     tensor: &Bound,
     values: &[f32],
-    writer: &ShardWriter,
+    writer: &PositionedFile,
     slot: usize,
     progress: &dyn Progress,
 ) -> Result<()> {
@@ -340,7 +368,7 @@ fn write_values(
     for (c, chunk) in values.chunks(CHUNK).enumerate() {
         let n = chunk.len();
         encode_f32(tensor.spec.dtype, chunk, &mut bytes[..n * size]);
-        writer.write_at(slot, c * CHUNK * size, &bytes[..n * size])?;
+        writer.write_at(slot, (c * CHUNK * size) as u64, &bytes[..n * size])?;
         progress.advance((n * size) as u64);
     }
     Ok(())
@@ -407,16 +435,17 @@ impl Shards {
             .collect()
     }
 
-    /// Merges every tensor into its shard in `dir`, and writes the index when there are
-    /// several shards.
+    /// Merges every tensor into its shard in `dir` (those `checkpoint` recorded as written
+    /// by an earlier run are kept), and writes the index when there are several shards.
     pub(crate) fn write(
         &self,
         dir: &Path,
         bound: &[Bound],
         total: u64,
         reporter: &dyn Progress,
+        checkpoint: Option<&Checkpoint>,
     ) -> Result<()> {
-        write(dir, bound, &self.shard_of, &self.names, reporter)?;
+        write(dir, bound, &self.shard_of, &self.names, reporter, checkpoint)?;
         if self.names.len() > 1 {
             let weight_map: Vec<(String, String)> = bound
                 .iter()

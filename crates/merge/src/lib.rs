@@ -8,6 +8,7 @@
 pub mod arch;
 pub mod card;
 pub mod chat_template;
+mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod execute;

@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 
 use crate::card::{self, CardInput, CardModel};
 use crate::chat_template;
+use crate::checkpoint;
 use crate::config::{Diagnostics, MergeConfig};
 use crate::config::{TokenizerConfig, VocabSource};
 use crate::error::{MergeError, Result};
@@ -41,6 +42,9 @@ pub struct MergeOptions {
     pub force: bool,
     /// Plan only; write nothing.
     pub dry_run: bool,
+    /// Whether a folder merge records its progress so an interrupted one can be finished
+    /// (`--resume`), and whether this run finishes one.
+    pub resume: Resume,
     /// Cut vocabulary-indexed weights of differing vocabularies to the smallest one
     /// (`--unsafe-truncate-embeddings`) instead of failing.
     pub truncate_vocab: bool,
@@ -59,6 +63,18 @@ pub struct MergeOptions {
     /// For a folder output with a card: measures the staged merge for the card's "Merge
     /// quality" section before it is renamed into place.
     pub evaluate: Option<Evaluator>,
+}
+
+/// Whether an interrupted folder merge can be finished by a later run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resume {
+    /// No: an interrupt removes the partial output.
+    Never,
+    /// The merge records its progress; an interrupt keeps the partial for `--resume`.
+    Record,
+    /// Finish the partial an interrupted run of the same config and inputs left beside
+    /// the output folder, keeping the tensors it recorded as written.
+    Continue,
 }
 
 /// What a merge did (or, with `dry_run`, would do).
@@ -141,9 +157,15 @@ pub fn run_config(
     if options.dry_run {
         return Ok(summary);
     }
-    let staging = Staging::create(out_dir)?;
+    let fingerprint = checkpoint::fingerprint(text, options, &opened);
+    let staging = match options.resume {
+        Resume::Never => Staging::create(out_dir, None)?,
+        Resume::Record => Staging::create(out_dir, Some(&fingerprint))?,
+        Resume::Continue => Staging::resume(out_dir, &fingerprint, reporter)?,
+    };
     reporter.begin(bound.len(), summary.bytes_written);
-    shards.write(&staging.path, &bound, summary.bytes_written, reporter)?;
+    let checkpoint = staging.checkpoint.as_ref();
+    shards.write(&staging.path, &bound, summary.bytes_written, reporter, checkpoint)?;
     output::write_json(&staging.path.join("config.json"), &Value::Object(out_config))?;
     write_tokenizer_files(&staging.path, &config, &opened, vocabulary.as_ref(), options, reporter)?;
     if options.write_model_card {

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use amalgam_tensors::dtype::f32_to_bf16_bits;
-use amalgam_tensors::{DType, Layout, ShardWriter, TensorSpec};
+use amalgam_tensors::{DType, PositionedFile, TensorSpec, safetensors_layout};
 
 struct Shape {
     layers: usize,
@@ -101,8 +101,11 @@ fn write_weights(out: &Path, s: &Shape, seed: u64) {
     let mut rng = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
     for (i, shard) in shards.iter().enumerate() {
         let name = format!("model-{:05}-of-{count:05}.safetensors", i + 1);
-        let writer =
-            ShardWriter::create(&out.join(&name), Layout::new(shard, &[("format", "pt")])).unwrap();
+        let writer = PositionedFile::create(
+            &out.join(&name),
+            safetensors_layout(shard, &[("format", "pt")]),
+        )
+        .unwrap();
         for (slot, spec) in shard.iter().enumerate() {
             fill(&writer, slot, spec.byte_len(), &mut rng);
             weight_map.insert(spec.name.clone(), serde_json::json!(name));
@@ -116,7 +119,7 @@ fn write_weights(out: &Path, s: &Shape, seed: u64) {
 }
 
 /// Random bfloat16 values of magnitude below 0.06, from a xorshift generator.
-fn fill(writer: &ShardWriter, slot: usize, bytes: usize, rng: &mut u64) {
+fn fill(writer: &PositionedFile, slot: usize, bytes: usize, rng: &mut u64) {
     let mut buffer = vec![0u8; bytes.min(1 << 22)];
     let mut offset = 0;
     while offset < bytes {
@@ -128,7 +131,7 @@ fn fill(writer: &ShardWriter, slot: usize, bytes: usize, rng: &mut u64) {
             let value = (*rng as i32 as f32) * 2f32.powi(-35);
             pair.copy_from_slice(&f32_to_bf16_bits(value).to_le_bytes());
         }
-        writer.write_at(slot, offset, &buffer[..n]).unwrap();
+        writer.write_at(slot, offset as u64, &buffer[..n]).unwrap();
         offset += n;
     }
 }

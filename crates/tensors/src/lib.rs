@@ -12,12 +12,15 @@ pub mod dtype;
 pub mod error;
 pub mod folder;
 pub mod hub;
+pub mod journal;
 pub mod partial;
+pub mod positioned;
 pub mod safetensors;
 pub mod writer;
 
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use folder::{ModelFolder, TensorRef};
+pub use positioned::{FileLayout, PositionedFile};
 pub use safetensors::{SafetensorsFile, TensorInfo};
-pub use writer::{Layout, ShardWriter, TensorSpec};
+pub use writer::{TensorSpec, safetensors_layout};

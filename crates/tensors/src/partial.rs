@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
+use crate::journal;
 
-/// The partials this process is writing now.
-static UNFINISHED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+/// The partials this process is writing now, each with whether it can be resumed.
+static UNFINISHED: Mutex<Vec<(PathBuf, bool)>> = Mutex::new(Vec::new());
 
-fn unfinished() -> MutexGuard<'static, Vec<PathBuf>> {
+fn unfinished() -> MutexGuard<'static, Vec<(PathBuf, bool)>> {
     // A panic while holding the lock leaves a list that is still valid.
     UNFINISHED.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -25,25 +26,57 @@ pub struct Tracked {
 
 /// Lists `path` as a partial this process is writing.
 pub fn track(path: &Path) -> Tracked {
-    unfinished().push(path.to_owned());
+    unfinished().push((path.to_owned(), false));
+    Tracked { path: path.to_owned() }
+}
+
+/// Lists `path` as a partial folder this process is writing that a later process can
+/// finish: one that keeps a [`journal`] with tensors recorded in it outlives an interrupt.
+pub fn track_resumable(path: &Path) -> Tracked {
+    unfinished().push((path.to_owned(), true));
     Tracked { path: path.to_owned() }
 }
 
 impl Drop for Tracked {
     fn drop(&mut self) {
         let mut list = unfinished();
-        if let Some(i) = list.iter().position(|p| *p == self.path) {
+        if let Some(i) = list.iter().position(|(p, _)| *p == self.path) {
             list.swap_remove(i);
         }
     }
 }
 
+/// What an interrupt did with a partial this process was writing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Left {
+    Removed(PathBuf),
+    /// Kept for a later process to finish: the journal records `done` tensors.
+    Kept {
+        path: PathBuf,
+        done: usize,
+    },
+}
+
 /// Removes every partial this process is writing — for an interrupt handler, just before
-/// the process exits — and returns those it removed. Writers may still be adding files
-/// to a folder, so a folder is tried a few times.
-pub fn remove_unfinished() -> Vec<PathBuf> {
+/// the process exits — except resumable ones with recorded progress, which are kept; says
+/// which was which. Writers may still be adding files to a folder, so a folder is tried
+/// a few times.
+pub fn remove_unfinished() -> Vec<Left> {
     let list = unfinished().clone();
-    list.into_iter().filter(|p| remove(p)).collect()
+    let left = |(path, resumable): (PathBuf, bool)| {
+        let done = if resumable { recorded(&path) } else { 0 };
+        if done > 0 {
+            Some(Left::Kept { path, done })
+        } else {
+            remove(&path).then_some(Left::Removed(path))
+        }
+    };
+    list.into_iter().filter_map(left).collect()
+}
+
+/// How many tensors the journal in partial folder `path` records (0 without one).
+fn recorded(path: &Path) -> usize {
+    journal::Journal::read(&path.join(journal::FILE_NAME)).map_or(0, |r| r.done.len())
 }
 
 /// Removes a file or folder; whether it is gone.
@@ -65,11 +98,19 @@ pub struct Stale {
     pub pid: u32,
 }
 
-/// Removes the partials (`.NAME.amalgam-partial-PID`) that processes no longer running
-/// left in the folder that holds (or will hold) `dest`, and returns them. Only where running processes can be told (Linux's
-/// `/proc`); elsewhere nothing is removed. An output a replacing merge had moved aside
-/// (`.NAME.amalgam-old-PID`) is the user's data and stays.
-pub fn remove_stale(dest: &Path) -> Vec<Stale> {
+impl Stale {
+    /// How many tensors its journal records as written, if it keeps one (it can be
+    /// resumed).
+    pub fn resumable(&self) -> Option<usize> {
+        journal::Journal::read(&self.path.join(journal::FILE_NAME)).ok().map(|r| r.done.len())
+    }
+}
+
+/// The partials (`.NAME.amalgam-partial-PID`) that processes no longer running left in
+/// the folder that holds (or will hold) `dest`. Only where running processes can be told
+/// (Linux's `/proc`); elsewhere none. An output a replacing merge had moved aside
+/// (`.NAME.amalgam-old-PID`) is the user's data, not a partial.
+pub fn stale(dest: &Path) -> Vec<Stale> {
     let Ok(entries) = fs::read_dir(folder_of(dest)) else { return Vec::new() };
     entries
         .flatten()
@@ -78,8 +119,12 @@ pub fn remove_stale(dest: &Path) -> Vec<Stale> {
             let pid = partial_pid(&name)?;
             (pid != std::process::id() && !running(pid)).then(|| Stale { path: e.path(), pid })
         })
-        .filter(|s| remove(&s.path))
         .collect()
+}
+
+/// Removes one stale partial; whether it is gone.
+pub fn remove_one(stale: &Stale) -> bool {
+    remove(&stale.path)
 }
 
 /// The process id in a partial's name, `.NAME.amalgam-partial-PID`.
@@ -168,7 +213,8 @@ mod tests {
         fs::write(stale_dir.join("model.safetensors"), b"x").unwrap();
         fs::write(&mine, b"x").unwrap();
         fs::write(&user, b"x").unwrap();
-        let mut removed = remove_stale(&dir.path().join("out.gguf"));
+        let mut removed = stale(&dir.path().join("out.gguf"));
+        assert!(removed.iter().all(remove_one));
         removed.sort_by(|a, b| a.path.cmp(&b.path));
         let mut expected = vec![
             Stale { path: stale_file.clone(), pid: dead },
@@ -191,11 +237,31 @@ mod tests {
         let guard = track(&folder);
         drop(track(&file));
         let removed = remove_unfinished();
-        assert!(removed.contains(&folder), "{removed:?}");
+        assert!(removed.contains(&Left::Removed(folder.clone())), "{removed:?}");
         assert!(!folder.exists());
         assert!(file.exists(), "an untracked partial is left alone");
         drop(guard);
-        assert!(!unfinished().contains(&folder));
+        assert!(!unfinished().iter().any(|(p, _)| *p == folder));
+    }
+
+    #[test]
+    fn an_interrupt_keeps_a_resumable_partial_only_with_recorded_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let (started, fresh) = (dir.path().join("started"), dir.path().join("fresh"));
+        for folder in [&started, &fresh] {
+            fs::create_dir(folder).unwrap();
+            let journal =
+                journal::Journal::create(&folder.join(journal::FILE_NAME), &serde_json::json!({}))
+                    .unwrap();
+            if folder == &started {
+                journal.record(&[0, 2]).unwrap();
+            }
+        }
+        let _guards = (track_resumable(&started), track_resumable(&fresh));
+        let left = remove_unfinished();
+        assert!(left.contains(&Left::Kept { path: started.clone(), done: 2 }), "{left:?}");
+        assert!(left.contains(&Left::Removed(fresh.clone())), "{left:?}");
+        assert!(started.exists() && !fresh.exists());
     }
 
     #[test]

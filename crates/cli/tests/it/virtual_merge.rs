@@ -319,7 +319,8 @@ fn a_linear_config_is_merged_into_memory_first_and_answers_as_its_written_merge(
 /// type, which no converter writes and the engine does not multiply by).
 fn with_q8_1_outputs(dir: &Path) -> PathBuf {
     use amalgam_gguf::quant::{dequantize, quantize};
-    use amalgam_gguf::{GgmlType, GgufWriter, Layout, TensorSpec};
+    use amalgam_gguf::{GgmlType, TensorSpec};
+    use amalgam_tensors::PositionedFile;
     let file = GgufFile::open(&data().join("gguf/tiny-kq-Q8_0.gguf")).unwrap();
     let mut specs = Vec::new();
     let mut datas = Vec::new();
@@ -338,8 +339,11 @@ fn with_q8_1_outputs(dir: &Path) -> PathBuf {
         datas.push(bytes);
     }
     let path = dir.join("q8_1.gguf");
-    let writer =
-        GgufWriter::create(&path, Layout::new(&file.header.metadata, &specs).unwrap()).unwrap();
+    let writer = PositionedFile::create(
+        &path,
+        amalgam_gguf::write::layout(&file.header.metadata, &specs).unwrap(),
+    )
+    .unwrap();
     for (i, bytes) in datas.iter().enumerate() {
         writer.write_at(i, 0, bytes).unwrap();
     }

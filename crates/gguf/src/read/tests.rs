@@ -1,7 +1,8 @@
 //! GGUF reading: round trips with the writer, llama.cpp's own files, and hostile input.
 
 use super::*;
-use crate::write::{GgufWriter, Layout, TensorSpec};
+use crate::write::{TensorSpec, layout};
+use amalgam_tensors::PositionedFile;
 
 fn sample_metadata() -> Vec<(String, Value)> {
     vec![
@@ -31,7 +32,7 @@ fn sample_file() -> (tempfile::TempDir, std::path::PathBuf) {
         TensorSpec { name: "w.weight".into(), dims: vec![32, 2], ty: GgmlType::Q8_0 },
     ];
     let writer =
-        GgufWriter::create(&path, Layout::new(&sample_metadata(), &tensors).unwrap()).unwrap();
+        PositionedFile::create(&path, layout(&sample_metadata(), &tensors).unwrap()).unwrap();
     writer.write_at(0, 0, &[1; 12]).unwrap();
     writer.write_at(1, 0, &[2; 68]).unwrap();
     writer.finish().unwrap();
