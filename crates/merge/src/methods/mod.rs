@@ -75,6 +75,8 @@ pub struct MethodSpec {
     pub min_non_base: usize,
     pub max_non_base: Option<usize>,
     pub optional_policy: OptionalPolicy,
+    /// Binds the method's kernel for one tensor.
+    pub kernel: kernel::Build,
 }
 
 impl MethodSpec {
@@ -117,6 +119,7 @@ const fn gta(
     pretty_name: &'static str,
     url: &'static str,
     params: &'static [ParamSpec],
+    kernel: kernel::Build,
 ) -> MethodSpec {
     MethodSpec {
         name,
@@ -129,6 +132,7 @@ const fn gta(
         min_non_base: 0,
         max_non_base: None,
         optional_policy: OptionalPolicy::Error,
+        kernel,
     }
 }
 
@@ -145,6 +149,7 @@ pub static METHODS: &[MethodSpec] = &[
         min_non_base: 0,
         max_non_base: None,
         optional_policy: OptionalPolicy::Error,
+        kernel: kernel::build::passthrough,
     },
     MethodSpec {
         name: "linear",
@@ -160,6 +165,7 @@ pub static METHODS: &[MethodSpec] = &[
         min_non_base: 0,
         max_non_base: None,
         optional_policy: OptionalPolicy::Error,
+        kernel: kernel::build::linear,
     },
     MethodSpec {
         name: "slerp",
@@ -172,6 +178,7 @@ pub static METHODS: &[MethodSpec] = &[
         min_non_base: 0,
         max_non_base: None,
         optional_policy: OptionalPolicy::PassthroughSingleton,
+        kernel: kernel::build::slerp,
     },
     MethodSpec {
         name: "task_arithmetic",
@@ -191,6 +198,7 @@ pub static METHODS: &[MethodSpec] = &[
         min_non_base: 0,
         max_non_base: None,
         optional_policy: OptionalPolicy::Error,
+        kernel: kernel::build::task_arithmetic,
     },
     MethodSpec {
         name: "nearswap",
@@ -203,28 +211,56 @@ pub static METHODS: &[MethodSpec] = &[
         min_non_base: 0,
         max_non_base: None,
         optional_policy: OptionalPolicy::PassthroughBaseSingleton,
+        kernel: kernel::build::nearswap,
     },
-    gta("ties", "TIES", "https://arxiv.org/abs/2306.01708", gta_params!(true, false)),
-    gta("dare_ties", "DARE TIES", "https://arxiv.org/abs/2311.03099", gta_params!(false, true)),
-    gta("dare_linear", "Linear DARE", "https://arxiv.org/abs/2311.03099", gta_params!(false, true)),
+    gta(
+        "ties",
+        "TIES",
+        "https://arxiv.org/abs/2306.01708",
+        gta_params!(true, false),
+        kernel::build::ties,
+    ),
+    gta(
+        "dare_ties",
+        "DARE TIES",
+        "https://arxiv.org/abs/2311.03099",
+        gta_params!(false, true),
+        kernel::build::dare_ties,
+    ),
+    gta(
+        "dare_linear",
+        "Linear DARE",
+        "https://arxiv.org/abs/2311.03099",
+        gta_params!(false, true),
+        kernel::build::dare_linear,
+    ),
     gta(
         "breadcrumbs",
         "Model Breadcrumbs",
         "https://arxiv.org/abs/2312.06795",
         gta_params!(false, false, GAMMA),
+        kernel::build::breadcrumbs,
     ),
     gta(
         "breadcrumbs_ties",
         "Model Breadcrumbs with TIES",
         "https://arxiv.org/abs/2312.06795",
         gta_params!(false, false, GAMMA),
+        kernel::build::breadcrumbs_ties,
     ),
-    gta("della", "DELLA", "https://arxiv.org/abs/2406.11617", gta_params!(true, true, EPSILON)),
+    gta(
+        "della",
+        "DELLA",
+        "https://arxiv.org/abs/2406.11617",
+        gta_params!(true, true, EPSILON),
+        kernel::build::della,
+    ),
     gta(
         "della_linear",
         "Linear DELLA",
         "https://arxiv.org/abs/2406.11617",
         gta_params!(false, true, EPSILON),
+        kernel::build::della_linear,
     ),
     MethodSpec {
         name: "sce",
@@ -240,6 +276,7 @@ pub static METHODS: &[MethodSpec] = &[
         min_non_base: 0,
         max_non_base: None,
         optional_policy: OptionalPolicy::Error,
+        kernel: kernel::build::sce,
     },
     MethodSpec {
         name: "arcee_fusion",
@@ -252,6 +289,7 @@ pub static METHODS: &[MethodSpec] = &[
         min_non_base: 0,
         max_non_base: None,
         optional_policy: OptionalPolicy::PassthroughSingleton,
+        kernel: kernel::build::arcee_fusion,
     },
     MethodSpec {
         name: "multislerp",
@@ -273,6 +311,7 @@ pub static METHODS: &[MethodSpec] = &[
         min_non_base: 1,
         max_non_base: None,
         optional_policy: OptionalPolicy::Error,
+        kernel: kernel::build::multislerp,
     },
     MethodSpec {
         name: "nuslerp",
@@ -294,6 +333,7 @@ pub static METHODS: &[MethodSpec] = &[
         min_non_base: 2,
         max_non_base: Some(2),
         optional_policy: OptionalPolicy::PassthroughSingleton,
+        kernel: kernel::build::nuslerp,
     },
     MethodSpec {
         name: "model_stock",
@@ -311,6 +351,7 @@ pub static METHODS: &[MethodSpec] = &[
         min_non_base: 0,
         max_non_base: None,
         optional_policy: OptionalPolicy::Error,
+        kernel: kernel::build::model_stock,
     },
     MethodSpec {
         name: "karcher",
@@ -326,6 +367,7 @@ pub static METHODS: &[MethodSpec] = &[
         min_non_base: 0,
         max_non_base: None,
         optional_policy: OptionalPolicy::Error,
+        kernel: kernel::build::karcher,
     },
     MethodSpec {
         name: "ram",
@@ -338,6 +380,7 @@ pub static METHODS: &[MethodSpec] = &[
         min_non_base: 0,
         max_non_base: None,
         optional_policy: OptionalPolicy::Error,
+        kernel: kernel::build::ram,
     },
     MethodSpec {
         name: "ramplus_tl",
@@ -354,6 +397,7 @@ pub static METHODS: &[MethodSpec] = &[
         min_non_base: 0,
         max_non_base: None,
         optional_policy: OptionalPolicy::Error,
+        kernel: kernel::build::ramplus_tl,
     },
 ];
 

@@ -10,6 +10,10 @@ use super::reduce;
 use crate::error::{MergeError, Result};
 use crate::tensor_plan::TensorPlan;
 
+pub mod build;
+
+pub use build::{Binding, Build};
+
 /// A kernel with its parameters bound for one tensor. Input order is the plan's.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Kernel {
@@ -75,120 +79,13 @@ impl Kernel {
         working: DType,
         seed: u64,
     ) -> Result<Kernel> {
-        let input = |i: usize, name: &str| plan.inputs[i].params.get(name).map(|v| v.as_f64());
         if plan.passthrough {
             return Ok(Kernel::Passthrough { scale: None });
         }
-        Ok(match method {
-            "passthrough" => Kernel::Passthrough { scale: input(0, "scale").map(|s| s as f32) },
-            "linear" => {
-                let weights: Vec<f32> = (0..plan.inputs.len())
-                    .map(|i| input(i, "weight").unwrap_or_default() as f32)
-                    .collect();
-                let normalize = plan.shared.get("normalize").is_some_and(|v| v.as_bool());
-                let divisor = normalize.then(|| weights.iter().fold(0f32, |a, w| a + w));
-                Kernel::Linear { weights, divisor }
-            }
-            "task_arithmetic" => {
-                let base = plan.base.ok_or_else(|| missing_base(plan))?;
-                let weights: Vec<(usize, f32)> = (0..plan.inputs.len())
-                    .filter(|&i| i != base)
-                    .map(|i| (i, round_to(working, input(i, "weight").unwrap_or_default() as f32)))
-                    .collect();
-                let normalize = plan.shared.get("normalize").is_some_and(|v| v.as_bool());
-                let divisor = normalize.then(|| {
-                    let sum = round_to(working, weights.iter().fold(0f32, |a, (_, w)| a + w));
-                    if sum.abs() < 1e-8 { 1.0 } else { sum }
-                });
-                let lambda =
-                    plan.shared.get("lambda").map(|v| v.as_f64() as f32).filter(|l| *l != 1.0);
-                Kernel::TaskArithmetic { base, weights, divisor, lambda }
-            }
-            "slerp" => {
-                let base = plan.base.ok_or_else(|| missing_base(plan))?;
-                Kernel::Slerp { base, t: shared(plan, "t") }
-            }
-            "nearswap" => {
-                let base = plan.base.ok_or_else(|| missing_base(plan))?;
-                Kernel::NearSwap { base, t: shared(plan, "t") }
-            }
-            "model_stock" => {
-                let base = plan.base.ok_or_else(|| missing_base(plan))?;
-                let filter_wise = plan.shared.get("filter_wise").is_some_and(|v| v.as_bool());
-                Kernel::Whole(super::whole::Whole::ModelStock { base, filter_wise })
-            }
-            "ties" | "dare_ties" | "dare_linear" | "breadcrumbs" | "breadcrumbs_ties" | "della"
-            | "della_linear" => {
-                let base = plan.base.ok_or_else(|| missing_base(plan))?;
-                Kernel::Whole(super::whole::Whole::Gta(gta_kernel(method, plan, base, seed)?))
-            }
-            "sce" => {
-                let base = plan.base.ok_or_else(|| missing_base(plan))?;
-                Kernel::Whole(super::whole::Whole::Sce {
-                    base,
-                    select_topk: shared(plan, "select_topk"),
-                })
-            }
-            "arcee_fusion" => {
-                let base = plan.base.ok_or_else(|| missing_base(plan))?;
-                let other = 1 - base.min(1);
-                let seed = super::gta::tensor_seed(seed, &plan.name);
-                Kernel::Whole(super::whole::Whole::ArceeFusion { base, other, seed })
-            }
-            "multislerp" => {
-                let others: Vec<usize> =
-                    (0..plan.inputs.len()).filter(|&i| Some(i) != plan.base).collect();
-                let weights: Vec<f32> =
-                    others.iter().map(|&i| input(i, "weight").unwrap_or_default() as f32).collect();
-                let normalize = plan.shared.get("normalize_weights").is_none_or(|v| v.as_bool());
-                Kernel::Whole(super::whole::Whole::MultiSlerp {
-                    base: plan.base,
-                    others,
-                    weights,
-                    normalize,
-                    eps: shared(plan, "eps"),
-                })
-            }
-            "nuslerp" => {
-                let others: Vec<usize> =
-                    (0..plan.inputs.len()).filter(|&i| Some(i) != plan.base).collect();
-                let w: Vec<f64> =
-                    others.iter().map(|&i| input(i, "weight").unwrap_or_default()).collect();
-                let total: f64 = w.iter().sum();
-                let t = if total.abs() < 1e-6 { 0.5 } else { w[1] / total };
-                let flag = |name: &str, default: bool| {
-                    plan.shared.get(name).map_or(default, |v| v.as_bool())
-                };
-                Kernel::Whole(super::whole::Whole::NuSlerp {
-                    base: plan.base,
-                    first: others[0],
-                    second: others[1],
-                    t,
-                    // Vectors along rows or columns need a matrix; anything else is
-                    // one vector (as mergekit's transpose leaves a 1-D tensor whole).
-                    flatten: flag("nuslerp_flatten", true) || shape.len() < 2,
-                    row_wise: flag("nuslerp_row_wise", false),
-                })
-            }
-            "karcher" => {
-                let max_iter = plan.shared.get("max_iter").map_or(10, |v| v.as_f64() as usize);
-                Kernel::Whole(super::whole::Whole::Karcher { max_iter, tol: shared(plan, "tol") })
-            }
-            "ram" | "ramplus_tl" => {
-                let base = plan.base.ok_or_else(|| missing_base(plan))?;
-                let plus = (method == "ramplus_tl")
-                    .then(|| RamPlus { r: shared(plan, "r"), alpha: shared(plan, "alpha") });
-                Kernel::Ram {
-                    base,
-                    inputs: plan.inputs.len(),
-                    epsilon: shared(plan, "epsilon"),
-                    plus,
-                }
-            }
-            other => {
-                return Err(MergeError::Unsupported(format!("merge method {other} has no kernel")));
-            }
-        })
+        let spec = super::method(method).ok_or_else(|| {
+            MergeError::Unsupported(format!("merge method {method} has no kernel"))
+        })?;
+        (spec.kernel)(&Binding { plan, shape, working, seed })
     }
 
     /// Whether [`Kernel::stats`] must run before [`Kernel::apply`].
@@ -293,62 +190,6 @@ impl Kernel {
             }
         }
     }
-}
-
-/// The generalized task arithmetic of `method` bound for one tensor.
-fn gta_kernel(method: &str, plan: &TensorPlan, base: usize, seed: u64) -> Result<super::gta::Gta> {
-    use super::gta::{Gta, Sparsifier, TaskInput, tensor_seed};
-    let (sparsifier, consensus) = match method {
-        "ties" => (Sparsifier::Magnitude, true),
-        "dare_ties" => (Sparsifier::Random, true),
-        "dare_linear" => (Sparsifier::Random, false),
-        "breadcrumbs" => (Sparsifier::MagnitudeOutliers, false),
-        "breadcrumbs_ties" => (Sparsifier::MagnitudeOutliers, true),
-        "della" => (Sparsifier::DellaMagprune, true),
-        _ => (Sparsifier::DellaMagprune, false),
-    };
-    let param = |i: usize, name: &str| plan.inputs[i].params.get(name).map(|v| v.as_f64() as f32);
-    let mut tasks = Vec::new();
-    for i in (0..plan.inputs.len()).filter(|&i| i != base) {
-        let task = TaskInput {
-            index: i,
-            weight: param(i, "weight").unwrap_or_default(),
-            density: param(i, "density").unwrap_or(1.0),
-            gamma: param(i, "gamma").unwrap_or(0.01),
-            epsilon: param(i, "epsilon").unwrap_or(0.15),
-        };
-        if sparsifier == Sparsifier::DellaMagprune
-            && task.density < 1.0
-            && task.density > 0.0
-            && (task.density + task.epsilon >= 1.0 || task.density - task.epsilon <= 0.0)
-        {
-            return Err(MergeError::Tensor(format!(
-                "{}: epsilon {} must keep density {} +/- epsilon inside (0, 1); lower epsilon",
-                plan.name, task.epsilon, task.density
-            )));
-        }
-        tasks.push(task);
-    }
-    let flag = |name: &str| plan.shared.get(name).is_some_and(|v| v.as_bool());
-    Ok(Gta {
-        base,
-        tasks,
-        sparsifier: Some(sparsifier),
-        consensus,
-        normalize: flag("normalize"),
-        rescale: flag("rescale"),
-        lambda: shared(plan, "lambda"),
-        seed: tensor_seed(seed, &plan.name),
-    })
-}
-
-/// A shared parameter as `f32` (validated and defaulted by the planner).
-fn shared(plan: &TensorPlan, name: &str) -> f32 {
-    plan.shared.get(name).map(|v| v.as_f64()).unwrap_or_default() as f32
-}
-
-fn missing_base(plan: &TensorPlan) -> MergeError {
-    MergeError::Tensor(format!("{}: the method needs a base input, and none is present", plan.name))
 }
 
 /// mergekit's slerp coefficients from the clamped cosine, in `f32` as torch computes
