@@ -7,6 +7,7 @@ use std::cell::RefCell;
 use std::path::Path;
 
 use crate::checkpoint::Checkpoint;
+use crate::methods::whole::buffers;
 use amalgam_tensors::dtype::{encode_f32, round_slice};
 use amalgam_tensors::{DType, PositionedFile, TensorSpec, safetensors_layout};
 use rayon::prelude::*;
@@ -219,8 +220,10 @@ fn merge_tensor(
 ) -> Result<()> {
     let numel = tensor.spec.shape.iter().product::<usize>();
     let stats = stats(tensor)?;
-    if let Stats::Output(values) = &stats {
-        return write_values(tensor, values, writer, slot, progress);
+    if let Stats::Output(values) = stats {
+        write_values(tensor, &values, writer, slot, progress)?;
+        buffers::recycle(std::sync::Arc::into_inner(values));
+        return Ok(());
     }
     let chunks = numel.div_ceil(CHUNK);
     let out_size = tensor.spec.dtype.size();
@@ -334,7 +337,7 @@ pub fn whole_inputs(tensor: &Bound) -> Result<Vec<Vec<f32>>> {
     let numel: usize = tensor.spec.shape.iter().product();
     let mut inputs = Vec::with_capacity(tensor.inputs.len());
     for i in 0..tensor.inputs.len() {
-        let mut values = vec![0f32; numel];
+        let mut values = buffers::take(numel);
         load(tensor, i, 0, &mut values)?;
         release(tensor, 0, numel);
         inputs.push(values);
@@ -348,7 +351,10 @@ fn whole_output(tensor: &Bound, method: &crate::methods::whole::Whole) -> Result
     let inputs = whole_inputs(tensor)?;
     let cols = tensor.spec.shape.last().copied().unwrap_or(1);
     let mut out = method.merge(&inputs, cols, tensor.working);
-    round_slice(tensor.working, &mut out);
+    buffers::recycle(inputs);
+    if !method.rounds_output() {
+        round_slice(tensor.working, &mut out);
+    }
     if tensor.spec.dtype != tensor.working {
         round_slice(tensor.spec.dtype, &mut out);
     }

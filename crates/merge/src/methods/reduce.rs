@@ -47,28 +47,58 @@ fn fma_accumulate_portable(acc: &mut [f32], x: &[f32], w: f32) {
 /// tail of four unfused and up to three fused steps.
 #[inline(always)]
 pub fn norm2(x: &[f32]) -> f32 {
-    if x.len() == 1 {
-        return x[0].abs();
-    }
-    let mut acc = [0f32; LANES];
-    let blocks = x.chunks_exact(LANES);
-    let mut tail = blocks.remainder();
-    for block in blocks {
-        for (a, v) in acc.iter_mut().zip(block) {
-            *a += v * v;
+    let mut norm = Norm2::default();
+    norm.feed(x);
+    norm.finish()
+}
+
+/// [`norm2`] of a vector fed in order, in pieces whose lengths are whole multiples of
+/// the 8 lanes but for the last: the same bits, without a second pass over the vector.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Norm2 {
+    acc: [f32; LANES],
+    /// The last piece's elements past its whole lanes.
+    tail: [f32; LANES],
+    tail_len: usize,
+    count: usize,
+}
+
+impl Norm2 {
+    /// Adds the next `piece` of the vector.
+    #[inline(always)]
+    pub fn feed(&mut self, piece: &[f32]) {
+        debug_assert_eq!(self.tail_len, 0, "only the last piece may end inside a lane");
+        let blocks = piece.chunks_exact(LANES);
+        let tail = blocks.remainder();
+        for block in blocks {
+            for (a, v) in self.acc.iter_mut().zip(block) {
+                *a += v * v;
+            }
         }
+        self.tail[..tail.len()].copy_from_slice(tail);
+        self.tail_len = tail.len();
+        self.count += piece.len();
     }
-    let mut s = acc.iter().skip(1).fold(acc[0], |s, a| s + a);
-    if tail.len() >= 4 {
-        for v in &tail[..4] {
-            s += v * v;
+
+    /// The norm of everything fed.
+    #[inline(always)]
+    pub fn finish(&self) -> f32 {
+        let mut tail = &self.tail[..self.tail_len];
+        if self.count == 1 {
+            return tail.first().map_or(0.0, |v| v.abs());
         }
-        tail = &tail[4..];
+        let mut s = self.acc.iter().skip(1).fold(self.acc[0], |s, a| s + a);
+        if tail.len() >= 4 {
+            for v in &tail[..4] {
+                s += v * v;
+            }
+            tail = &tail[4..];
+        }
+        for v in tail {
+            s = v.mul_add(*v, s);
+        }
+        s.sqrt()
     }
-    for v in tail {
-        s = v.mul_add(*v, s);
-    }
-    s.sqrt()
 }
 
 /// The sum of a contiguous vector, as `x.sum(dim=-1)` with [`TORCH_THREADS`] threads.
@@ -200,6 +230,18 @@ mod tests {
             let x = lcg(n, seed);
             assert_eq!(norm2(&x).to_bits(), norm_bits, "norm n={n}");
             assert_eq!(sum(&x).to_bits(), sum_bits, "sum n={n}");
+        }
+    }
+
+    #[test]
+    fn a_norm_fed_in_pieces_is_the_norm_of_the_whole() {
+        for &(n, seed, norm_bits, _) in TORCH_REFERENCE {
+            let x = lcg(n, seed);
+            for piece in [8, 16, 256] {
+                let mut norm = Norm2::default();
+                x.chunks(piece).for_each(|p| norm.feed(p));
+                assert_eq!(norm.finish().to_bits(), norm_bits, "n={n} in pieces of {piece}");
+            }
         }
     }
 

@@ -7,11 +7,14 @@
 //! within 1e-5 of each tensor's largest magnitude in float32, where torch sums in
 //! another order.
 
+use std::borrow::Cow;
+
 use amalgam_tensors::DType;
 
 use super::reduce;
 use super::torch::{Torch, with_torch};
 
+pub mod buffers;
 mod fusion;
 mod sce;
 mod spherical;
@@ -77,6 +80,12 @@ impl Whole {
         with_torch!(working, w => self.merge_in(inputs, cols, working, w))
     }
 
+    /// Whether [`Whole::merge`]'s every value is already rounded to the working dtype (so
+    /// rounding it again is a wasted pass over the tensor).
+    pub fn rounds_output(&self) -> bool {
+        matches!(self, Whole::Karcher { .. } | Whole::MultiSlerp { .. } | Whole::NuSlerp { .. })
+    }
+
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     fn merge_avx2(&self, inputs: &[Vec<f32>], cols: usize, working: DType) -> Vec<f32> {
@@ -105,10 +114,10 @@ impl Whole {
                 multislerp(inputs, base, others, weights, normalize, eps, w)
             }
             Whole::NuSlerp { base, first, second, t, flatten, row_wise } => {
-                let relative = |i: usize| -> Vec<f32> {
+                let relative = |i: usize| -> Cow<'_, [f32]> {
                     match base {
-                        Some(b) => w.sub(&inputs[i], &inputs[b]),
-                        None => inputs[i].clone(),
+                        Some(b) => Cow::Owned(w.sub(&inputs[i], &inputs[b])),
+                        None => Cow::Borrowed(&inputs[i]),
                     }
                 };
                 let (v0, v1) = (relative(first), relative(second));
@@ -120,11 +129,11 @@ impl Whole {
                 } else {
                     Vectors::Rows(cols)
                 };
-                let out = nuslerp(t, &v0, &v1, vectors, w);
-                match base {
-                    Some(b) => w.add(&inputs[b], &out),
-                    None => out,
+                let mut out = nuslerp(t, &v0, &v1, vectors, w);
+                if let Some(b) = base {
+                    out.iter_mut().zip(&inputs[b]).for_each(|(o, x)| *o = w.r(*x + *o));
                 }
+                out
             }
         }
     }
