@@ -3,8 +3,8 @@
 bytes, whatever their order in the file or the metadata beside them. Prints `same`, or
 `differ` with the first few names that do; exits non-zero when they differ. Used by
 scripts/bench-merge to hold amalgam's quantization beside llama-quantize's (which keeps
-its input's tensor order and general.name, where amalgam writes llama.cpp's order and
-names the model after the output)."""
+its input's metadata order, tensor order and general.name, where amalgam writes
+llama.cpp's converter order and names the model after the output)."""
 import sys
 
 from gguf import GGUFReader

@@ -30,7 +30,7 @@ pub fn f16_at(bytes: &[u8], at: usize) -> f32 {
 
 /// The element of largest magnitude, keeping its sign (the first one on ties), and that
 /// magnitude.
-#[inline]
+#[inline(always)]
 pub fn signed_max(x: &[f32]) -> (f32, f32) {
     let (mut max, mut amax) = (0f32, 0f32);
     for &v in x {
@@ -45,6 +45,7 @@ pub fn signed_max(x: &[f32]) -> (f32, f32) {
 /// Symmetric quantization to `[-nmax, nmax)` with weights `x^2`, searching 18 scales
 /// around `nmax / max` for the best weighted fit. Levels go to `l` offset by `nmax`;
 /// returns the scale (`make_qx_quants` with `rmse_type = 1`).
+#[inline(always)]
 pub fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
     let (max, amax) = signed_max(x);
     if amax < GROUP_MAX_EPS {
@@ -86,6 +87,7 @@ pub fn make_qx_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
 /// Symmetric quantization to `[-nmax, nmax)` refined by up to five passes of coordinate
 /// descent on `(sum w x l)^2 / sum w l^2` with `w = x^2`. Levels go to `l` offset by
 /// `nmax`; returns the scale (`make_q3_quants` with `do_rmse`).
+#[inline(always)]
 pub fn make_q3_quants(nmax: i32, x: &[f32], l: &mut [i8]) -> f32 {
     let (max, amax) = signed_max(x);
     if amax < GROUP_MAX_EPS {
@@ -145,6 +147,7 @@ pub struct Search {
 /// Asymmetric quantization `x ~ scale * l - min` with `l` in `[0, nmax]`, searching
 /// `nstep + 1` scales and solving weighted least squares for each. Returns
 /// `(scale, min)` with `min >= 0` (`make_qkx2_quants`).
+#[inline(always)]
 pub fn make_qkx2_quants(
     s: &Search,
     x: &[f32],

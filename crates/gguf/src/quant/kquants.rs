@@ -16,6 +16,7 @@ use super::common::{
 use crate::ggml_type::QK_K;
 
 /// Packs 2-bit levels: `qs[32h + l]` holds elements `128h + l + 32k` at bits `2k`.
+#[inline(always)]
 fn pack_2bit(l: &[u8], qs: &mut [u8]) {
     for h in 0..QK_K / 128 {
         for i in 0..32 {
@@ -31,6 +32,7 @@ fn unpack_2bit(qs: &[u8], e: usize) -> u8 {
     (qs[32 * h + r % 32] >> (2 * (r / 32))) & 3
 }
 
+#[inline(always)]
 pub fn quantize_q2_k(x: &[f32], out: &mut [u8]) {
     let search = Search { nmax: 3, rmin: -0.5, rdelta: 0.1, nstep: 15, use_mad: true };
     let mut l = [0u8; QK_K];
@@ -96,12 +98,14 @@ pub fn dequantize_q2_k(b: &[u8], y: &mut [f32]) {
 }
 
 /// The 6-bit scale of group `j` of a Q3_K block, unbiased to `[-32, 31]`.
+#[inline(always)]
 fn q3_scale(scales: &[u8], j: usize) -> i32 {
     let low = if j < 8 { scales[j] & 0x0F } else { scales[j - 8] >> 4 };
     let high = (scales[8 + j % 4] >> (2 * (j / 4))) & 3;
     i32::from(low | (high << 4)) - 32
 }
 
+#[inline(always)]
 pub fn quantize_q3_k(x: &[f32], out: &mut [u8]) {
     let mut l = [0i8; QK_K];
     let mut scales = [0f32; 16];
@@ -167,6 +171,7 @@ pub fn dequantize_q3_k(b: &[u8], y: &mut [f32]) {
 }
 
 /// The 6-bit scale and min of sub-block `j` from the 12 packed bytes of Q4_K / Q5_K.
+#[inline(always)]
 fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
@@ -176,6 +181,7 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
 }
 
 /// The 6-bit packing of eight scales and mins into 12 bytes.
+#[inline(always)]
 fn pack_scales_k4(ls: &[u8; 8], lm: &[u8; 8], q: &mut [u8]) {
     q[..12].fill(0);
     for j in 0..8 {
@@ -192,6 +198,7 @@ fn pack_scales_k4(ls: &[u8; 8], lm: &[u8; 8], q: &mut [u8]) {
 
 /// The shared part of Q4_K and Q5_K: per 32-element sub-block scale search, 6-bit
 /// scales and mins in `head[4..16]`, `d`/`dmin` in `head[..4]`, and the final levels.
+#[inline(always)]
 fn quantize_k4_levels(x: &[f32], search: &Search, head: &mut [u8], l: &mut [u8; QK_K]) {
     let nmax = search.nmax;
     let mut aux = [0u8; 32];
@@ -238,6 +245,7 @@ fn quantize_k4_levels(x: &[f32], search: &Search, head: &mut [u8], l: &mut [u8; 
     }
 }
 
+#[inline(always)]
 pub fn quantize_q4_k(x: &[f32], out: &mut [u8]) {
     let search = Search { nmax: 15, rmin: -1.0, rdelta: 0.1, nstep: 20, use_mad: false };
     let mut l = [0u8; QK_K];
@@ -270,6 +278,7 @@ pub fn dequantize_q4_k(b: &[u8], y: &mut [f32]) {
     dequantize_k4(&b[..16], None, &b[16..144], y);
 }
 
+#[inline(always)]
 pub fn quantize_q5_k(x: &[f32], out: &mut [u8]) {
     let search = Search { nmax: 31, rmin: -0.5, rdelta: 0.1, nstep: 15, use_mad: false };
     let mut l = [0u8; QK_K];
@@ -297,6 +306,7 @@ pub fn dequantize_q5_k(b: &[u8], y: &mut [f32]) {
     dequantize_k4(&b[..16], Some(&b[16..48]), &b[48..176], y);
 }
 
+#[inline(always)]
 pub fn quantize_q6_k(x: &[f32], out: &mut [u8]) {
     let mut l = [0i8; QK_K];
     let mut scales = [0f32; 16];
@@ -354,6 +364,7 @@ pub fn dequantize_q6_k(b: &[u8], y: &mut [f32]) {
     }
 }
 
+#[inline(always)]
 pub fn quantize_q8_k(x: &[f32], out: &mut [u8]) {
     let (max, amax) = super::common::signed_max(x);
     out.fill(0);

@@ -30,16 +30,19 @@ fn round_i8(v: f32) -> i8 {
     r.clamp(-128, 127) as i8
 }
 
+#[inline(always)]
 fn min_max(x: &[f32]) -> (f32, f32) {
     x.iter().fold((f32::MAX, -f32::MAX), |(lo, hi), &v| {
         (if v < lo { v } else { lo }, if v > hi { v } else { hi })
     })
 }
 
+#[inline(always)]
 fn inverse(d: f32) -> f32 {
     if d != 0.0 { 1.0 / d } else { 0.0 }
 }
 
+#[inline(always)]
 pub fn quantize_q4_0(x: &[f32], out: &mut [u8]) {
     let (max, _) = signed_max(x);
     let d = max / -8.0;
@@ -60,6 +63,7 @@ pub fn dequantize_q4_0(b: &[u8], y: &mut [f32]) {
     }
 }
 
+#[inline(always)]
 pub fn quantize_q4_1(x: &[f32], out: &mut [u8]) {
     let (min, max) = min_max(x);
     let d = (max - min) / 15.0;
@@ -81,6 +85,7 @@ pub fn dequantize_q4_1(b: &[u8], y: &mut [f32]) {
     }
 }
 
+#[inline(always)]
 pub fn quantize_q5_0(x: &[f32], out: &mut [u8]) {
     let (max, _) = signed_max(x);
     let d = max / -16.0;
@@ -108,6 +113,7 @@ pub fn dequantize_q5_0(b: &[u8], y: &mut [f32]) {
     }
 }
 
+#[inline(always)]
 pub fn quantize_q5_1(x: &[f32], out: &mut [u8]) {
     let (min, max) = min_max(x);
     let d = (max - min) / 31.0;
@@ -137,12 +143,14 @@ pub fn dequantize_q5_1(b: &[u8], y: &mut [f32]) {
 }
 
 /// `amax / 127` and its inverse, as Q8_0 and Q8_1 scale.
+#[inline(always)]
 fn q8_scale(x: &[f32]) -> (f32, f32) {
     let amax = x.iter().fold(0f32, |a, v| if a > v.abs() { a } else { v.abs() });
     let d = amax / 127.0;
     (d, inverse(d))
 }
 
+#[inline(always)]
 pub fn quantize_q8_0(x: &[f32], out: &mut [u8]) {
     let (d, id) = q8_scale(x);
     out[..2].copy_from_slice(&f16_bytes(d));
@@ -158,6 +166,7 @@ pub fn dequantize_q8_0(b: &[u8], y: &mut [f32]) {
     }
 }
 
+#[inline(always)]
 pub fn quantize_q8_1(x: &[f32], out: &mut [u8]) {
     let (d, id) = q8_scale(x);
     out[..2].copy_from_slice(&f16_bytes(d));

@@ -124,3 +124,31 @@ fn rescaled_blocks_decode_to_the_scaled_values() {
     }
     assert_eq!(scaled_types, 10, "Q4_0…Q8_0 and Q2_K…Q6_K");
 }
+
+#[test]
+fn every_instruction_set_quantizes_to_the_same_bytes() {
+    let isas: Vec<Isa> = [Isa::Plain, Isa::best()].into_iter().collect();
+    // Smooth data, and data with a spread of magnitudes, signs and exact ties.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut noise = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 10f32.powi((state % 7) as i32 - 3)
+    };
+    let rough: Vec<f32> = (0..256 * 16).map(|i| if i % 37 == 0 { 0.5 } else { noise() }).collect();
+    for x in [test_data(0.3, 256 * 16), rough] {
+        for ty in GgmlType::ALL.into_iter().filter(|t| t.block_size() > 1) {
+            let size = ty.bytes_for(x.len() as u64).unwrap() as usize;
+            let outputs: Vec<Vec<u8>> = isas
+                .iter()
+                .map(|&isa| {
+                    let mut bytes = vec![0u8; size];
+                    quantize_blocks(ty, &x, &mut bytes, isa);
+                    bytes
+                })
+                .collect();
+            assert!(outputs.windows(2).all(|w| w[0] == w[1]), "{ty}: {isas:?} differ");
+        }
+    }
+}
