@@ -228,6 +228,14 @@ pub(super) fn nibbles(qs: &[u8; 16]) -> __m256i {
     _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
 }
 
+/// Signed levels stored as `q + 128` (unsigned bytes, as `vpdpbusd` takes them), given
+/// their stored form `q + offset`.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) fn plus_128(stored: __m256i, offset: i8) -> __m256i {
+    _mm256_add_epi8(stored, _mm256_set1_epi8(i8::MIN.wrapping_sub(offset)))
+}
+
 /// Bit 4 (0x10) in byte `j` where bit `j` of `qh` is set.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]

@@ -19,7 +19,7 @@ use super::avx2::{
     PREFETCH_AHEAD, decode_bf16, decode_f16, decode_f32, dot_u8_i8, f16, high_bits, load_bf16,
     load_f16, load_f32, load32i, nibbles,
 };
-use super::float::{LANES, fold, fold8};
+use super::float::{LANES, fold};
 use super::{ActTile, FLOAT_ROWS, FLOAT_TOKENS, PANEL};
 
 /// Declares safe panel kernels that call their `#[target_feature]` bodies (this file's
@@ -155,15 +155,29 @@ pub(super) unsafe fn add_mins(mins: __m256, mw: f32, s: *const f32) -> __m256 {
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 pub(super) fn finish(acc: [__m256; PANEL], mins: __m256, out: &mut [f32; PANEL]) {
-    let mut m = [0f32; PANEL];
-    // SAFETY: writes the 8 floats of `m`.
-    unsafe { _mm256_storeu_ps(m.as_mut_ptr(), mins) };
-    for ((o, a), m) in out.iter_mut().zip(acc).zip(m) {
-        let mut lanes = [0f32; 8];
-        // SAFETY: writes the 8 floats of `lanes`.
-        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), a) };
-        *o = fold8(&lanes) + m;
-    }
+    // SAFETY: writes the `PANEL` = 8 floats of `out`.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), _mm256_add_ps(fold_tokens(acc), mins)) };
+}
+
+/// Lane `t`: [`fold8`](super::float::fold8) of `acc[t]`, for the eight tokens at once. With `p_j = l_j +
+/// l_{j+4}` (one add of the register's halves), `fold8` is `(p0 + p2) + (p1 + p3)`: the
+/// halves are added for two tokens per register, `p` reordered to `p0 p2 p1 p3`, and
+/// two rounds of pairwise adds (`hadd`) leave the tokens in order.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) fn fold_tokens(acc: [__m256; PANEL]) -> __m256 {
+    const { assert!(PANEL == 8, "one token per lane of a 256-bit register") };
+    const REORDER: i32 = 0b11_01_10_00;
+    let p: [__m256; 4] = std::array::from_fn(|t| {
+        let (a, b) = (acc[t], acc[t + 4]);
+        let halves = _mm256_add_ps(
+            _mm256_permute2f128_ps::<0x20>(a, b),
+            _mm256_permute2f128_ps::<0x31>(a, b),
+        );
+        _mm256_permute_ps::<REORDER>(halves)
+    });
+    let pairs = [_mm256_hadd_ps(p[0], p[1]), _mm256_hadd_ps(p[2], p[3])];
+    _mm256_hadd_ps(pairs[0], pairs[1])
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]

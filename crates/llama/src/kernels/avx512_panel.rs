@@ -9,6 +9,7 @@
 use std::arch::x86_64::*;
 
 use super::avx2::{decode_bf16, decode_f16, decode_f32};
+use super::avx2_panel::fold_tokens;
 use super::float::{LANES, fold};
 use super::{Panel, Panels, WIDE_ROWS, WIDE_TOKENS};
 
@@ -130,6 +131,9 @@ fn wide_panel(
     // SAFETY: the two halves' stores above wrote every float of `lanes` (zeroing it
     // first cost a tenth of the panel's time).
     let mut lanes = unsafe { lanes.assume_init() };
+    if full == n {
+        return fold_rows(&lanes, out);
+    }
     for (r, (out, lanes)) in out.iter_mut().zip(&mut lanes).enumerate() {
         for ((o, l), x) in out.iter_mut().zip(lanes).zip(xs) {
             for (j, &v) in (full..n).zip(x.get(full..n).unwrap_or_default()) {
@@ -137,5 +141,27 @@ fn wide_panel(
             }
             *o = fold(l);
         }
+    }
+}
+
+/// Every product's [`fold`] in vectors: per row, each token's lanes `a` as `(a[l] +
+/// a[8 + l]) + (a[16 + l] + a[24 + l])`, then [`fold8`](super::float::fold8) for eight
+/// tokens at once (two of them empty).
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+#[inline]
+fn fold_rows(lanes: &[[[f32; LANES]; TOKENS]; ROWS], out: &mut WideOut) {
+    for (out, lanes) in out.iter_mut().zip(lanes) {
+        let mut v = [_mm256_setzero_ps(); 8];
+        for (v, a) in v.iter_mut().zip(lanes) {
+            // SAFETY: four runs of 8 inside the 32 floats of `a`.
+            *v = unsafe {
+                let at = |k: usize| _mm256_loadu_ps(a.as_ptr().add(8 * k));
+                _mm256_add_ps(_mm256_add_ps(at(0), at(1)), _mm256_add_ps(at(2), at(3)))
+            };
+        }
+        let mut sums = [0f32; 8];
+        // SAFETY: writes the 8 floats of `sums`.
+        unsafe { _mm256_storeu_ps(sums.as_mut_ptr(), fold_tokens(v)) };
+        out.copy_from_slice(&sums[..TOKENS]);
     }
 }

@@ -22,6 +22,8 @@ mod float;
 mod kquants;
 mod legacy;
 #[cfg(target_arch = "x86_64")]
+mod vnni512_panel;
+#[cfg(target_arch = "x86_64")]
 mod vnni_panel;
 
 use std::sync::OnceLock;
@@ -41,6 +43,9 @@ pub type QuantDot = fn(&[u8], ActRow) -> f32;
 /// Products of a stored quantized row with a tile of [`PANEL`] tokens: `out[t] = w ·
 /// a[t]`, each computed exactly as for one token alone.
 pub type QuantPanel = fn(&[u8], &ActTile, &mut [f32; PANEL]);
+/// Products of [`QUANT_ROWS`] stored quantized rows with a tile of [`PANEL`] tokens,
+/// each computed exactly as for one row and one token alone.
+pub type QuantRowsPanel = fn([&[u8]; QUANT_ROWS], &ActTile, &mut [[f32; PANEL]; QUANT_ROWS]);
 /// Products of `R` stored float rows with `T` tokens' f32 activations, each computed
 /// exactly as [`FloatDot`] computes it.
 pub type FloatPanelOf<const R: usize, const T: usize> =
@@ -53,6 +58,10 @@ pub type WideFloatPanel = FloatPanelOf<WIDE_ROWS, WIDE_TOKENS>;
 /// Tokens a quantized panel kernel takes per pass over a weight row: one register
 /// accumulator each.
 pub const PANEL: usize = 8;
+
+/// Rows a [`QuantRowsPanel`] takes per pass: two per 512-bit register, so 16 register
+/// accumulators for the tile.
+pub const QUANT_ROWS: usize = 4;
 
 /// Rows and tokens a float panel kernel takes per pass: f32 activations are four times
 /// the bytes of Q8 ones, so two rows share each load of them.
@@ -139,6 +148,7 @@ pub enum Panel {
     Float(FloatPanel),
     Wide(WideFloatPanel),
     Quant(QuantPanel),
+    QuantRows(QuantRowsPanel),
 }
 
 /// A dot product for one weight type.
@@ -161,7 +171,8 @@ impl Kernels {
 
     /// Every kernel set this CPU runs, detected once, plainest first: the scalar
     /// kernels, then AVX2's, then each with the next extension this CPU has swapped in
-    /// (AVX-VNNI for the 32-element block types' panels, AVX-512 for the float panels).
+    /// (AVX-VNNI for the 32-element block types' panels, AVX-512 for the float panels,
+    /// AVX-512 VNNI for four-row panels of the 32-element block types).
     /// All give the same bits; tests hold each to the scalar set.
     pub fn available() -> &'static [Kernels] {
         static ALL: OnceLock<Vec<Kernels>> = OnceLock::new();
@@ -177,7 +188,11 @@ impl Kernels {
                 }
                 if let Some(panels) = avx512_panel::upgrade(k.panels) {
                     let name = if k.name == "avx2" { "avx512" } else { "avx512+vnni" };
-                    all.push(Kernels { name, panels, ..k });
+                    k = Kernels { name, panels, ..k };
+                    all.push(k);
+                    if let Some(panels) = vnni512_panel::upgrade(k.panels) {
+                        all.push(Kernels { name: "avx512+vnni512", panels, ..k });
+                    }
                 }
             }
             all
@@ -320,6 +335,10 @@ fn matmul_panels(pool: &Pool, panel: Panel, w: &Matrix, act: &Activations, out: 
                 f(row, &tiles[k], &mut res[0]);
             };
             by_tiles(pool, w, act.tokens(), out, run);
+        }
+        Panel::QuantRows(f) => {
+            let tiles: Vec<ActTile> = (0..act.tiles()).map(|k| act.tile(k)).collect();
+            by_tiles(pool, w, act.tokens(), out, |rows, k, res| f(rows, &tiles[k], res));
         }
         Panel::Float(f) => {
             let tiles: Vec<[&[f32]; FLOAT_TOKENS]> =

@@ -207,26 +207,46 @@ fn panel_products_equal_one_token_products() {
     let n = 1536;
     let tokens = 2 * PANEL + 3;
     for ty in WEIGHTS.into_iter().filter(|t| t.is_quantized()) {
-        let (w, _) = weight_row(&mut rng, ty, n);
+        let rows: Vec<Vec<u8>> =
+            (0..QUANT_ROWS + 1).map(|_| weight_row(&mut rng, ty, n).0).collect();
         let x = random(&mut rng, tokens * n, 2.0);
         let act = Activations::new(ty, &x, n);
         let Some(Dot::Quant(one)) = Kernels::scalar().dot(ty) else { panic!("{ty}") };
+        assert_eq!(act.tiles(), 3);
         for kernels in Kernels::available() {
-            let Some(Panel::Quant(panel)) = kernels.panel(ty) else { panic!("{ty} has no panel") };
-            assert_eq!(act.tiles(), 3);
             for k in 0..act.tiles() {
-                let mut out = [0f32; PANEL];
-                panel(&w, &act.tile(k), &mut out);
-                for (t, &v) in out.iter().enumerate() {
-                    // Past the batch, the tile repeats its last token.
-                    let token = (k * PANEL + t).min(tokens - 1);
-                    let expect = one(&w, act.row(token));
-                    assert_eq!(
-                        v.to_bits(),
-                        expect.to_bits(),
-                        "{ty} {} token {token}: {v} vs {expect}",
-                        kernels.name
-                    );
+                // Rows `r0..` of the panel's outputs for tile `k`.
+                let outs: Vec<(usize, [f32; PANEL])> = match kernels.panel(ty) {
+                    Some(Panel::Quant(panel)) => (0..rows.len())
+                        .map(|r| {
+                            let mut out = [0f32; PANEL];
+                            panel(&rows[r], &act.tile(k), &mut out);
+                            (r, out)
+                        })
+                        .collect(),
+                    Some(Panel::QuantRows(panel)) => [0, 1]
+                        .into_iter()
+                        .flat_map(|r0| {
+                            let mut out = [[0f32; PANEL]; QUANT_ROWS];
+                            let w = std::array::from_fn(|i| rows[r0 + i].as_slice());
+                            panel(w, &act.tile(k), &mut out);
+                            (r0..).zip(out)
+                        })
+                        .collect(),
+                    _ => panic!("{ty} has no quantized panel in {}", kernels.name),
+                };
+                for (r, out) in outs {
+                    for (t, &v) in out.iter().enumerate() {
+                        // Past the batch, the tile repeats its last token.
+                        let token = (k * PANEL + t).min(tokens - 1);
+                        let expect = one(&rows[r], act.row(token));
+                        assert_eq!(
+                            v.to_bits(),
+                            expect.to_bits(),
+                            "{ty} {} row {r} token {token}: {v} vs {expect}",
+                            kernels.name
+                        );
+                    }
                 }
             }
         }

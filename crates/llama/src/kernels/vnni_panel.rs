@@ -16,7 +16,7 @@ use amalgam_gguf::blocks::{
 };
 
 use super::activations::LANES_PER_BLOCK;
-use super::avx2::{PREFETCH_AHEAD, f16, high_bits, load32i, nibbles};
+use super::avx2::{PREFETCH_AHEAD, f16, high_bits, load32i, nibbles, plus_128};
 use super::avx2_panel::{add_mins, checked_panel, finish, tile_blocks, walkable};
 use super::{ActTile, PANEL, Panels};
 
@@ -42,7 +42,7 @@ checked_panel! {
 
 /// One decoded weight block: its 32 levels as unsigned bytes (offset by +128 for the
 /// signed types), its scale and its minimum (0 for the types without one).
-type Decoded = (__m256i, f32, f32);
+pub(super) type Decoded = (__m256i, f32, f32);
 
 /// The panel loop. `prep` decodes a weight block, `qs` gives an activation block's
 /// bytes. `SIGNED`: the levels carry +128 and each product starts from the tile's bias;
@@ -95,42 +95,62 @@ fn panel<W: Block, A: Block, const SIGNED: bool, const MINS: bool>(
     finish(acc, mins, out);
 }
 
-/// Signed levels stored as `q + 128`, given their stored form `q + offset`.
-#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-#[inline]
-fn plus_128(stored: __m256i, offset: i8) -> __m256i {
-    _mm256_add_epi8(stored, _mm256_set1_epi8(i8::MIN.wrapping_sub(offset)))
-}
-
 #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
 fn q4_0_body(w: &[u8], tile: &ActTile, out: &mut [f32; PANEL]) {
-    let prep = |x: &BlockQ4_0| (plus_128(nibbles(&x.qs), 8), f16(x.d), 0.0);
-    panel::<_, _, true, false>(w, tile, out, prep, |y: &BlockQ8_0| &y.qs);
+    panel::<_, _, true, false>(w, tile, out, |x| unsigned_q4_0(x), |y: &BlockQ8_0| &y.qs);
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
 fn q4_1_body(w: &[u8], tile: &ActTile, out: &mut [f32; PANEL]) {
-    let prep = |x: &BlockQ4_1| (nibbles(&x.qs), f16(x.d), f16(x.m));
-    panel::<_, _, false, true>(w, tile, out, prep, |y: &BlockQ8_1| &y.qs);
+    panel::<_, _, false, true>(w, tile, out, |x| unsigned_q4_1(x), |y: &BlockQ8_1| &y.qs);
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
 fn q5_0_body(w: &[u8], tile: &ActTile, out: &mut [f32; PANEL]) {
-    let prep = |x: &BlockQ5_0| {
-        (plus_128(_mm256_or_si256(nibbles(&x.qs), high_bits(x.qh)), 16), f16(x.d), 0.0)
-    };
-    panel::<_, _, true, false>(w, tile, out, prep, |y: &BlockQ8_0| &y.qs);
+    panel::<_, _, true, false>(w, tile, out, |x| unsigned_q5_0(x), |y: &BlockQ8_0| &y.qs);
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
 fn q5_1_body(w: &[u8], tile: &ActTile, out: &mut [f32; PANEL]) {
-    let prep =
-        |x: &BlockQ5_1| (_mm256_or_si256(nibbles(&x.qs), high_bits(x.qh)), f16(x.d), f16(x.m));
-    panel::<_, _, false, true>(w, tile, out, prep, |y: &BlockQ8_1| &y.qs);
+    panel::<_, _, false, true>(w, tile, out, |x| unsigned_q5_1(x), |y: &BlockQ8_1| &y.qs);
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
 fn q8_0_body(w: &[u8], tile: &ActTile, out: &mut [f32; PANEL]) {
-    let prep = |x: &BlockQ8_0| (plus_128(load32i(&x.qs), 0), f16(x.d), 0.0);
-    panel::<_, _, true, false>(w, tile, out, prep, |y: &BlockQ8_0| &y.qs);
+    panel::<_, _, true, false>(w, tile, out, |x| unsigned_q8_0(x), |y: &BlockQ8_0| &y.qs);
+}
+
+/// A Q4_0 block as `vpdpbusd` takes it: levels + 128, scale, no minimum.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) fn unsigned_q4_0(x: &BlockQ4_0) -> Decoded {
+    (plus_128(nibbles(&x.qs), 8), f16(x.d), 0.0)
+}
+
+/// A Q4_1 block: levels, scale and minimum.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) fn unsigned_q4_1(x: &BlockQ4_1) -> Decoded {
+    (nibbles(&x.qs), f16(x.d), f16(x.m))
+}
+
+/// A Q5_0 block: levels + 128, scale, no minimum.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) fn unsigned_q5_0(x: &BlockQ5_0) -> Decoded {
+    (plus_128(_mm256_or_si256(nibbles(&x.qs), high_bits(x.qh)), 16), f16(x.d), 0.0)
+}
+
+/// A Q5_1 block: levels, scale and minimum.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) fn unsigned_q5_1(x: &BlockQ5_1) -> Decoded {
+    (_mm256_or_si256(nibbles(&x.qs), high_bits(x.qh)), f16(x.d), f16(x.m))
+}
+
+/// A Q8_0 block: levels + 128, scale, no minimum.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) fn unsigned_q8_0(x: &BlockQ8_0) -> Decoded {
+    (plus_128(load32i(&x.qs), 0), f16(x.d), 0.0)
 }
