@@ -217,7 +217,7 @@ fn products<const N: usize>(
     let mut act: Option<Activations> = None;
     ws.map(|w| {
         if !act.as_ref().is_some_and(|a| a.fits(w.ty) && a.cols() == w.cols) {
-            act = Some(Activations::new(w.ty, x, w.cols));
+            act = Some(Activations::on(pool, w.ty, x, w.cols));
         }
         let a = act.as_ref().map_or(0, Activations::tokens);
         // `matmul` writes every element.
@@ -228,6 +228,32 @@ fn products<const N: usize>(
         ops::scale(&mut out, w.scale);
         out
     })
+}
+
+/// Rows a piece of a batch's row operation holds.
+const ROWS_PER_PIECE: usize = 8;
+
+/// [`ops::rms_norm_rows_into`], the rows spread over the pool when there are several.
+fn norm_rows(pool: &Pool, x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) {
+    let width = w.len() * ROWS_PER_PIECE;
+    if x.len() <= w.len() {
+        return ops::rms_norm_rows_into(x, w, eps, y);
+    }
+    pool.for_each_chunk(y, width, |i, y| {
+        let x = x.get(i * width..i * width + y.len()).unwrap_or_default();
+        ops::rms_norm_rows_into(x, w, eps, y);
+    });
+}
+
+/// [`ops::silu_mul`], spread over the pool in pieces when there are several.
+fn silu_mul(pool: &Pool, gate: &mut [f32], up: &[f32]) {
+    const PIECE: usize = 4096;
+    if gate.len() <= PIECE {
+        return ops::silu_mul(gate, up);
+    }
+    pool.for_each_chunk(gate, PIECE, |i, g| {
+        ops::silu_mul(g, up.get(i * PIECE..i * PIECE + g.len()).unwrap_or_default());
+    });
 }
 
 /// One layer's work on a batch.
@@ -252,7 +278,7 @@ impl Step<'_, '_> {
         let c = &self.model.config;
         let (pool, kernels) = (self.pool, self.kernels);
         let mut h = scratch.reused(x.len());
-        ops::rms_norm_rows_into(x, &layer.attn_norm, c.rms_eps, &mut h);
+        norm_rows(pool, x, &layer.attn_norm, c.rms_eps, &mut h);
         let [mut q, mut k, mut v] =
             products(pool, kernels, scratch, [&layer.q, &layer.k, &layer.v], &h);
         for (t, b) in [(&mut q, &layer.q_bias), (&mut k, &layer.k_bias), (&mut v, &layer.v_bias)] {
@@ -281,9 +307,9 @@ impl Step<'_, '_> {
         let attn = self.attention(cache, &q, layer.window, scratch.zeroed(q.len()));
         let [o] = products(pool, kernels, scratch, [&layer.o], &attn);
         ops::add(x, &o);
-        ops::rms_norm_rows_into(x, &layer.ffn_norm, c.rms_eps, &mut h);
+        norm_rows(pool, x, &layer.ffn_norm, c.rms_eps, &mut h);
         let [mut g, u] = products(pool, kernels, scratch, [&layer.gate, &layer.up], &h);
-        ops::silu_mul(&mut g, &u);
+        silu_mul(pool, &mut g, &u);
         let [d] = products(pool, kernels, scratch, [&layer.down], &g);
         ops::add(x, &d);
         scratch.recycle([h, q, k, v, attn, o, g, u, d]);

@@ -7,6 +7,7 @@ use amalgam_gguf::blocks::{BlockQ8_0, BlockQ8_1, BlockQ8K, QK, as_blocks, as_blo
 use amalgam_gguf::quant;
 
 use super::{PANEL, activation_type};
+use crate::pool::Pool;
 
 /// A batch of activation rows, one per token.
 pub struct Activations {
@@ -57,6 +58,35 @@ impl Activations {
     /// Prepares `x` (`tokens × cols`, row-major) for weights of type `weight`. `cols` must
     /// be a whole number of the weight type's blocks (checked at load).
     pub fn new(weight: GgmlType, x: &[f32], cols: usize) -> Activations {
+        Activations::build(weight, x, cols, |rows, row_bytes, quantize| {
+            for (i, out) in rows.chunks_exact_mut(row_bytes).enumerate() {
+                quantize(i, out);
+            }
+        })
+    }
+
+    /// [`Activations::new`], the tokens quantized on the threads of `pool` (the same
+    /// bytes: each row is quantized alone).
+    pub fn on(pool: &Pool, weight: GgmlType, x: &[f32], cols: usize) -> Activations {
+        Activations::build(weight, x, cols, |rows, row_bytes, quantize| {
+            if rows.len() <= row_bytes {
+                return rows
+                    .chunks_exact_mut(row_bytes)
+                    .enumerate()
+                    .for_each(|(i, o)| quantize(i, o));
+            }
+            pool.for_each_chunk(rows, row_bytes, |i, out| quantize(i, out));
+        })
+    }
+
+    /// The activations, with `each_row(blocks, row_bytes, quantize)` calling `quantize(t,
+    /// row)` for every token's row of `blocks`.
+    fn build(
+        weight: GgmlType,
+        x: &[f32],
+        cols: usize,
+        each_row: impl FnOnce(&mut [u8], usize, &(dyn Fn(usize, &mut [u8]) + Sync)),
+    ) -> Activations {
         let ty = activation_type(weight);
         let tokens = x.len().checked_div(cols).unwrap_or(0);
         let mut act = Activations {
@@ -77,12 +107,16 @@ impl Activations {
         }
         let row_bytes = cols / ty.block_size() * ty.type_size();
         act.blocks = vec![0u8; row_bytes * tokens];
-        for (out, row) in act.blocks.chunks_exact_mut(row_bytes).zip(x.chunks_exact(cols)) {
+        let quantize = |t: usize, out: &mut [u8]| {
+            let row = x.get(t * cols..(t + 1) * cols).unwrap_or_default();
             match ty {
                 GgmlType::Q8_0 => quantize_q8_0(row, out),
                 GgmlType::Q8_1 => quantize_q8_1(row, out),
                 _ => quant::quantize(GgmlType::Q8K, row, out),
             }
+        };
+        if row_bytes > 0 {
+            each_row(&mut act.blocks, row_bytes, &quantize);
         }
         act.widen_scales();
         act
