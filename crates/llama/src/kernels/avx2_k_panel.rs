@@ -111,7 +111,7 @@ fn k_panel<W: Block, const M: usize, const OFFSET: i32>(
 /// block (each of the `M` integers covers `16 / M` of them).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn weighted_bsums<const M: usize>(ys: &[&BlockQ8K; PANEL], ints: &[i32; M]) -> __m256i {
+pub(super) fn weighted_bsums<const M: usize>(ys: &[&BlockQ8K; PANEL], ints: &[i32; M]) -> __m256i {
     let w: [i16; 16] = std::array::from_fn(|k| ints[k * M / 16] as i16);
     // SAFETY: reads the 32 bytes of `w`.
     let w = unsafe { _mm256_loadu_si256(w.as_ptr().cast()) };

@@ -17,6 +17,10 @@ mod avx2_k_panel;
 #[cfg(target_arch = "x86_64")]
 mod avx2_panel;
 #[cfg(target_arch = "x86_64")]
+mod avx512_k_panel;
+#[cfg(target_arch = "x86_64")]
+mod avx512_pairs;
+#[cfg(target_arch = "x86_64")]
 mod avx512_panel;
 mod float;
 mod kquants;
@@ -172,7 +176,8 @@ impl Kernels {
     /// Every kernel set this CPU runs, detected once, plainest first: the scalar
     /// kernels, then AVX2's, then each with the next extension this CPU has swapped in
     /// (AVX-VNNI for the 32-element block types' panels, AVX-512 for the float panels,
-    /// AVX-512 VNNI for four-row panels of the 32-element block types).
+    /// AVX-512BW for four-row K-quant panels, AVX-512 VNNI for four-row panels of the
+    /// 32-element block types).
     /// All give the same bits; tests hold each to the scalar set.
     pub fn available() -> &'static [Kernels] {
         static ALL: OnceLock<Vec<Kernels>> = OnceLock::new();
@@ -190,8 +195,12 @@ impl Kernels {
                     let name = if k.name == "avx2" { "avx512" } else { "avx512+vnni" };
                     k = Kernels { name, panels, ..k };
                     all.push(k);
+                    if let Some(panels) = avx512_k_panel::upgrade(k.panels) {
+                        k = Kernels { name: "avx512bw", panels, ..k };
+                        all.push(k);
+                    }
                     if let Some(panels) = vnni512_panel::upgrade(k.panels) {
-                        all.push(Kernels { name: "avx512+vnni512", panels, ..k });
+                        all.push(Kernels { name: "avx512vnni", panels, ..k });
                     }
                 }
             }

@@ -148,6 +148,7 @@ fn matmul_is_the_same_for_any_thread_count() {
         (GgmlType::F16, 2 * WIDE_TOKENS + 1),
         (GgmlType::BF16, 3 * WIDE_TOKENS),
         (GgmlType::Q5_0, 2 * PANEL + 1),
+        (GgmlType::Q6K, PANEL + 1),
     ] {
         let data: Vec<u8> = (0..rows).flat_map(|_| weight_row(&mut rng, ty, cols).0).collect();
         let w = Matrix { ty, rows, cols, data: &data, scale: 1.0 };

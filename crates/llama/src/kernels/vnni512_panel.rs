@@ -14,15 +14,12 @@ use amalgam_gguf::blocks::{Block, BlockQ8_0, BlockQ8_1, as_blocks};
 
 use super::activations::LANES_PER_BLOCK;
 use super::avx2::{PREFETCH_AHEAD, load32i};
-use super::avx2_panel::{add_mins, fold_tokens, tile_blocks, walkable};
+use super::avx2_panel::{add_mins, tile_blocks, walkable};
+use super::avx512_pairs::{PAIRS, ROWS, RowsOut, finish_pairs, pair_i, pair_ps};
 use super::vnni_panel::{
     Decoded, unsigned_q4_0, unsigned_q4_1, unsigned_q5_0, unsigned_q5_1, unsigned_q8_0,
 };
-use super::{ActTile, PANEL, Panel, Panels, QUANT_ROWS};
-
-const ROWS: usize = QUANT_ROWS;
-const PAIRS: usize = ROWS / 2;
-type RowsOut = [[f32; PANEL]; ROWS];
+use super::{ActTile, PANEL, Panel, Panels};
 
 /// The panels with these for the 32-element block types, if this CPU has AVX-512 VNNI
 /// (with AVX-512 F, BW and VL; on top of the AVX2 kernels' AVX2, FMA and F16C).
@@ -59,27 +56,6 @@ checked_rows_panel! {
     panel_q5_0 => q5_0_body;
     panel_q5_1 => q5_1_body;
     panel_q8_0 => q8_0_body;
-}
-
-/// Two rows' values in one register: `lo` in the low half, `hi` in the high half.
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-#[inline]
-fn pair_i(lo: __m256i, hi: __m256i) -> __m512i {
-    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
-}
-
-/// `lo` broadcast to the low half, `hi` to the high half.
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-#[inline]
-fn pair_ps(lo: f32, hi: f32) -> __m512 {
-    _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(lo), _mm512_set1_ps(hi))
-}
-
-/// The high half of a register.
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-#[inline]
-fn high(x: __m512) -> __m256 {
-    _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(x)))
 }
 
 /// [`PREFETCH_AHEAD`] bytes past a block.
@@ -148,19 +124,7 @@ fn panel<W: Block, A: Block, const SIGNED: bool, const MINS: bool>(
             }
         }
     }
-    for (p, acc) in acc.iter().enumerate() {
-        let (mut lo, mut hi) = ([_mm256_setzero_ps(); PANEL], [_mm256_setzero_ps(); PANEL]);
-        for t in 0..PANEL {
-            lo[t] = _mm512_castps512_ps256(acc[t]);
-            hi[t] = high(acc[t]);
-        }
-        for (h, lanes) in [lo, hi].into_iter().enumerate() {
-            let r = 2 * p + h;
-            let sums = _mm256_add_ps(fold_tokens(lanes), mins[r]);
-            // SAFETY: writes the `PANEL` = 8 floats of `out[r]`.
-            unsafe { _mm256_storeu_ps(out[r].as_mut_ptr(), sums) };
-        }
-    }
+    finish_pairs(&acc, &mins, out);
 }
 
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
