@@ -330,34 +330,55 @@ impl Step<'_, '_> {
         let (hd, heads, kv_heads) = (c.head_dim, c.heads, c.kv_heads);
         let group = heads / kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
-        let items = q.len() / hd / group;
+        // Consecutive tokens share a pass over the keys so that their query heads fill
+        // the scoring panel (a key past a token's position is scored and left out).
+        let per = (cache.queries_per_pass(self.kernels) / group).max(1);
+        let tokens = q.len() / hd / heads;
+        let items = tokens.div_ceil(per) * kv_heads;
         let ptr = SharedOut::new(&mut out);
         let counter = Counter::new();
+        let keys_of = |t: usize| {
+            let p = self.pos + t;
+            window.map_or(0, |w| (p + 1).saturating_sub(w))..p + 1
+        };
         self.pool.run(&|_| {
-            let (mut scores, mut qs) = (vec![Vec::new(); group], Vec::new());
+            let (mut scores, mut qs) = (vec![Vec::new(); group * per], Vec::new());
             while let Some(i) = counter.next(items) {
-                let (t, kv_head) = (i / kv_heads, i % kv_heads);
-                let p = self.pos + t;
-                let keys = window.map_or(0, |w| (p + 1).saturating_sub(w))..p + 1;
-                // The group's query heads are contiguous: heads `kv_head · group ..`.
-                let at = i * group * hd;
+                let (b, kv_head) = (i / kv_heads, i % kv_heads);
+                let these = b * per..((b + 1) * per).min(tokens);
+                let all = keys_of(these.start).start..keys_of(these.end - 1).end;
+                // Each token's query heads of the group are contiguous: heads `kv_head ·
+                // group ..` of its row.
+                let first = |t: usize| (t * heads + kv_head * group) * hd;
                 qs.clear();
-                qs.extend_from_slice(&q[at..at + group * hd]);
+                for t in these.clone() {
+                    qs.extend_from_slice(&q[first(t)..first(t) + group * hd]);
+                }
                 if self.f16_products {
                     ops::round_f16(&mut qs);
                 }
-                cache.scores(self.kernels, keys.clone(), kv_head, &qs, &mut scores);
-                for (g, scores) in scores.iter_mut().enumerate() {
-                    scores.iter_mut().for_each(|s| *s *= scale);
-                    ops::softmax(scores);
-                    if self.f16_products {
-                        ops::round_f16(scores);
+                cache.scores(self.kernels, all.clone(), kv_head, &qs, &mut scores);
+                for (k, t) in these.enumerate() {
+                    let keys = keys_of(t);
+                    let own = keys.start - all.start..keys.end - all.start;
+                    for g in 0..group {
+                        let Some(scores) = scores[k * group + g].get_mut(own.clone()) else {
+                            continue;
+                        };
+                        scores.iter_mut().for_each(|s| *s *= scale);
+                        ops::softmax(scores);
+                        if self.f16_products {
+                            ops::round_f16(scores);
+                        }
+                        // SAFETY: item `i` owns the outputs of the group's heads of
+                        // its tokens alone: `out[first(t) + g·hd..][..hd]` for `g <
+                        // group`, inside `out` (`t < tokens = out.len() / hd / heads`);
+                        // `run` returns when all are done.
+                        let o = unsafe {
+                            std::slice::from_raw_parts_mut(ptr.at(first(t) + g * hd), hd)
+                        };
+                        cache.add_values(self.kernels, keys.clone(), kv_head, scores, o);
                     }
-                    // SAFETY: item `i` owns `out[(i·group + g)·hd..][..hd]` for its `g <
-                    // group` alone, inside `out` (`i < items = out.len() / hd / group`);
-                    // `run` returns when all are done.
-                    let o = unsafe { std::slice::from_raw_parts_mut(ptr.at(at + g * hd), hd) };
-                    cache.add_values(self.kernels, keys.clone(), kv_head, scores, o);
                 }
             }
         });

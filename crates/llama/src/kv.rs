@@ -6,7 +6,7 @@ use std::ops::Range;
 
 use amalgam_gguf::GgmlType;
 
-use crate::kernels::{FloatPanelOf, Kernels, Panel};
+use crate::kernels::{FLOAT_TOKENS, FloatPanelOf, Kernels, Panel, WIDE_TOKENS};
 
 /// The element type of the cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,6 +83,16 @@ impl KvCache {
                     out.extend(keys.clone().map(|j| dot(&self.k[self.range(j, head)], q)));
                 }
             }
+        }
+    }
+
+    /// How many queries [`KvCache::scores`] scores per pass over the keys with these
+    /// kernels (a panel's tokens; 1 without a panel).
+    pub fn queries_per_pass(&self, kernels: &Kernels) -> usize {
+        match kernels.panel(self.ty.ggml_type()) {
+            Some(Panel::Float(_)) => FLOAT_TOKENS,
+            Some(Panel::Wide(_)) => WIDE_TOKENS,
+            _ => 1,
         }
     }
 
