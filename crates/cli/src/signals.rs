@@ -61,13 +61,7 @@ pub fn remove_stale_partials(out: &std::path::Path) {
             format!(" (it had {done} tensors written: --resume would have finished it)")
         });
         if amalgam_tensors::partial::remove_one(&stale) {
-            eprintln!(
-                "note: removed {}, left unfinished by amalgam process {}, which is no longer \
-                 running{}",
-                stale.path.display(),
-                stale.pid,
-                resumable.unwrap_or_default()
-            );
+            eprintln!("note: removed {stale}{}", resumable.unwrap_or_default());
         }
     }
 }

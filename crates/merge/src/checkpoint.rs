@@ -63,15 +63,19 @@ impl Checkpoint {
         &self.earlier
     }
 
-    /// Notes tensor `index` as written; every so often `sync` makes the written bytes
-    /// durable and the finished tensors are recorded.
-    pub(crate) fn finished(&self, index: usize, sync: impl FnOnce() -> Result<()>) -> Result<()> {
+    /// Notes tensor `index` as written; every so often `sync(tensors)` makes the bytes of
+    /// the tensors finished since the last record durable, and they are recorded.
+    pub(crate) fn finished(
+        &self,
+        index: usize,
+        sync: impl FnOnce(&[usize]) -> Result<()>,
+    ) -> Result<()> {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         pending.indices.push(index);
         if pending.since.elapsed() < self.every {
             return Ok(());
         }
-        sync()?;
+        sync(&pending.indices)?;
         self.journal.record(&pending.indices)?;
         pending.recorded += pending.indices.len();
         pending.indices.clear();

@@ -192,14 +192,20 @@ fn write(
             None => PositionedFile::create(&path, layout)?,
         });
     }
-    let sync = || writers.iter().try_for_each(PositionedFile::sync);
+    // Syncs the shards that hold `tensors`, each once.
+    let sync = |tensors: &[usize]| {
+        let mut touched = vec![false; writers.len()];
+        tensors.iter().for_each(|&i| touched[shard_of[i]] = true);
+        let mut shards = writers.iter().zip(touched).filter(|(_, t)| *t);
+        shards.try_for_each(|(w, _)| w.sync())
+    };
     bound.par_iter().enumerate().try_for_each(|(i, tensor)| {
         if kept[i] {
             progress.advance(tensor.spec.byte_len() as u64);
         } else {
             merge_tensor(tensor, &writers[shard_of[i]], slot[i], progress)?;
             if let Some(checkpoint) = checkpoint {
-                checkpoint.finished(i, || Ok(sync()?))?;
+                checkpoint.finished(i, |tensors| Ok(sync(tensors)?))?;
             }
         }
         progress.tensor_done();

@@ -119,11 +119,7 @@ impl Staging {
 /// Removes a stale partial that is not the one being resumed, with a note.
 fn remove_other(stale: &Stale, reporter: &dyn Reporter) {
     if partial::remove_one(stale) {
-        reporter.warn(&format!(
-            "removed {}, left unfinished by amalgam process {}, which is no longer running",
-            stale.path.display(),
-            stale.pid
-        ));
+        reporter.warn(&format!("removed {stale}"));
     }
 }
 

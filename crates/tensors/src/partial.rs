@@ -64,7 +64,7 @@ pub enum Left {
 pub fn remove_unfinished() -> Vec<Left> {
     let list = unfinished().clone();
     let left = |(path, resumable): (PathBuf, bool)| {
-        let done = if resumable { recorded(&path) } else { 0 };
+        let done = if resumable { recorded(&path).unwrap_or(0) } else { 0 };
         if done > 0 {
             Some(Left::Kept { path, done })
         } else {
@@ -74,9 +74,9 @@ pub fn remove_unfinished() -> Vec<Left> {
     list.into_iter().filter_map(left).collect()
 }
 
-/// How many tensors the journal in partial folder `path` records (0 without one).
-fn recorded(path: &Path) -> usize {
-    journal::Journal::read(&path.join(journal::FILE_NAME)).map_or(0, |r| r.done.len())
+/// How many tensors the journal in partial folder `path` records, if it keeps one.
+fn recorded(path: &Path) -> Option<usize> {
+    journal::Journal::read(&path.join(journal::FILE_NAME)).ok().map(|r| r.done.len())
 }
 
 /// Removes a file or folder; whether it is gone.
@@ -102,7 +102,20 @@ impl Stale {
     /// How many tensors its journal records as written, if it keeps one (it can be
     /// resumed).
     pub fn resumable(&self) -> Option<usize> {
-        journal::Journal::read(&self.path.join(journal::FILE_NAME)).ok().map(|r| r.done.len())
+        recorded(&self.path)
+    }
+}
+
+/// `PATH, left unfinished by amalgam process PID, which is no longer running`: what a
+/// note about the partial says of it.
+impl std::fmt::Display for Stale {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}, left unfinished by amalgam process {}, which is no longer running",
+            self.path.display(),
+            self.pid
+        )
     }
 }
 
