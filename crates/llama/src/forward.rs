@@ -233,24 +233,18 @@ fn products<const N: usize>(
 /// Rows a piece of a batch's row operation holds.
 const ROWS_PER_PIECE: usize = 8;
 
-/// [`ops::rms_norm_rows_into`], the rows spread over the pool when there are several.
+/// [`ops::rms_norm_rows_into`], the rows spread over the pool in pieces.
 fn norm_rows(pool: &Pool, x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) {
     let width = w.len() * ROWS_PER_PIECE;
-    if x.len() <= w.len() {
-        return ops::rms_norm_rows_into(x, w, eps, y);
-    }
     pool.for_each_chunk(y, width, |i, y| {
         let x = x.get(i * width..i * width + y.len()).unwrap_or_default();
         ops::rms_norm_rows_into(x, w, eps, y);
     });
 }
 
-/// [`ops::silu_mul`], spread over the pool in pieces when there are several.
+/// [`ops::silu_mul`], spread over the pool in pieces.
 fn silu_mul(pool: &Pool, gate: &mut [f32], up: &[f32]) {
     const PIECE: usize = 4096;
-    if gate.len() <= PIECE {
-        return ops::silu_mul(gate, up);
-    }
     pool.for_each_chunk(gate, PIECE, |i, g| {
         ops::silu_mul(g, up.get(i * PIECE..i * PIECE + g.len()).unwrap_or_default());
     });

@@ -188,7 +188,8 @@ pub fn global() -> Arc<Pool> {
 
 impl Pool {
     /// Calls `f(i, piece)` for every `chunk`-long piece of `out` (the last may be
-    /// shorter), the pieces shared among the threads.
+    /// shorter), the pieces shared among the threads; a single piece is done on the
+    /// calling thread, without a dispatch.
     pub fn for_each_chunk<T: Send>(
         &self,
         out: &mut [T],
@@ -197,6 +198,9 @@ impl Pool {
     ) {
         let (len, chunk) = (out.len(), chunk.max(1));
         let pieces = len.div_ceil(chunk);
+        if pieces <= 1 {
+            return f(0, out);
+        }
         let ptr = SharedOut::new(out);
         let counter = Counter::new();
         self.run(&|_| {

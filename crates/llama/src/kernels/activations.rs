@@ -69,12 +69,6 @@ impl Activations {
     /// bytes: each row is quantized alone).
     pub fn on(pool: &Pool, weight: GgmlType, x: &[f32], cols: usize) -> Activations {
         Activations::build(weight, x, cols, |rows, row_bytes, quantize| {
-            if rows.len() <= row_bytes {
-                return rows
-                    .chunks_exact_mut(row_bytes)
-                    .enumerate()
-                    .for_each(|(i, o)| quantize(i, o));
-            }
             pool.for_each_chunk(rows, row_bytes, |i, out| quantize(i, out));
         })
     }
