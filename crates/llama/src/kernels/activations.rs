@@ -2,10 +2,13 @@
 //! float weights, or quantized per 32 (Q8_0, Q8_1) or 256 (Q8_K) elements exactly as
 //! llama.cpp's x86 CPU backend quantizes them.
 
+use std::sync::OnceLock;
+
 use amalgam_gguf::GgmlType;
 use amalgam_gguf::blocks::{BlockQ8_0, BlockQ8_1, BlockQ8K, QK, as_blocks, as_blocks_mut};
 use amalgam_gguf::quant;
 
+use super::token_lanes::TokenLanes;
 use super::{PANEL, activation_type};
 use crate::pool::Pool;
 
@@ -27,6 +30,8 @@ pub struct Activations {
     tile_s: Vec<f32>,
     /// Q8_0 batches: [`ActTile::bias`] of every tile, in the same block-major order.
     tile_bias: Vec<i32>,
+    /// Q8_K batches: the tokens in lanes, laid out when a kernel first asks.
+    lanes: OnceLock<TokenLanes>,
 }
 
 /// [`PANEL`] tokens' activation blocks and their widened scales, block-major (`d[i ·
@@ -94,6 +99,7 @@ impl Activations {
             tile_d: Vec::new(),
             tile_s: Vec::new(),
             tile_bias: Vec::new(),
+            lanes: OnceLock::new(),
         };
         if ty == GgmlType::F32 {
             act.floats = x.to_vec();
@@ -196,6 +202,14 @@ impl Activations {
             s: self.tile_s.get(k * ns..(k + 1) * ns).unwrap_or_default(),
             bias: self.tile_bias.get(k * nb..(k + 1) * nb).unwrap_or_default(),
         }
+    }
+
+    /// The batch's Q8_K blocks with the tokens in lanes (empty for other types).
+    pub fn token_lanes(&self) -> &TokenLanes {
+        self.lanes.get_or_init(|| {
+            let tokens = if self.ty == GgmlType::Q8K { self.tokens } else { 0 };
+            TokenLanes::new(tokens, |t| self.blocks(t))
+        })
     }
 
     /// Token `t`'s blocks and widened scales.

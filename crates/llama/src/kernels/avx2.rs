@@ -10,7 +10,7 @@ use amalgam_gguf::blocks::{
 };
 
 use super::float::{LANES, fold, fold8};
-use super::{ActRow, Kernels, Panel, Panels, avx2_k, avx2_k_panel, avx2_panel};
+use super::{ActRow, Gemms, Kernels, Panel, Panels, avx2_k, avx2_k_panel, avx2_panel};
 
 /// The AVX2 kernels, if this CPU has AVX2, FMA and F16C.
 pub fn kernels() -> Option<Kernels> {
@@ -49,6 +49,7 @@ pub fn kernels() -> Option<Kernels> {
             q5_k: Panel::Quant(avx2_k_panel::panel_q5_k),
             q6_k: Panel::Quant(avx2_k_panel::panel_q6_k),
         },
+        gemms: Gemms::default(),
     })
 }
 

@@ -1,18 +1,20 @@
 //! AVX2 dot products of the K-quant super-blocks with Q8_K activations: each
 //! super-block's levels are unpacked (32 per register) with its scales (the panels in
 //! `avx2_k_panel` unpack them the same way, once for a tile of tokens); `maddubs` with the
-//! activations and `madd` with the group scales give eight integer lanes, finished as the
-//! scalar kernels finish them.
+//! activations and `madd` with the group scales give eight integer lanes, summed to the
+//! super-block's exact integer and finished as the scalar kernels finish it.
 
 use std::arch::x86_64::*;
 
 use amalgam_gguf::blocks::{
-    BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, q3k_scales,
+    Block, BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, as_blocks, q3k_scales,
 };
 
 use super::ActRow;
-use super::avx2::{checked_quant, f16, load32, quant_dot};
-use super::kquants::{bsum, k4_mins, k4_scales, q2k_mins, q2k_scales, q8k_d, widen};
+use super::avx2::{PREFETCH_AHEAD, checked_quant, f16, load32};
+use super::kquants::{
+    SuperBlock, add_super_block, bsum, k4_mins, k4_scales, q2k_mins, q2k_scales, q8k_d, widen,
+};
 
 checked_quant! {
     dot_q2_k => q2_k_body;
@@ -72,27 +74,56 @@ fn lanes<const M: usize>(b: &Decoded<M>, y: &BlockQ8K) -> __m256i {
     lanes
 }
 
-/// One token's product for the types with a mins term (Q2_K, Q4_K, Q5_K): the scale
-/// product, the lanes, and `dmin`'s share of `mins`.
+/// One token's super-block for the types with a mins term (Q2_K, Q4_K, Q5_K).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn with_mins<const M: usize>(b: &Decoded<M>, y: &BlockQ8K, mins: i32) -> (f32, __m256i, f32) {
-    (q8k_d(y) * b.d, lanes(b, y), (q8k_d(y) * b.dmin) * mins as f32)
+fn with_mins<const M: usize>(b: &Decoded<M>, y: &BlockQ8K, mins: i32) -> SuperBlock {
+    let sum = sum_lanes(lanes(b, y));
+    SuperBlock { d: q8k_d(y) * b.d, sum, dmin: q8k_d(y) * b.dmin, mins }
 }
 
-/// One token's product for the types stored `offset` above their quants (Q3_K, Q6_K).
+/// One token's super-block for the types stored `offset` above their quants (Q3_K, Q6_K).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn with_offset(b: &Decoded<16>, y: &BlockQ8K, offset: i32) -> (f32, __m256i, f32) {
-    (b.d * q8k_d(y), correct(lanes(b, y), y, &b.ints, offset), 0.0)
+fn with_offset(b: &Decoded<16>, y: &BlockQ8K, offset: i32) -> SuperBlock {
+    let sum = sum_lanes(lanes(b, y)).wrapping_sub(offset.wrapping_mul(weighted_bsum(y, &b.ints)));
+    SuperBlock { d: b.d * q8k_d(y), sum, dmin: 0.0, mins: 0 }
 }
 
-/// `lanes[0] −= offset · Σ scale_g · bsum_g` (levels stored `offset` above the quants).
+/// `Σ_g scales_g · bsum_g`.
+#[inline(always)]
+fn weighted_bsum(y: &BlockQ8K, scales: &[i32; 16]) -> i32 {
+    (0..16).map(|g| scales[g] * bsum(y, g)).sum()
+}
+
+/// The sum of the eight lanes (exact, in wrapping arithmetic like every integer step).
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn correct(lanes: __m256i, y: &BlockQ8K, scales: &[i32; 16], offset: i32) -> __m256i {
-    let correction: i32 = (0..16).map(|g| scales[g] * bsum(y, g)).sum();
-    _mm256_sub_epi32(lanes, _mm256_setr_epi32(offset * correction, 0, 0, 0, 0, 0, 0, 0))
+pub(super) fn sum_lanes(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<1>(s)))
+}
+
+/// One token's product: each super-block decoded by `prep`, made a [`SuperBlock`] by
+/// `mul`, and added to the running sum as the scalar kernels add it.
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn k_dot<W: Block, P>(
+    w: &[u8],
+    act: ActRow,
+    prep: impl Fn(&W) -> P,
+    mul: impl Fn(&P, &BlockQ8K) -> SuperBlock,
+) -> f32 {
+    let weights: &[W] = as_blocks(w).unwrap_or_default();
+    let blocks: &[BlockQ8K] = as_blocks(act.blocks).unwrap_or_default();
+    let mut acc = 0f32;
+    for (x, y) in weights.iter().zip(blocks) {
+        // A hint only (the address need not be valid): the rows stream from memory.
+        _mm_prefetch::<_MM_HINT_T0>((x as *const W).cast::<i8>().wrapping_add(PREFETCH_AHEAD));
+        acc = add_super_block(acc, &mul(&prep(x), y));
+    }
+    acc
 }
 
 /// The scale vectors of chunks with two 16-element groups each.
@@ -156,18 +187,12 @@ pub(super) fn prep_q3_k(x: &BlockQ3K) -> Decoded<16> {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q2_k_body(w: &[u8], a: ActRow) -> f32 {
-    quant_dot(
-        w,
-        a,
-        -1.0,
-        |x| prep_q2_k(x),
-        |b, y: &BlockQ8K, _, _| with_mins(b, y, q2k_mins(&b.ints, y)),
-    )
+    k_dot(w, a, |x| prep_q2_k(x), |b, y: &BlockQ8K| with_mins(b, y, q2k_mins(&b.ints, y)))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q3_k_body(w: &[u8], a: ActRow) -> f32 {
-    quant_dot(w, a, -1.0, |x| prep_q3_k(x), |b, y: &BlockQ8K, _, _| with_offset(b, y, Q3K_OFFSET))
+    k_dot(w, a, |x| prep_q3_k(x), |b, y: &BlockQ8K| with_offset(b, y, Q3K_OFFSET))
 }
 
 /// Q4_K/Q5_K decoded, `high(j)` giving chunk `j`'s bit 4.
@@ -228,27 +253,15 @@ pub(super) const Q6K_OFFSET: i32 = 32;
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q4_k_body(w: &[u8], a: ActRow) -> f32 {
-    quant_dot(
-        w,
-        a,
-        -1.0,
-        |x| prep_q4_k(x),
-        |b, y: &BlockQ8K, _, _| with_mins(b, y, k4_mins(&b.ints, y)),
-    )
+    k_dot(w, a, |x| prep_q4_k(x), |b, y: &BlockQ8K| with_mins(b, y, k4_mins(&b.ints, y)))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q5_k_body(w: &[u8], a: ActRow) -> f32 {
-    quant_dot(
-        w,
-        a,
-        -1.0,
-        |x| prep_q5_k(x),
-        |b, y: &BlockQ8K, _, _| with_mins(b, y, k4_mins(&b.ints, y)),
-    )
+    k_dot(w, a, |x| prep_q5_k(x), |b, y: &BlockQ8K| with_mins(b, y, k4_mins(&b.ints, y)))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 fn q6_k_body(w: &[u8], a: ActRow) -> f32 {
-    quant_dot(w, a, -1.0, |x| prep_q6_k(x), |b, y: &BlockQ8K, _, _| with_offset(b, y, Q6K_OFFSET))
+    k_dot(w, a, |x| prep_q6_k(x), |b, y: &BlockQ8K| with_offset(b, y, Q6K_OFFSET))
 }

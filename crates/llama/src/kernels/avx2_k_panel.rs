@@ -1,13 +1,13 @@
 //! AVX2 panel kernels of the K-quants: one weight row against [`PANEL`] tokens per pass.
 //! Each super-block is unpacked once for all of them (levels and scale vectors, as the
 //! one-token kernels unpack it); per token, eight `maddubs` and scaled adds give the
-//! integer lanes. What the one-token kernels add per token in scalar code is done for
-//! the whole tile in vectors:
+//! integer lanes. The rest is done for the whole tile in vectors, one lane per token:
 //!
-//! - the scale products `d_y · d` and, for Q2_K/Q4_K/Q5_K, the mins term
-//!   `(d_y · dmin) · Σ_g min_g · bsum_g`, accumulated per token in its own lane;
+//! - the lanes summed to each token's integer by one transposing add of the tile;
 //! - the integer sums `Σ_g w_g · bsum_g` (mins, or the group scales that Q3_K/Q6_K's
-//!   offset correction takes) by one `madd` per token and a transposing add of the tile.
+//!   offset correction takes) by one `madd` per token and another transposing add;
+//! - the one-token kernels' float steps: `fma(d_y · d, sum, acc)` and, for
+//!   Q2_K/Q4_K/Q5_K, `fma(−(d_y · dmin), mins, acc)`.
 //!
 //! The integers are exact and the float steps are the one-token kernels', in their order,
 //! so every output has the one-token bits.
@@ -22,7 +22,7 @@ use super::avx2::PREFETCH_AHEAD;
 use super::avx2_k::{
     Decoded, Q3K_OFFSET, Q6K_OFFSET, act, prep_q2_k, prep_q3_k, prep_q4_k, prep_q5_k, prep_q6_k,
 };
-use super::avx2_panel::{finish, tile_blocks, walkable};
+use super::avx2_panel::{tile_blocks, walkable};
 use super::{ActTile, PANEL};
 
 /// Declares the panel kernels of the K-quant types. `$offset` is 0 for the types with a
@@ -62,8 +62,8 @@ fn k_panel<W: Block, const M: usize, const OFFSET: i32>(
     let weights: &[W] = as_blocks(w).unwrap_or_default();
     let acts = tile_blocks::<BlockQ8K>(tile);
     let n = walkable(weights, &acts, tile, false);
-    let (mut acc, mut mins) = ([_mm256_setzero_ps(); PANEL], _mm256_setzero_ps());
-    let (mut scales, mut corrections) = ([0f32; PANEL], [0i32; PANEL]);
+    // Lane `t` is token `t`'s running sum.
+    let mut acc = _mm256_setzero_ps();
     for i in 0..n {
         // SAFETY: `i < n`, and `n` is at most every token's block count and the scale
         // run's length over `PANEL`, so each block and the `PANEL` scales from `i · PANEL`
@@ -75,36 +75,45 @@ fn k_panel<W: Block, const M: usize, const OFFSET: i32>(
         // A hint only (the address need not be valid): the rows stream from memory.
         _mm_prefetch::<_MM_HINT_T0>((x as *const W).cast::<i8>().wrapping_add(PREFETCH_AHEAD));
         let b = prep(x);
-        // SAFETY: writes the 8 floats of `scales`.
-        unsafe { _mm256_storeu_ps(scales.as_mut_ptr(), _mm256_mul_ps(dy, _mm256_set1_ps(b.d))) };
-        let sums = weighted_bsums(&ys, &b.ints);
-        if OFFSET == 0 {
-            let dmin = _mm256_mul_ps(dy, _mm256_set1_ps(b.dmin));
-            mins = _mm256_add_ps(mins, _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(sums)));
-        } else {
-            let c = _mm256_mullo_epi32(sums, _mm256_set1_epi32(OFFSET));
-            // SAFETY: writes the 8 integers of `corrections`.
-            unsafe { _mm256_storeu_si256(corrections.as_mut_ptr().cast(), c) };
-        }
-        // Built as a new array (not updated in a loop) so the accumulators can stay in
-        // registers.
-        acc = std::array::from_fn(|t| {
+        let lanes: [__m256i; PANEL] = std::array::from_fn(|t| {
             let mut lanes = _mm256_setzero_si256();
             for c in 0..8 {
                 let products = _mm256_maddubs_epi16(b.levels[c], act(ys[t], c));
                 lanes = _mm256_add_epi32(lanes, _mm256_madd_epi16(products, b.scales[c]));
             }
-            if OFFSET != 0 {
-                let first = _mm256_setr_epi32(corrections[t], 0, 0, 0, 0, 0, 0, 0);
-                lanes = _mm256_sub_epi32(lanes, first);
-            }
-            let scale = _mm256_set1_ps(scales[t]);
-            _mm256_fmadd_ps(scale, _mm256_cvtepi32_ps(lanes), acc[t])
+            lanes
         });
+        let bsums = weighted_bsums(&ys, &b.ints);
+        acc = add_super_blocks(acc, dy, (b.d, b.dmin), sum_each(lanes), bsums, OFFSET);
     }
-    // The one-token kernels add `sign · mins` with sign −1: multiplied, not subtracted,
-    // so a zero keeps the sign it gets there.
-    finish(acc, _mm256_mul_ps(_mm256_set1_ps(-1.0), mins), out);
+    // SAFETY: writes the `PANEL` = 8 floats of `out`.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), acc) };
+}
+
+/// Each token's super-block added to its running sum (lane `t` of each vector is token
+/// `t`) as the one-token kernels add it: `sums` are the tokens' integer sums before the
+/// offset correction, `bsums` the weighted activation sums (the mins term when `offset`
+/// is 0, else the correction's `Σ scale_g · bsum_g`).
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+pub(super) fn add_super_blocks(
+    acc: __m256,
+    dy: __m256,
+    (d, dmin): (f32, f32),
+    sums: __m256i,
+    bsums: __m256i,
+    offset: i32,
+) -> __m256 {
+    if offset == 0 {
+        let acc =
+            _mm256_fmadd_ps(_mm256_mul_ps(dy, _mm256_set1_ps(d)), _mm256_cvtepi32_ps(sums), acc);
+        let dmin = _mm256_mul_ps(dy, _mm256_set1_ps(dmin));
+        _mm256_fnmadd_ps(dmin, _mm256_cvtepi32_ps(bsums), acc)
+    } else {
+        let corrected =
+            _mm256_sub_epi32(sums, _mm256_mullo_epi32(bsums, _mm256_set1_epi32(offset)));
+        _mm256_fmadd_ps(_mm256_mul_ps(dy, _mm256_set1_ps(d)), _mm256_cvtepi32_ps(corrected), acc)
+    }
 }
 
 /// Per token of the tile, `Σ_g ints_g · bsum_g` over the 16 activation sums of its
@@ -126,7 +135,7 @@ pub(super) fn weighted_bsums<const M: usize>(ys: &[&BlockQ8K; PANEL], ints: &[i3
 /// The sum of each vector's eight lanes, as the lanes of one vector.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-fn sum_each(v: [__m256i; 8]) -> __m256i {
+pub(super) fn sum_each(v: [__m256i; 8]) -> __m256i {
     // Per 128-bit half, `hadd` twice leaves each vector's sum over that half.
     let low = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
     let high = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));

@@ -4,9 +4,9 @@
 //! activation chunk is loaded once for four rows.
 //!
 //! Each half is exactly the AVX2 K-quant panel's register for its row: the same unpacked
-//! levels and scale vectors, the same integer lanes and offset correction, the same
-//! `d_y · d` scale and `fma` per super-block; the mins term and the fold are that panel's
-//! per row. Every output therefore has the one-token bits.
+//! levels and scale vectors, the same integer lanes; their sums, the offset correction or
+//! mins term and the float steps are that panel's per row. Every output therefore has the
+//! one-token bits.
 
 use std::arch::x86_64::*;
 
@@ -18,9 +18,9 @@ use super::avx2::PREFETCH_AHEAD;
 use super::avx2_k::{
     Decoded, Q3K_OFFSET, Q6K_OFFSET, act, prep_q2_k, prep_q3_k, prep_q4_k, prep_q5_k, prep_q6_k,
 };
-use super::avx2_k_panel::weighted_bsums;
+use super::avx2_k_panel::{add_super_blocks, sum_each, weighted_bsums};
 use super::avx2_panel::{tile_blocks, walkable};
-use super::avx512_pairs::{PAIRS, ROWS, RowsOut, finish_pairs, pair_i, pair_ps};
+use super::avx512_pairs::{PAIRS, ROWS, RowsOut};
 use super::{ActTile, PANEL, Panel, Panels};
 
 /// The panels with these for the K-quants, if this CPU has AVX-512 F, BW and VL (on top
@@ -67,9 +67,9 @@ k_panels! {
 struct Pairs {
     levels: [[__m512i; 8]; PAIRS],
     scales: [[__m512i; 8]; PAIRS],
-    /// Per row and token: `d_y · d`, and the offset correction (0 for the mins types).
-    d: [[f32; PANEL]; ROWS],
-    corrections: [[i32; PANEL]; ROWS],
+    /// Per row: the block's `d` and `dmin`, and per token `Σ_g ints_g · bsum_g`.
+    d: [(f32, f32); ROWS],
+    bsums: [__m256i; ROWS],
 }
 
 /// The panel loop. `prep` unpacks a super-block; `M` is the number of integers it gives
@@ -85,13 +85,13 @@ fn k_panel<W: Block, const M: usize, const OFFSET: i32>(
     let rows: [&[W]; ROWS] = w.map(|r| as_blocks(r).unwrap_or_default());
     let acts = tile_blocks::<BlockQ8K>(tile);
     let n = rows.iter().map(|r| walkable(r, &acts, tile, false)).min().unwrap_or(0);
-    let mut acc = [[_mm512_setzero_ps(); PANEL]; PAIRS];
-    let mut mins = [_mm256_setzero_ps(); ROWS];
+    // Lane `t` of `acc[r]` is row `r`'s running sum for token `t`.
+    let mut acc = [_mm256_setzero_ps(); ROWS];
     let mut p = Pairs {
         levels: [[_mm512_setzero_si512(); 8]; PAIRS],
         scales: [[_mm512_setzero_si512(); 8]; PAIRS],
-        d: [[0f32; PANEL]; ROWS],
-        corrections: [[0i32; PANEL]; ROWS],
+        d: [(0.0, 0.0); ROWS],
+        bsums: [_mm256_setzero_si256(); ROWS],
     };
     for i in 0..n {
         // SAFETY: `i < n`, and `n` is at most every row's and every token's block count
@@ -107,19 +107,8 @@ fn k_panel<W: Block, const M: usize, const OFFSET: i32>(
             // A hint only (the address need not be valid): the rows stream from memory.
             _mm_prefetch::<_MM_HINT_T0>((x as *const W).cast::<i8>().wrapping_add(PREFETCH_AHEAD));
             let b = prep(x);
-            // SAFETY: writes the 8 floats of `p.d[r]`.
-            unsafe {
-                _mm256_storeu_ps(p.d[r].as_mut_ptr(), _mm256_mul_ps(dy, _mm256_set1_ps(b.d)))
-            };
-            let sums = weighted_bsums(&ys, &b.ints);
-            if OFFSET == 0 {
-                let dmin = _mm256_mul_ps(dy, _mm256_set1_ps(b.dmin));
-                mins[r] = _mm256_add_ps(mins[r], _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(sums)));
-            } else {
-                let c = _mm256_mullo_epi32(sums, _mm256_set1_epi32(OFFSET));
-                // SAFETY: writes the 8 integers of `p.corrections[r]`.
-                unsafe { _mm256_storeu_si256(p.corrections[r].as_mut_ptr().cast(), c) };
-            }
+            p.d[r] = (b.d, b.dmin);
+            p.bsums[r] = weighted_bsums(&ys, &b.ints);
             // Row `2q` fills the low halves of pair `q`, row `2q + 1` the high ones.
             let q = r / 2;
             for c in 0..8 {
@@ -132,33 +121,37 @@ fn k_panel<W: Block, const M: usize, const OFFSET: i32>(
                 }
             }
         }
+        let mut lanes = [[_mm512_setzero_si512(); PANEL]; PAIRS];
         for (t, y) in ys.iter().enumerate() {
-            let mut lanes = [_mm512_setzero_si512(); PAIRS];
             for c in 0..8 {
                 let a = _mm512_broadcast_i64x4(act(y, c));
                 for (l, (levels, scales)) in lanes.iter_mut().zip(p.levels.iter().zip(&p.scales)) {
                     let products = _mm512_maddubs_epi16(levels[c], a);
-                    *l = _mm512_add_epi32(*l, _mm512_madd_epi16(products, scales[c]));
+                    l[t] = _mm512_add_epi32(l[t], _mm512_madd_epi16(products, scales[c]));
                 }
             }
-            for (q, l) in lanes.iter().enumerate() {
-                let (lo, hi) = (2 * q, 2 * q + 1);
-                let mut l = *l;
-                if OFFSET != 0 {
-                    // Lane 0 of each half.
-                    let (cl, ch) = (p.corrections[lo][t], p.corrections[hi][t]);
-                    let first = pair_i(
-                        _mm256_setr_epi32(cl, 0, 0, 0, 0, 0, 0, 0),
-                        _mm256_setr_epi32(ch, 0, 0, 0, 0, 0, 0, 0),
-                    );
-                    l = _mm512_sub_epi32(l, first);
-                }
-                let scale = pair_ps(p.d[lo][t], p.d[hi][t]);
-                acc[q][t] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(l), acc[q][t]);
+        }
+        for (q, lanes) in lanes.iter().enumerate() {
+            let (lo, hi) = split(lanes);
+            for (r, half) in [(2 * q, lo), (2 * q + 1, hi)] {
+                acc[r] = add_super_blocks(acc[r], dy, p.d[r], sum_each(half), p.bsums[r], OFFSET);
             }
         }
     }
-    // As the AVX2 panel: the one-token kernels add `sign · mins` with sign −1.
-    let extra = mins.map(|m| _mm256_mul_ps(_mm256_set1_ps(-1.0), m));
-    finish_pairs(&acc, &extra, out);
+    for (o, acc) in out.iter_mut().zip(acc) {
+        // SAFETY: writes the `PANEL` = 8 floats of the row's outputs.
+        unsafe { _mm256_storeu_ps(o.as_mut_ptr(), acc) };
+    }
+}
+
+/// Each token's register of a pair split into its low (row `2q`) and high halves.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+#[inline]
+fn split(pair: &[__m512i; PANEL]) -> ([__m256i; PANEL], [__m256i; PANEL]) {
+    let (mut lo, mut hi) = ([_mm256_setzero_si256(); PANEL], [_mm256_setzero_si256(); PANEL]);
+    for t in 0..PANEL {
+        lo[t] = _mm512_castsi512_si256(pair[t]);
+        hi[t] = _mm512_extracti64x4_epi64::<1>(pair[t]);
+    }
+    (lo, hi)
 }

@@ -1,5 +1,5 @@
-//! Two weight rows per 512-bit register, one per 256-bit half: the layout and the finish
-//! the four-row panels share (`vnni512_panel`, `avx512_k_panel`).
+//! Two weight rows per 512-bit register, one per 256-bit half: the layout the four-row
+//! panels share (`vnni512_panel`, `avx512_k_panel`), and the finish of the first.
 
 use std::arch::x86_64::*;
 

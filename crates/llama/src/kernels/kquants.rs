@@ -1,16 +1,17 @@
 //! Scalar dot products of the K-quant super-blocks (Q2_K…Q6_K) with Q8_K activations.
-//! Per super-block: the quants unpacked to unsigned levels, eight exact integer lane sums
-//! (lane `l` of each 32-element chunk takes elements `4l..4l + 4`) weighted by the group
-//! scales — the levels' offset (Q3_K: 4, Q6_K: 32) taken back through the activations'
-//! `bsums` into lane 0 — then `fma(d, lanes, acc)` per float lane, the mins term summed
-//! apart, and the lanes folded at the end. The AVX2 kernels do the same operations.
+//! Per super-block: one exact integer `Σ_g scale_g · Σ_{e∈g} level_e · q_e` (the levels'
+//! offset — Q3_K: 4, Q6_K: 32 — taken back through the activations' `bsums`), and for
+//! Q2_K/Q4_K/Q5_K the exact mins term `Σ_g min_g · bsum_g`; then `acc = fma(d_y · d, sum,
+//! acc)` and `acc = fma(−(d_y · dmin), mins, acc)`, one running f32 over the super-blocks.
+//! Integer sums are the same in any order (they are exact, and wrap alike mod 2^32), so
+//! every SIMD kernel — one token, a panel of tokens, or tokens in lanes — gives these bits.
 
 use amalgam_gguf::blocks::{
     BlockQ2K, BlockQ3K, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, f16, q3k_scales, scale_min_k4,
 };
 use amalgam_gguf::ggml_type::QK_K;
 
-use super::legacy::lanes_dot;
+use super::legacy::pairs;
 
 /// The activation block's scale.
 #[inline(always)]
@@ -24,41 +25,42 @@ pub fn bsum(y: &BlockQ8K, j: usize) -> i32 {
     i32::from(i16::from_le_bytes(y.bsums[j]))
 }
 
-/// The lane sums of chunk `c` (32 elements) of unsigned levels times activations.
-#[inline(always)]
-fn chunk_lanes(u: &[u8; QK_K], y: &BlockQ8K, c: usize) -> [i32; 8] {
-    let mut lanes = [0i32; 8];
-    for i in 0..32 {
-        lanes[i / 4] += i32::from(u[32 * c + i]) * i32::from(y.qs[32 * c + i]);
-    }
-    lanes
+/// One super-block's product before its scales: `d_y · d` times `sum`, less `d_y · dmin`
+/// times `mins` (both 0 for the types without mins).
+pub struct SuperBlock {
+    pub d: f32,
+    pub sum: i32,
+    pub dmin: f32,
+    pub mins: i32,
 }
 
-/// Σ over chunks of lanes weighted by one scale per 32 elements.
+/// One super-block's share of the running sum: `fma(d, sum, acc)`, then `fma(−dmin,
+/// mins, acc)` (the second leaves `acc` as it is when both are 0, sign included).
 #[inline(always)]
-fn lanes_by_32(u: &[u8; QK_K], y: &BlockQ8K, scales: &[i32; 8]) -> [i32; 8] {
-    let mut lanes = [0i32; 8];
-    for (c, &s) in scales.iter().enumerate() {
-        for (o, l) in lanes.iter_mut().zip(chunk_lanes(u, y, c)) {
-            *o += s * l;
-        }
-    }
-    lanes
+pub fn add_super_block(acc: f32, b: &SuperBlock) -> f32 {
+    let acc = b.d.mul_add(b.sum as f32, acc);
+    (-b.dmin).mul_add(b.mins as f32, acc)
 }
 
-/// Σ over chunks of lanes weighted by one scale per 16 elements (lanes 0–3 take the
-/// first group of a chunk, lanes 4–7 the second), less `offset · Σ scale · bsum` in lane 0.
+/// Σ over groups of `G` elements: `scales[g] · Σ_{e∈g} u_e · q_e`, less `offset · Σ_g
+/// scales[g] · (activation sum of g)`.
 #[inline(always)]
-fn lanes_by_16(u: &[u8; QK_K], y: &BlockQ8K, scales: &[i32; 16], offset: i32) -> [i32; 8] {
-    let mut lanes = [0i32; 8];
-    for c in 0..8 {
-        for (l, v) in chunk_lanes(u, y, c).into_iter().enumerate() {
-            lanes[l] += scales[2 * c + l / 4] * v;
-        }
+fn weighted_levels<const N: usize>(
+    u: &[u8; QK_K],
+    y: &BlockQ8K,
+    scales: &[i32; N],
+    offset: i32,
+) -> i32 {
+    let per = QK_K / N;
+    let mut sum = 0i32;
+    for (g, &s) in scales.iter().enumerate() {
+        let group = (g * per..(g + 1) * per)
+            .map(|e| i32::from(u[e]) * i32::from(y.qs[e]))
+            .fold(0i32, i32::wrapping_add);
+        let act: i32 = (g * per / 16..(g + 1) * per / 16).map(|j| bsum(y, j)).sum();
+        sum = sum.wrapping_add(s.wrapping_mul(group.wrapping_sub(offset * act)));
     }
-    let correction: i32 = (0..16).map(|g| scales[g] * bsum(y, g)).sum();
-    lanes[0] -= offset * correction;
-    lanes
+    sum
 }
 
 /// 2-bit levels packed as Q2_K/Q3_K pack them: `qs[32h + l]` holds elements
@@ -152,51 +154,64 @@ pub fn widen(scales: [i8; 16]) -> [i32; 16] {
     scales.map(i32::from)
 }
 
-/// Runs `block` over the super-blocks: `fold8(lanes) − Σ mins`.
+/// Runs `block` over the super-blocks into one running sum ([`add_super_block`]).
 #[inline(always)]
 fn dot<W: amalgam_gguf::blocks::Block>(
     w: &[u8],
     a: &[u8],
-    block: impl Fn(&W, &BlockQ8K) -> (f32, [i32; 8], f32),
+    block: impl Fn(&W, &BlockQ8K) -> SuperBlock,
 ) -> f32 {
-    lanes_dot(w, a, -1.0, block)
+    pairs::<W, BlockQ8K>(w, a).fold(0.0, |acc, (x, y)| add_super_block(acc, &block(x, y)))
+}
+
+/// A super-block of a type with no mins term.
+#[inline(always)]
+fn plain(d: f32, sum: i32) -> SuperBlock {
+    SuperBlock { d, sum, dmin: 0.0, mins: 0 }
 }
 
 fn one_q2_k(w: &[u8], a: &[u8]) -> f32 {
     dot(w, a, |x: &BlockQ2K, y| {
         let (scales, mins) = q2k_scales(x);
-        let lanes = lanes_by_16(&unpack_2bit(&x.qs), y, &scales, 0);
-        (q8k_d(y) * f16(x.d), lanes, (q8k_d(y) * f16(x.dmin)) * q2k_mins(&mins, y) as f32)
+        SuperBlock {
+            d: q8k_d(y) * f16(x.d),
+            sum: weighted_levels(&unpack_2bit(&x.qs), y, &scales, 0),
+            dmin: q8k_d(y) * f16(x.dmin),
+            mins: q2k_mins(&mins, y),
+        }
     })
 }
 
 fn one_q3_k(w: &[u8], a: &[u8]) -> f32 {
     dot(w, a, |x: &BlockQ3K, y| {
-        let lanes = lanes_by_16(&unpack_q3k(x), y, &widen(q3k_scales(&x.scales)), 4);
-        (f16(x.d) * q8k_d(y), lanes, 0.0)
+        let sum = weighted_levels(&unpack_q3k(x), y, &widen(q3k_scales(&x.scales)), 4);
+        plain(f16(x.d) * q8k_d(y), sum)
     })
+}
+
+/// Q4_K and Q5_K from their unpacked levels.
+#[inline(always)]
+fn k4(u: &[u8; QK_K], packed: &[u8; 12], d: [u8; 2], dmin: [u8; 2], y: &BlockQ8K) -> SuperBlock {
+    let (scales, mins) = k4_scales(packed);
+    SuperBlock {
+        d: q8k_d(y) * f16(d),
+        sum: weighted_levels(u, y, &scales, 0),
+        dmin: q8k_d(y) * f16(dmin),
+        mins: k4_mins(&mins, y),
+    }
 }
 
 fn one_q4_k(w: &[u8], a: &[u8]) -> f32 {
-    dot(w, a, |x: &BlockQ4K, y| {
-        let (scales, mins) = k4_scales(&x.scales);
-        let lanes = lanes_by_32(&unpack_4bit(&x.qs), y, &scales);
-        (q8k_d(y) * f16(x.d), lanes, (q8k_d(y) * f16(x.dmin)) * k4_mins(&mins, y) as f32)
-    })
+    dot(w, a, |x: &BlockQ4K, y| k4(&unpack_4bit(&x.qs), &x.scales, x.d, x.dmin, y))
 }
 
 fn one_q5_k(w: &[u8], a: &[u8]) -> f32 {
-    dot(w, a, |x: &BlockQ5K, y| {
-        let (scales, mins) = k4_scales(&x.scales);
-        let lanes = lanes_by_32(&unpack_q5k(x), y, &scales);
-        (q8k_d(y) * f16(x.d), lanes, (q8k_d(y) * f16(x.dmin)) * k4_mins(&mins, y) as f32)
-    })
+    dot(w, a, |x: &BlockQ5K, y| k4(&unpack_q5k(x), &x.scales, x.d, x.dmin, y))
 }
 
 fn one_q6_k(w: &[u8], a: &[u8]) -> f32 {
     dot(w, a, |x: &BlockQ6K, y| {
-        let lanes = lanes_by_16(&unpack_q6k(x), y, &widen(x.scales), 32);
-        (f16(x.d) * q8k_d(y), lanes, 0.0)
+        plain(f16(x.d) * q8k_d(y), weighted_levels(&unpack_q6k(x), y, &widen(x.scales), 32))
     })
 }
 

@@ -25,6 +25,9 @@ mod avx512_panel;
 mod float;
 mod kquants;
 mod legacy;
+pub mod token_lanes;
+#[cfg(target_arch = "x86_64")]
+mod vnni512_k_gemm;
 #[cfg(target_arch = "x86_64")]
 mod vnni512_panel;
 #[cfg(target_arch = "x86_64")]
@@ -58,6 +61,23 @@ pub type FloatPanelOf<const R: usize, const T: usize> =
 pub type FloatPanel = FloatPanelOf<FLOAT_ROWS, FLOAT_TOKENS>;
 /// The float panel for CPUs with 32 vector registers: [`WIDE_ROWS`] × [`WIDE_TOKENS`].
 pub type WideFloatPanel = FloatPanelOf<WIDE_ROWS, WIDE_TOKENS>;
+
+/// A whole batch's product with one weight type's matrix, on the threads of a pool:
+/// `out[t · rows + r]`, each computed exactly as for one row and one token alone.
+pub type Gemm = fn(&Pool, &Matrix, &Activations, &mut [f32]);
+
+/// Batch products of the K-quant types, where a kernel set has them.
+#[derive(Clone, Copy, Default)]
+pub struct Gemms {
+    pub q2_k: Option<Gemm>,
+    pub q3_k: Option<Gemm>,
+    pub q4_k: Option<Gemm>,
+    pub q5_k: Option<Gemm>,
+    pub q6_k: Option<Gemm>,
+}
+
+/// The fewest tokens a [`Gemm`] is used for (below, the panels).
+pub const GEMM_TOKENS: usize = 32;
 
 /// Tokens a quantized panel kernel takes per pass over a weight row: one register
 /// accumulator each.
@@ -126,6 +146,7 @@ pub struct Kernels {
     pub weighted_f16: WeightedSum,
     pub weighted_f32: WeightedSum,
     pub panels: Panels,
+    pub gemms: Gemms,
 }
 
 /// Panel kernels of every weight type.
@@ -177,7 +198,7 @@ impl Kernels {
     /// kernels, then AVX2's, then each with the next extension this CPU has swapped in
     /// (AVX-VNNI for the 32-element block types' panels, AVX-512 for the float panels,
     /// AVX-512BW for four-row K-quant panels, AVX-512 VNNI for four-row panels of the
-    /// 32-element block types).
+    /// 32-element block types and the K-quants' batch products).
     /// All give the same bits; tests hold each to the scalar set.
     pub fn available() -> &'static [Kernels] {
         static ALL: OnceLock<Vec<Kernels>> = OnceLock::new();
@@ -200,7 +221,8 @@ impl Kernels {
                         all.push(k);
                     }
                     if let Some(panels) = vnni512_panel::upgrade(k.panels) {
-                        all.push(Kernels { name: "avx512vnni", panels, ..k });
+                        let gemms = vnni512_k_gemm::gemms().unwrap_or(k.gemms);
+                        all.push(Kernels { name: "avx512vnni", panels, gemms, ..k });
                     }
                 }
             }
@@ -226,6 +248,19 @@ impl Kernels {
             GgmlType::Q6K => Dot::Quant(self.q6_k),
             GgmlType::Q8_1 | GgmlType::Q8K => return None,
         })
+    }
+
+    /// The batch product for weights of type `ty`, where there is one.
+    pub fn gemm(&self, ty: GgmlType) -> Option<Gemm> {
+        let g = &self.gemms;
+        match ty {
+            GgmlType::Q2K => g.q2_k,
+            GgmlType::Q3K => g.q3_k,
+            GgmlType::Q4K => g.q4_k,
+            GgmlType::Q5K => g.q5_k,
+            GgmlType::Q6K => g.q6_k,
+            _ => None,
+        }
     }
 
     /// The panel kernel for weights of type `ty`, where there is one.
@@ -282,11 +317,12 @@ static SCALAR: Kernels = Kernels {
         q5_k: Panel::Quant(kquants::panel_q5_k),
         q6_k: Panel::Quant(kquants::panel_q6_k),
     },
+    gemms: Gemms { q2_k: None, q3_k: None, q4_k: None, q5_k: None, q6_k: None },
 };
 
 /// Rows per work item: enough items to balance the threads, few enough to keep the
 /// shared counter cold.
-fn rows_per_item(rows: usize, threads: usize) -> usize {
+pub(crate) fn rows_per_item(rows: usize, threads: usize) -> usize {
     rows.div_ceil(threads * 4).clamp(16, 512)
 }
 
@@ -304,6 +340,9 @@ pub fn matmul(pool: &Pool, kernels: &Kernels, w: &Matrix, act: &Activations, out
     let Some(dot) = kernels.dot(w.ty) else { panic!("matmul: {} is not a weight type", w.ty) };
     if tokens == 1 {
         return matmul_one(pool, dot, w, act, out);
+    }
+    if let Some(gemm) = kernels.gemm(w.ty).filter(|_| tokens >= GEMM_TOKENS) {
+        return gemm(pool, w, act, out);
     }
     let Some(panel) = kernels.panel(w.ty) else { panic!("matmul: {} has no panel", w.ty) };
     matmul_panels(pool, panel, w, act, out);

@@ -302,3 +302,35 @@ fn check_float_panel<const R: usize, const T: usize>(
         }
     }
 }
+
+#[test]
+fn gemm_products_equal_one_token_products() {
+    let mut rng = Rng::new(19);
+    let (rows, cols) = (11, 1536);
+    // Two 16-token vectors at a time, then one, the last part full.
+    let tokens = 3 * token_lanes::LANE_TOKENS + 5;
+    let mut ran = 0;
+    for ty in WEIGHTS.into_iter().filter(|t| t.block_size() == 256) {
+        let data: Vec<u8> = (0..rows).flat_map(|_| weight_row(&mut rng, ty, cols).0).collect();
+        let w = Matrix { ty, rows, cols, data: &data, scale: 1.0 };
+        let x = random(&mut rng, tokens * cols, 2.0);
+        let act = Activations::new(ty, &x, cols);
+        let Some(Dot::Quant(one)) = Kernels::scalar().dot(ty) else { panic!("{ty}") };
+        for kernels in Kernels::available() {
+            let Some(gemm) = kernels.gemm(ty) else { continue };
+            let mut out = vec![0f32; tokens * rows];
+            gemm(&Pool::new(2), &w, &act, &mut out);
+            for t in 0..tokens {
+                for r in 0..rows {
+                    let (v, expect) = (out[t * rows + r], one(w.row(r), act.row(t)));
+                    let what = format!("{ty} {} row {r} token {t}", kernels.name);
+                    assert_eq!(v.to_bits(), expect.to_bits(), "{what}: {v} vs {expect}");
+                }
+            }
+            ran += 1;
+        }
+    }
+    let expect =
+        if Kernels::available().iter().any(|k| k.gemm(GgmlType::Q4K).is_some()) { 5 } else { 0 };
+    assert_eq!(ran, expect, "every K-quant type has its batch product where there is one");
+}
