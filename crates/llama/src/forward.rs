@@ -5,6 +5,7 @@
 //! (see `kernels`); keys and values round to the cache type on store; everything else —
 //! norms, RoPE, attention scores, softmax, the weighted sum of values, residuals — is f32.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
@@ -352,30 +353,67 @@ impl Step<'_, '_> {
                     ops::round_f16(&mut qs);
                 }
                 cache.scores(self.kernels, all.clone(), kv_head, &qs, &mut scores);
-                for (k, t) in these.enumerate() {
+                // Each query's probabilities over its own keys (from `all.start`).
+                let mut probs: Vec<(Range<usize>, &[f32])> = Vec::with_capacity(group * per);
+                for (scores, t) in scores.chunks_mut(group).zip(these.clone()) {
                     let keys = keys_of(t);
                     let own = keys.start - all.start..keys.end - all.start;
-                    for g in 0..group {
-                        let Some(scores) = scores[k * group + g].get_mut(own.clone()) else {
-                            continue;
-                        };
-                        scores.iter_mut().for_each(|s| *s *= scale);
-                        ops::softmax(scores);
+                    for s in scores.iter_mut() {
+                        let Some(s) = s.get_mut(own.clone()) else { continue };
+                        s.iter_mut().for_each(|v| *v *= scale);
+                        ops::softmax(s);
                         if self.f16_products {
-                            ops::round_f16(scores);
+                            ops::round_f16(s);
                         }
-                        // SAFETY: item `i` owns the outputs of the group's heads of
-                        // its tokens alone: `out[first(t) + g·hd..][..hd]` for `g <
-                        // group`, inside `out` (`t < tokens = out.len() / hd / heads`);
-                        // `run` returns when all are done.
-                        let o = unsafe {
-                            std::slice::from_raw_parts_mut(ptr.at(first(t) + g * hd), hd)
-                        };
-                        cache.add_values(self.kernels, keys.clone(), kv_head, scores, o);
+                        probs.push((keys.clone(), s));
                     }
+                }
+                // SAFETY: item `i` owns the outputs of the group's heads of its tokens
+                // alone: `out[first(t) + g·hd..][..hd]` for `g < group`, inside `out` (`t <
+                // tokens = out.len() / hd / heads`); `run` returns when all are done.
+                let mut outs: Vec<&mut [f32]> = these
+                    .clone()
+                    .flat_map(|t| (0..group).map(move |g| first(t) + g * hd))
+                    .map(|at| unsafe { std::slice::from_raw_parts_mut(ptr.at(at), hd) })
+                    .collect();
+                if probs.len() == outs.len() {
+                    add_values(self.kernels, cache, kv_head, &probs, &mut outs);
                 }
             }
         });
         out
+    }
+}
+
+/// Each output's weighted sum of its keys' values, `probs[q] = (keys, weights)`: the keys
+/// all outputs share in one pass over the values, those before and after them per output
+/// (each output still adds its keys in order).
+fn add_values(
+    kernels: &Kernels,
+    cache: &KvCache,
+    head: usize,
+    probs: &[(Range<usize>, &[f32])],
+    outs: &mut [&mut [f32]],
+) {
+    let start = probs.iter().map(|(k, _)| k.start).max().unwrap_or(0);
+    let end = probs.iter().map(|(k, _)| k.end).min().unwrap_or(0);
+    if start >= end {
+        // A window narrower than the pass: no key is everyone's.
+        for ((keys, w), o) in probs.iter().zip(outs.iter_mut()) {
+            cache.add_values(kernels, keys.clone(), head, w, o);
+        }
+        return;
+    }
+    for ((keys, w), o) in probs.iter().zip(outs.iter_mut()) {
+        let before = keys.start..start;
+        cache.add_values(kernels, before.clone(), head, &w[..before.len()], o);
+    }
+    let shared: Vec<&[f32]> = probs
+        .iter()
+        .map(|(k, w)| w.get(start - k.start..end - k.start).unwrap_or_default())
+        .collect();
+    cache.add_values_many(kernels, start..end, head, &shared, outs);
+    for ((keys, w), o) in probs.iter().zip(outs.iter_mut()) {
+        cache.add_values(kernels, end..keys.end, head, &w[end - keys.start..], o);
     }
 }

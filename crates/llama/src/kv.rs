@@ -149,6 +149,25 @@ impl KvCache {
         }
     }
 
+    /// [`KvCache::add_values`] for several outputs over the same positions (`weights[q]`
+    /// for `outs[q]`), each with the same bits.
+    pub fn add_values_many(
+        &self,
+        kernels: &Kernels,
+        keys: Range<usize>,
+        head: usize,
+        weights: &[&[f32]],
+        outs: &mut [&mut [f32]],
+    ) {
+        let start = self.range(keys.start, head).start;
+        let rows = self.v.get(start..).unwrap_or_default();
+        let stride = self.width * self.ty.size();
+        match self.ty {
+            KvType::F16 => (kernels.weighted_many_f16)(weights, rows, stride, outs),
+            KvType::F32 => (kernels.weighted_many_f32)(weights, rows, stride, outs),
+        }
+    }
+
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.k.len() + self.v.len()

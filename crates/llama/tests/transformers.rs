@@ -150,3 +150,38 @@ fn tokenizer_and_chat_template_render_as_transformers() {
     assert_eq!(assets.tokenizer.encode(&prompt, false).unwrap(), golden.ids("input_ids"));
     assert!(assets.stop.contains(&511), "stop ids {:?} lack <|eot_id|>", assets.stop);
 }
+
+/// Every position's logits, the tokens fed in batches of `sizes` (cycled).
+fn logits_in_batches(model: &Model, tokens: &[u32], sizes: &[usize], kv: KvType) -> Vec<f32> {
+    let mut session = Session::new(model, 256, kv);
+    let (mut out, mut at) = (Vec::new(), 0);
+    for &n in sizes.iter().cycle() {
+        if at == tokens.len() {
+            break;
+        }
+        let end = (at + n).min(tokens.len());
+        out.extend(session.forward(&tokens[at..end], Logits::From(0)).unwrap());
+        at = end;
+    }
+    out
+}
+
+/// A batch gives every position the bits of its tokens fed one at a time, across a
+/// sliding window (mistral's 64) and rows wide enough for the vector paths (tiny-kq).
+#[test]
+fn batches_give_the_bits_of_one_token_at_a_time() {
+    for folder in ["architectures/models/mistral", "gguf/tiny-kq"] {
+        let source = ModelFolder::open(&data(folder)).unwrap();
+        let model = Model::load(&source, Config::from_hf(source.config()).unwrap()).unwrap();
+        let vocab = model.config.vocab as u32;
+        let tokens: Vec<u32> = (0..150u32).map(|i| (i * 37 + 11) % vocab).collect();
+        for kv in [KvType::F16, KvType::F32] {
+            let one = logits_in_batches(&model, &tokens, &[1], kv);
+            for sizes in [&[150][..], &[40, 70, 3]] {
+                let batched = logits_in_batches(&model, &tokens, sizes, kv);
+                let same = one.iter().zip(&batched).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same && one.len() == batched.len(), "{folder} {kv:?} batches {sizes:?}");
+            }
+        }
+    }
+}

@@ -34,6 +34,8 @@ pub fn kernels() -> Option<Kernels> {
         q6_k: avx2_k::dot_q6_k,
         weighted_f16,
         weighted_f32,
+        weighted_many_f16,
+        weighted_many_f32,
         panels: Panels {
             f32: Panel::Float(avx2_panel::panel_f32),
             f16: Panel::Float(avx2_panel::panel_f16),
@@ -94,12 +96,12 @@ checked_quant! {
     dot_q8_0 => q8_0_body;
 }
 
-fn weighted_f16(weights: &[f32], rows: &[u8], stride: usize, out: &mut [f32]) {
+pub(super) fn weighted_f16(weights: &[f32], rows: &[u8], stride: usize, out: &mut [f32]) {
     // SAFETY: only reachable through `kernels()`, after the CPU features are checked.
     unsafe { weighted_body(weights, rows, stride, out, 2) }
 }
 
-fn weighted_f32(weights: &[f32], rows: &[u8], stride: usize, out: &mut [f32]) {
+pub(super) fn weighted_f32(weights: &[f32], rows: &[u8], stride: usize, out: &mut [f32]) {
     // SAFETY: as `weighted_f16`.
     unsafe { weighted_body(weights, rows, stride, out, 4) }
 }
@@ -119,6 +121,14 @@ unsafe fn load_width(rows: &[u8], at: usize, width: usize) -> __m256 {
             _mm256_loadu_ps(rows.as_ptr().add(at).cast())
         }
     }
+}
+
+fn weighted_many_f16(weights: &[&[f32]], rows: &[u8], stride: usize, outs: &mut [&mut [f32]]) {
+    super::float::one_at_a_time(weighted_f16, weights, rows, stride, outs);
+}
+
+fn weighted_many_f32(weights: &[&[f32]], rows: &[u8], stride: usize, outs: &mut [&mut [f32]]) {
+    super::float::one_at_a_time(weighted_f32, weights, rows, stride, outs);
 }
 
 /// [`super::WeightedSum`]: 64 elements of `out` at a time kept in registers while every

@@ -81,6 +81,27 @@ pub fn weighted_f32(weights: &[f32], rows: &[u8], stride: usize, out: &mut [f32]
     weighted_with(weights, rows, stride, out, 4, decode);
 }
 
+/// [`super::WeightedSums`] by `one` per output.
+pub fn one_at_a_time(
+    one: super::WeightedSum,
+    weights: &[&[f32]],
+    rows: &[u8],
+    stride: usize,
+    outs: &mut [&mut [f32]],
+) {
+    for (w, o) in weights.iter().zip(outs) {
+        one(w, rows, stride, o);
+    }
+}
+
+pub fn weighted_many_f16(weights: &[&[f32]], rows: &[u8], stride: usize, outs: &mut [&mut [f32]]) {
+    one_at_a_time(weighted_f16, weights, rows, stride, outs);
+}
+
+pub fn weighted_many_f32(weights: &[&[f32]], rows: &[u8], stride: usize, outs: &mut [&mut [f32]]) {
+    one_at_a_time(weighted_f32, weights, rows, stride, outs);
+}
+
 /// Declares scalar float panel kernels that run the one-token kernel per row and token.
 macro_rules! per_token_float_panel {
     ($($name:ident => $one:ident;)*) => {$(

@@ -22,6 +22,8 @@ mod avx512_k_panel;
 mod avx512_pairs;
 #[cfg(target_arch = "x86_64")]
 mod avx512_panel;
+#[cfg(target_arch = "x86_64")]
+mod avx512_values;
 mod float;
 mod kquants;
 mod legacy;
@@ -125,6 +127,9 @@ pub(crate) use per_token_panel;
 /// `j · stride` of `rows`; rows past its end are left out): each element adds its terms
 /// in `j` order, one `fma` each, as one `out += a · row` per row would.
 pub type WeightedSum = fn(&[f32], &[u8], usize, &mut [f32]);
+/// `outs[q] += Σ_j weights[q][j] · row_j` for several outputs over the same rows, each
+/// element exactly as a [`WeightedSum`] computes it.
+pub type WeightedSums = fn(&[&[f32]], &[u8], usize, &mut [&mut [f32]]);
 
 /// One set of dot-product kernels.
 #[derive(Clone, Copy)]
@@ -145,6 +150,8 @@ pub struct Kernels {
     pub q6_k: QuantDot,
     pub weighted_f16: WeightedSum,
     pub weighted_f32: WeightedSum,
+    pub weighted_many_f16: WeightedSums,
+    pub weighted_many_f32: WeightedSums,
     pub panels: Panels,
     pub gemms: Gemms,
 }
@@ -214,7 +221,13 @@ impl Kernels {
                 }
                 if let Some(panels) = avx512_panel::upgrade(k.panels) {
                     let name = if k.name == "avx2" { "avx512" } else { "avx512+vnni" };
-                    k = Kernels { name, panels, ..k };
+                    k = Kernels {
+                        name,
+                        panels,
+                        weighted_many_f16: avx512_values::weighted_many_f16,
+                        weighted_many_f32: avx512_values::weighted_many_f32,
+                        ..k
+                    };
                     all.push(k);
                     if let Some(panels) = avx512_k_panel::upgrade(k.panels) {
                         k = Kernels { name: "avx512bw", panels, ..k };
@@ -302,6 +315,8 @@ static SCALAR: Kernels = Kernels {
     q6_k: kquants::dot_q6_k,
     weighted_f16: float::weighted_f16,
     weighted_f32: float::weighted_f32,
+    weighted_many_f16: float::weighted_many_f16,
+    weighted_many_f32: float::weighted_many_f32,
     panels: Panels {
         f32: Panel::Float(float::panel_f32),
         f16: Panel::Float(float::panel_f16),

@@ -334,3 +334,37 @@ fn gemm_products_equal_one_token_products() {
         if Kernels::available().iter().any(|k| k.gemm(GgmlType::Q4K).is_some()) { 5 } else { 0 };
     assert_eq!(ran, expect, "every K-quant type has its batch product where there is one");
 }
+
+#[test]
+fn weighted_sums_of_several_outputs_equal_one_at_a_time() {
+    let mut rng = Rng::new(29);
+    for (ty, width) in [(GgmlType::F16, 2), (GgmlType::F32, 4)] {
+        for (n, outputs) in [(64, 6), (64, 9), (128, 4), (80, 2), (8, 3), (200, 7)] {
+            let (stride, rows) = (n * width + 4, 11);
+            let mut bytes = vec![0u8; stride * rows];
+            for r in 0..rows {
+                let (row, _) = weight_row(&mut rng, ty, n);
+                bytes[r * stride..r * stride + n * width].copy_from_slice(&row);
+            }
+            let weights: Vec<Vec<f32>> =
+                (0..outputs).map(|_| random(&mut rng, rows, 1.0)).collect();
+            let w: Vec<&[f32]> = weights.iter().map(Vec::as_slice).collect();
+            let base: Vec<Vec<f32>> = (0..outputs).map(|_| random(&mut rng, n, 1.0)).collect();
+            for kernels in Kernels::available() {
+                let (one, many) = if width == 2 {
+                    (kernels.weighted_f16, kernels.weighted_many_f16)
+                } else {
+                    (kernels.weighted_f32, kernels.weighted_many_f32)
+                };
+                let mut expect = base.clone();
+                for (w, o) in w.iter().zip(&mut expect) {
+                    one(w, &bytes, stride, o);
+                }
+                let mut got = base.clone();
+                let mut outs: Vec<&mut [f32]> = got.iter_mut().map(Vec::as_mut_slice).collect();
+                many(&w, &bytes, stride, &mut outs);
+                assert_eq!(got, expect, "{ty} n={n} outputs {outputs} {}", kernels.name);
+            }
+        }
+    }
+}
