@@ -360,8 +360,7 @@ impl Step<'_, '_> {
                     let own = keys.start - all.start..keys.end - all.start;
                     for s in scores.iter_mut() {
                         let Some(s) = s.get_mut(own.clone()) else { continue };
-                        s.iter_mut().for_each(|v| *v *= scale);
-                        ops::softmax(s);
+                        (self.kernels.softmax)(s, scale);
                         if self.f16_products {
                             ops::round_f16(s);
                         }

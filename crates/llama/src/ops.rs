@@ -1,5 +1,5 @@
 //! The elementwise and row operations of the forward pass, in f32: RMSNorm (sum of
-//! squares in f64, as llama.cpp), the SiLU-gated product, softmax, residual adds.
+//! squares in f64, as llama.cpp), the SiLU-gated product, residual adds.
 
 /// `y = x / sqrt(mean(x²) + eps) · w` for one row.
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, y: &mut [f32]) {
@@ -39,18 +39,6 @@ pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
     for (g, &u) in gate.iter_mut().zip(up) {
         *g = *g / (1.0 + (-*g).exp()) * u;
     }
-}
-
-/// Softmax in place (max subtracted first).
-pub fn softmax(x: &mut [f32]) {
-    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mut sum = 0f32;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
-    x.iter_mut().for_each(|v| *v *= inv);
 }
 
 /// `x += y`.

@@ -10,7 +10,9 @@ use amalgam_gguf::blocks::{
 };
 
 use super::float::{LANES, fold, fold8};
-use super::{ActRow, Gemms, Kernels, Panel, Panels, avx2_k, avx2_k_panel, avx2_panel};
+use super::{
+    ActRow, Gemms, Kernels, Panel, Panels, avx2_k, avx2_k_panel, avx2_panel, avx2_softmax,
+};
 
 /// The AVX2 kernels, if this CPU has AVX2, FMA and F16C.
 pub fn kernels() -> Option<Kernels> {
@@ -36,6 +38,7 @@ pub fn kernels() -> Option<Kernels> {
         weighted_f32,
         weighted_many_f16,
         weighted_many_f32,
+        softmax: avx2_softmax::softmax,
         panels: Panels {
             f32: Panel::Float(avx2_panel::panel_f32),
             f16: Panel::Float(avx2_panel::panel_f16),

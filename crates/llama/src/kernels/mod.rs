@@ -17,6 +17,8 @@ mod avx2_k_panel;
 #[cfg(target_arch = "x86_64")]
 mod avx2_panel;
 #[cfg(target_arch = "x86_64")]
+mod avx2_softmax;
+#[cfg(target_arch = "x86_64")]
 mod avx512_k_panel;
 #[cfg(target_arch = "x86_64")]
 mod avx512_pairs;
@@ -27,6 +29,7 @@ mod avx512_values;
 mod float;
 mod kquants;
 mod legacy;
+pub mod softmax;
 pub mod token_lanes;
 #[cfg(target_arch = "x86_64")]
 mod vnni512_k_gemm;
@@ -130,6 +133,8 @@ pub type WeightedSum = fn(&[f32], &[u8], usize, &mut [f32]);
 /// `outs[q] += Σ_j weights[q][j] · row_j` for several outputs over the same rows, each
 /// element exactly as a [`WeightedSum`] computes it.
 pub type WeightedSums = fn(&[&[f32]], &[u8], usize, &mut [&mut [f32]]);
+/// The scaled softmax of a row of scores, in place, as [`softmax::softmax`] defines it.
+pub type Softmax = fn(&mut [f32], f32);
 
 /// One set of dot-product kernels.
 #[derive(Clone, Copy)]
@@ -152,6 +157,7 @@ pub struct Kernels {
     pub weighted_f32: WeightedSum,
     pub weighted_many_f16: WeightedSums,
     pub weighted_many_f32: WeightedSums,
+    pub softmax: Softmax,
     pub panels: Panels,
     pub gemms: Gemms,
 }
@@ -317,6 +323,7 @@ static SCALAR: Kernels = Kernels {
     weighted_f32: float::weighted_f32,
     weighted_many_f16: float::weighted_many_f16,
     weighted_many_f32: float::weighted_many_f32,
+    softmax: softmax::softmax,
     panels: Panels {
         f32: Panel::Float(float::panel_f32),
         f16: Panel::Float(float::panel_f16),

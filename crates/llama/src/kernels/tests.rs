@@ -336,6 +336,25 @@ fn gemm_products_equal_one_token_products() {
 }
 
 #[test]
+fn softmax_kernels_equal_scalar() {
+    let mut rng = Rng::new(23);
+    for n in [0, 1, 3, 8, 13, 16, 40, 100, 515] {
+        // Spreads wide enough that some scores underflow to 0 (below ln 2^-150).
+        for spread in [1.0, 30.0, 2000.0] {
+            let x = random(&mut rng, n, spread);
+            let mut expect = x.clone();
+            softmax::softmax(&mut expect, 0.125);
+            for kernels in Kernels::available() {
+                let mut got = x.clone();
+                (kernels.softmax)(&mut got, 0.125);
+                let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&expect), "{} n={n} spread {spread}", kernels.name);
+            }
+        }
+    }
+}
+
+#[test]
 fn weighted_sums_of_several_outputs_equal_one_at_a_time() {
     let mut rng = Rng::new(29);
     for (ty, width) in [(GgmlType::F16, 2), (GgmlType::F32, 4)] {
