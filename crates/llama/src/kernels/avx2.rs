@@ -267,6 +267,7 @@ pub(super) fn high_bits(qh: [u8; 4]) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 fn float_body(
+    (w, width): (&[u8], usize),
     n: usize,
     x: &[f32],
     load: impl Fn(usize) -> __m256,
@@ -276,6 +277,11 @@ fn float_body(
     let mut acc = [_mm256_setzero_ps(); 4];
     let mut i = 0;
     while i < full {
+        for line in (0..LANES * width).step_by(64) {
+            // A hint only (the address need not be valid): the rows stream from memory.
+            let ahead = w.as_ptr().wrapping_add(i * width + line + PREFETCH_AHEAD);
+            _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+        }
         for (k, a) in acc.iter_mut().enumerate() {
             let at = i + 8 * k;
             // SAFETY: `at + 8 <= full <= x.len()`.
@@ -345,6 +351,7 @@ pub(super) fn decode_bf16(w: &[u8], j: usize) -> f32 {
 fn f32_body(w: &[u8], x: &[f32]) -> f32 {
     let n = x.len().min(w.len() / 4);
     float_body(
+        (w, 4),
         n,
         x,
         // SAFETY: `at + 8 <= n`, so 32 bytes from `4 at` are inside `w`.
@@ -357,6 +364,7 @@ fn f32_body(w: &[u8], x: &[f32]) -> f32 {
 fn f16_body(w: &[u8], x: &[f32]) -> f32 {
     let n = x.len().min(w.len() / 2);
     float_body(
+        (w, 2),
         n,
         x,
         // SAFETY: `at + 8 <= n`, so 16 bytes from `2 at` are inside `w`.
@@ -369,6 +377,7 @@ fn f16_body(w: &[u8], x: &[f32]) -> f32 {
 fn bf16_body(w: &[u8], x: &[f32]) -> f32 {
     let n = x.len().min(w.len() / 2);
     float_body(
+        (w, 2),
         n,
         x,
         // SAFETY: `at + 8 <= n`, so 16 bytes from `2 at` are inside `w`.
