@@ -1,7 +1,8 @@
 """Copies an MLX model folder's small files to DEST (all but tokenizer.json, which is the
-input's) and writes DEST/tensors.json: per safetensors file, every tensor's dtype, shape
-and the SHA-256 of its bytes (read from the file's own header, without MLX); per other
-file, the SHA-256 of its bytes."""
+input's) and writes DEST/tensors.json: per safetensors file, the SHA-256 of the whole file,
+its header's length, and every tensor's dtype, shape, data offsets and the SHA-256 of its
+bytes (read from the file's own header, without MLX); per other file, the SHA-256 of its
+bytes."""
 
 import hashlib
 import json
@@ -24,13 +25,16 @@ for path in sorted(src.iterdir()):
                 continue
             start, end = info["data_offsets"]
             tensors[name] = {
+                "data_offsets": [start, end],
                 "dtype": info["dtype"],
                 "shape": info["shape"],
                 "sha256": hashlib.sha256(body[start:end]).hexdigest(),
             }
         manifest[path.name] = {
             "bytes": len(data),
+            "header_bytes": n,
             "metadata": header.get("__metadata__"),
+            "sha256": hashlib.sha256(data).hexdigest(),
             "tensors": tensors,
         }
     else:

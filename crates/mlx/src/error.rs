@@ -12,6 +12,10 @@ pub enum MlxError {
         "unknown quantization recipe {0:?}: mlx_lm's are mixed_2_6, mixed_3_4, mixed_3_6 and mixed_4_6 (--quant-predicate)"
     )]
     Recipe(String),
+    #[error("{0} tensors in one safetensors file: more than amalgam can lay out as mlx does")]
+    TooManyTensors(usize),
+    #[error("writing an MLX file: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 pub type Result<T> = std::result::Result<T, MlxError>;

@@ -1,11 +1,13 @@
 //! The quantizer against `mlx_lm.convert` (mlx 0.32.4, mlx-lm 0.32.2, CPU; made by
 //! `scripts/make-mlx-goldens` from `tests/data/gguf/tiny-kq`): every tensor it writes for
 //! 4 and 8 bits at group size 64, 3 bits at 32 and `mixed_4_6`, and the 4-bit model
-//! dequantized back, has the SHA-256 of the bytes mlx wrote.
+//! dequantized back, has the SHA-256 of the bytes mlx wrote, and so has every whole
+//! `model.safetensors` (header, and data in mlx's order) amalgam lays out from them.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use amalgam_mlx::file::{Entry, write};
 use amalgam_mlx::{Affine, Recipe};
 use amalgam_tensors::dtype::{NanPolicy, bf16_bits_to_f32, round_to_bf16};
 use safetensors::SafeTensors;
@@ -26,6 +28,51 @@ fn golden(name: &str) -> HashMap<String, String> {
     let json: Value = serde_json::from_str(&text).unwrap();
     let tensors = json["model.safetensors"]["tensors"].as_object().unwrap();
     tensors.iter().map(|(k, v)| (k.clone(), v["sha256"].as_str().unwrap().to_owned())).collect()
+}
+
+/// A golden `model.safetensors`'s SHA-256 and header length.
+fn golden_file(name: &str) -> (String, u64) {
+    let text = std::fs::read_to_string(data(&format!("mlx/{name}/tensors.json"))).unwrap();
+    let json: Value = serde_json::from_str(&text).unwrap();
+    let file = &json["model.safetensors"];
+    (file["sha256"].as_str().unwrap().to_owned(), file["header_bytes"].as_u64().unwrap())
+}
+
+/// The module paths of tiny-kq's linear layers and embeddings and the names of its other
+/// tensors, in the order of mlx_lm's module tree (each module's parameters in turn).
+fn tree() -> Vec<(String, bool)> {
+    let mut out = vec![("model.embed_tokens".to_owned(), true)];
+    for i in 0..8 {
+        for m in ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"] {
+            out.push((format!("model.layers.{i}.{m}"), true));
+        }
+        for m in ["mlp.gate_proj", "mlp.down_proj", "mlp.up_proj"] {
+            out.push((format!("model.layers.{i}.{m}"), true));
+        }
+        out.push((format!("model.layers.{i}.input_layernorm.weight"), false));
+        out.push((format!("model.layers.{i}.post_attention_layernorm.weight"), false));
+    }
+    out.push(("model.norm.weight".to_owned(), false));
+    out.push(("lm_head".to_owned(), true));
+    out
+}
+
+/// The whole file from `tensors` (name, dtype, shape, bytes) in tree order: its SHA-256
+/// and header length.
+fn file_of(tensors: &[Tensor]) -> (String, u64) {
+    let entries: Vec<Entry> = tensors
+        .iter()
+        .map(|(name, dtype, shape, data)| Entry {
+            name: name.clone(),
+            dtype,
+            shape: shape.clone(),
+            data,
+        })
+        .collect();
+    let mut bytes = Vec::new();
+    write(&entries, &mut bytes).unwrap();
+    let header = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+    (sha256(&bytes), header)
 }
 
 /// The source model's bf16 tensors as f32 rows: name → (values, rows, cols).
@@ -75,34 +122,52 @@ fn quantize(a: Affine, (values, rows, cols): &(Vec<f32>, usize, usize)) -> Quant
     q
 }
 
-/// Checks every quantized tensor of golden `name`; `bits(path)` gives a layer's width.
-fn check(name: &str, group_size: usize, bits: impl Fn(&str) -> u32) {
-    let (want, source) = (golden(name), source());
-    let mut checked = 0;
-    for (tensor, input) in &source {
-        let Some(path) = tensor.strip_suffix(".weight") else { continue };
-        if !want.contains_key(&format!("{path}.scales")) {
-            // Left as stored (the norms).
-            assert_eq!(want[tensor], sha256(&bf16_bytes(&input.0)), "{name} {tensor}");
-            continue;
+/// A tensor to write: name, dtype, shape, bytes.
+type Tensor = (String, &'static str, Vec<usize>, Vec<u8>);
+
+/// Every tensor of the model in tree order: the norms as stored, each linear layer and
+/// the embeddings as `layer(path, input)` makes them.
+fn model(layer: impl Fn(&str, &(Vec<f32>, usize, usize)) -> Vec<Tensor>) -> Vec<Tensor> {
+    let source = source();
+    let mut tensors = Vec::new();
+    for (path, quantized) in tree() {
+        if quantized {
+            tensors.extend(layer(&path, &source[&format!("{path}.weight")]));
+        } else {
+            let (values, rows, cols) = &source[&path];
+            let shape = vec![*rows, *cols].split_off(usize::from(*rows == 1));
+            tensors.push((path, "BF16", shape, bf16_bytes(values)));
         }
-        let q = quantize(Affine::new(bits(path), group_size).unwrap(), input);
-        let words: Vec<u8> = q.packed.iter().flat_map(|w| w.to_le_bytes()).collect();
-        assert_eq!(want[tensor], sha256(&words), "{name} {tensor}");
-        assert_eq!(
-            want[&format!("{path}.scales")],
-            sha256(&bf16_bytes(&q.scales)),
-            "{name} {path}"
-        );
-        assert_eq!(
-            want[&format!("{path}.biases")],
-            sha256(&bf16_bytes(&q.biases)),
-            "{name} {path}"
-        );
-        checked += 1;
     }
-    // 8 layers of 7 projections, the embeddings and lm_head.
-    assert_eq!(checked, 58, "{name}");
+    tensors
+}
+
+/// Compares every tensor and the whole file with golden `name`.
+fn compare(name: &str, tensors: &[Tensor]) {
+    let want = golden(name);
+    for (tensor, _, _, bytes) in tensors {
+        assert_eq!(want[tensor], sha256(bytes), "{name} {tensor}");
+    }
+    assert_eq!(want.len(), tensors.len(), "{name}: the tensors");
+    assert_eq!(file_of(tensors), golden_file(name), "{name}: the whole file");
+}
+
+/// Checks golden `name`; `bits(path)` gives a layer's width.
+fn check(name: &str, group_size: usize, bits: impl Fn(&str) -> u32) {
+    let tensors = model(|path, input| {
+        let a = Affine::new(bits(path), group_size).unwrap();
+        let q = quantize(a, input);
+        let (rows, groups) = (input.1, a.groups(input.2));
+        let words: Vec<u8> = q.packed.iter().flat_map(|w| w.to_le_bytes()).collect();
+        vec![
+            (format!("{path}.weight"), "U32", vec![rows, a.words(input.2)], words),
+            (format!("{path}.scales"), "BF16", vec![rows, groups], bf16_bytes(&q.scales)),
+            (format!("{path}.biases"), "BF16", vec![rows, groups], bf16_bytes(&q.biases)),
+        ]
+    });
+    // 8 layers of 7 projections and 2 norms, the embeddings, the final norm and lm_head.
+    assert_eq!(tensors.len(), 8 * (7 * 3 + 2) + 3 + 1 + 3, "{name}");
+    compare(name, &tensors);
 }
 
 #[test]
@@ -120,17 +185,9 @@ fn mixed_4_6_gives_mlx_lms_bytes() {
 
 #[test]
 fn dequantizing_gives_mlx_lms_bytes() {
-    let (want, source) = (golden("q4-g64-dequantized"), source());
     let a = Affine::new(4, 64).unwrap();
     let round = |x: f32| bf16_bits_to_f32(round_to_bf16(x, NanPolicy::Canonical));
-    let mut checked = 0;
-    for (tensor, input) in &source {
-        if !tensor.ends_with("proj.weight")
-            && !tensor.ends_with("embed_tokens.weight")
-            && tensor != "lm_head.weight"
-        {
-            continue;
-        }
+    let tensors = model(|path, input| {
         let (rows, cols) = (input.1, input.2);
         let q = quantize(a, input);
         let (scales, biases): (Vec<f32>, Vec<f32>) = (
@@ -148,8 +205,8 @@ fn dequantizing_gives_mlx_lms_bytes() {
                 &mut out[r * cols..(r + 1) * cols],
             );
         }
-        assert_eq!(want[tensor], sha256(&bf16_bytes(&out)), "{tensor}");
-        checked += 1;
-    }
-    assert_eq!(checked, 58);
+        vec![(format!("{path}.weight"), "BF16", vec![rows, cols], bf16_bytes(&out))]
+    });
+    assert_eq!(tensors.len(), 8 * 9 + 3);
+    compare("q4-g64-dequantized", &tensors);
 }

@@ -1,0 +1,79 @@
+//! A safetensors file as mlx writes one (`docs/mlx-format.md` §4): the header compact JSON
+//! with every object's keys sorted bytewise (so `__metadata__`, always `{"format":"mlx"}`,
+//! comes first), no padding after it, and the tensors' data in the iteration order of
+//! mlx's hash map ([`crate::order`]), not in the order they were given.
+
+use std::io::Write;
+
+use crate::error::Result;
+use crate::order::iteration_order;
+
+/// One tensor of a file.
+pub struct Entry<'a> {
+    pub name: String,
+    /// The safetensors dtype name (`U32`, `BF16`, `F16`, `F32`).
+    pub dtype: &'static str,
+    pub shape: Vec<usize>,
+    pub data: &'a [u8],
+}
+
+/// The header and the order of the data of a file holding `entries`, given in the order
+/// mlx_lm hands them to mlx (its module tree's).
+pub fn layout(entries: &[Entry]) -> Result<(String, Vec<usize>)> {
+    let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+    let order = iteration_order(&names)?;
+    let mut offsets = vec![(0, 0); entries.len()];
+    let mut at = 0;
+    for &i in &order {
+        offsets[i] = (at, at + entries[i].data.len());
+        at += entries[i].data.len();
+    }
+    let mut sorted: Vec<usize> = (0..entries.len()).collect();
+    sorted.sort_by(|&a, &b| entries[a].name.as_bytes().cmp(entries[b].name.as_bytes()));
+    let mut header = String::from(r#"{"__metadata__":{"format":"mlx"}"#);
+    for i in sorted {
+        let e = &entries[i];
+        let shape: Vec<String> = e.shape.iter().map(usize::to_string).collect();
+        let (start, end) = offsets[i];
+        header.push_str(&format!(
+            r#",{}:{{"data_offsets":[{start},{end}],"dtype":"{}","shape":[{}]}}"#,
+            json_string(&e.name),
+            e.dtype,
+            shape.join(",")
+        ));
+    }
+    header.push('}');
+    Ok((header, order))
+}
+
+/// `s` as a JSON string (nlohmann's escapes: `"`, `\\` and control characters).
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{08}' => out.push_str("\\b"),
+            '\u{0c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Writes the file: the header's length (u64, little-endian), the header, the data.
+pub fn write(entries: &[Entry], out: &mut impl Write) -> Result<()> {
+    let (header, order) = layout(entries)?;
+    out.write_all(&(header.len() as u64).to_le_bytes())?;
+    out.write_all(header.as_bytes())?;
+    for i in order {
+        out.write_all(entries[i].data)?;
+    }
+    Ok(())
+}
