@@ -5,6 +5,8 @@
 
 use std::io::Write;
 
+use serde_json::{Map, Value, json};
+
 use crate::error::Result;
 use crate::order::iteration_order;
 
@@ -37,34 +39,13 @@ pub fn layout(entries: &[Entry]) -> Result<(String, Vec<usize>)> {
         let (start, end) = offsets[i];
         header.push_str(&format!(
             r#",{}:{{"data_offsets":[{start},{end}],"dtype":"{}","shape":[{}]}}"#,
-            json_string(&e.name),
+            crate::pyjson::quoted(&e.name, false),
             e.dtype,
             shape.join(",")
         ));
     }
     header.push('}');
     Ok((header, order))
-}
-
-/// `s` as a JSON string (nlohmann's escapes: `"`, `\\` and control characters).
-fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{08}' => out.push_str("\\b"),
-            '\u{0c}' => out.push_str("\\f"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 /// Writes the file: the header's length (u64, little-endian), the header, the data.
@@ -76,4 +57,19 @@ pub fn write(entries: &[Entry], out: &mut impl Write) -> Result<()> {
         out.write_all(entries[i].data)?;
     }
     Ok(())
+}
+
+/// `model.safetensors.index.json` (written even for one file): the data's total bytes,
+/// the model's parameter count (a quantized layer counts its unpacked weights), and each
+/// tensor's file, names sorted.
+pub fn index(total_size: usize, total_parameters: usize, files: &[(String, String)]) -> String {
+    let mut sorted: Vec<&(String, String)> = files.iter().collect();
+    sorted.sort();
+    let map: Map<String, Value> =
+        sorted.into_iter().map(|(name, file)| (name.clone(), Value::from(file.as_str()))).collect();
+    let index = json!({
+        "metadata": {"total_size": total_size, "total_parameters": total_parameters},
+        "weight_map": map,
+    });
+    crate::pyjson::dumps(&index)
 }

@@ -7,9 +7,11 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod affine;
+pub mod config;
 pub mod error;
 pub mod file;
 pub mod order;
+pub mod pyjson;
 pub mod recipe;
 
 pub use affine::Affine;

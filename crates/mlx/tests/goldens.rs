@@ -7,7 +7,9 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use amalgam_mlx::file::{Entry, write};
+use amalgam_mlx::config::{Quantization, converted};
+use amalgam_mlx::file::{Entry, index, write};
+use amalgam_mlx::pyjson::dumps;
 use amalgam_mlx::{Affine, Recipe};
 use amalgam_tensors::dtype::{NanPolicy, bf16_bits_to_f32, round_to_bf16};
 use safetensors::SafeTensors;
@@ -209,4 +211,45 @@ fn dequantizing_gives_mlx_lms_bytes() {
     });
     assert_eq!(tensors.len(), 8 * 9 + 3);
     compare("q4-g64-dequantized", &tensors);
+}
+
+fn read_json(path: &str) -> serde_json::Map<String, Value> {
+    serde_json::from_str(&std::fs::read_to_string(data(path)).unwrap()).unwrap()
+}
+
+#[test]
+fn configs_are_mlx_lms_byte_for_byte() {
+    let (config, generation) =
+        (read_json("gguf/tiny-kq/config.json"), read_json("gguf/tiny-kq/generation_config.json"));
+    let uniform = |group_size, bits| Some(Quantization { group_size, bits, layers: Vec::new() });
+    let recipe = Recipe::named("mixed_4_6").unwrap();
+    let layers = tree()
+        .into_iter()
+        .filter(|(_, q)| *q)
+        .map(|(p, _)| (p.clone(), None, recipe.bits(&p, 8)))
+        .collect();
+    let mixed = Some(Quantization { group_size: 64, bits: 4, layers });
+    for (name, q) in [
+        ("q4-g64", uniform(64, 4)),
+        ("q8-g64", uniform(64, 8)),
+        ("q3-g32", uniform(32, 3)),
+        ("mixed_4_6", mixed),
+        ("q4-g64-dequantized", None),
+    ] {
+        let want = std::fs::read_to_string(data(&format!("mlx/{name}/config.json"))).unwrap();
+        let got = dumps(&Value::Object(converted(&config, Some(&generation), q.as_ref())));
+        assert_eq!(got, want, "{name}");
+    }
+}
+
+#[test]
+fn indexes_are_mlx_lms_byte_for_byte() {
+    for (name, total_size) in [("q4-g64", 1925632), ("q3-g32", 1712640), ("mixed_4_6", 2056704)] {
+        let names: Vec<(String, String)> =
+            golden(name).into_keys().map(|n| (n, "model.safetensors".to_owned())).collect();
+        let want =
+            std::fs::read_to_string(data(&format!("mlx/{name}/model.safetensors.index.json")))
+                .unwrap();
+        assert_eq!(index(total_size, 3412224, &names), want, "{name}");
+    }
 }
