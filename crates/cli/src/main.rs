@@ -8,6 +8,7 @@ mod merge;
 mod pretok;
 mod progress;
 mod quantize;
+mod quantize_mlx;
 mod shared;
 mod signals;
 

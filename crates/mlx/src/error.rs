@@ -16,6 +16,22 @@ pub enum MlxError {
     TooManyTensors(usize),
     #[error("writing an MLX file: {0}")]
     Io(#[from] std::io::Error),
+    #[error("cannot write {}: {source}", path.display())]
+    Write { path: std::path::PathBuf, source: std::io::Error },
+    #[error(
+        "MLX output knows mlx_lm's llama class (model_type llama or mistral) so far, not {0:?}"
+    )]
+    Architecture(String),
+    #[error(
+        "tensor {0}: not where mlx_lm's llama class has one, so its place in the file is unknown"
+    )]
+    Tensor(String),
+    #[error(
+        "tensor {0} is float64, which MLX does not store: pass --dtype bfloat16, float16 or float32"
+    )]
+    Float64(String),
+    #[error(transparent)]
+    Storage(#[from] amalgam_tensors::Error),
 }
 
 pub type Result<T> = std::result::Result<T, MlxError>;

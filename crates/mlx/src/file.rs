@@ -19,28 +19,36 @@ pub struct Entry<'a> {
     pub data: &'a [u8],
 }
 
-/// The header and the order of the data of a file holding `entries`, given in the order
+/// What the header says of one tensor: its data's length instead of the data.
+pub struct Meta<'a> {
+    pub name: &'a str,
+    pub dtype: &'static str,
+    pub shape: &'a [usize],
+    pub len: usize,
+}
+
+/// The header and the order of the data of a file holding `tensors`, given in the order
 /// mlx_lm hands them to mlx (its module tree's).
-pub fn layout(entries: &[Entry]) -> Result<(String, Vec<usize>)> {
-    let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+pub fn layout(tensors: &[Meta]) -> Result<(String, Vec<usize>)> {
+    let names: Vec<&str> = tensors.iter().map(|t| t.name).collect();
     let order = iteration_order(&names)?;
-    let mut offsets = vec![(0, 0); entries.len()];
+    let mut offsets = vec![(0, 0); tensors.len()];
     let mut at = 0;
     for &i in &order {
-        offsets[i] = (at, at + entries[i].data.len());
-        at += entries[i].data.len();
+        offsets[i] = (at, at + tensors[i].len);
+        at += tensors[i].len;
     }
-    let mut sorted: Vec<usize> = (0..entries.len()).collect();
-    sorted.sort_by(|&a, &b| entries[a].name.as_bytes().cmp(entries[b].name.as_bytes()));
+    let mut sorted: Vec<usize> = (0..tensors.len()).collect();
+    sorted.sort_by(|&a, &b| tensors[a].name.as_bytes().cmp(tensors[b].name.as_bytes()));
     let mut header = String::from(r#"{"__metadata__":{"format":"mlx"}"#);
     for i in sorted {
-        let e = &entries[i];
-        let shape: Vec<String> = e.shape.iter().map(usize::to_string).collect();
+        let t = &tensors[i];
+        let shape: Vec<String> = t.shape.iter().map(usize::to_string).collect();
         let (start, end) = offsets[i];
         header.push_str(&format!(
             r#",{}:{{"data_offsets":[{start},{end}],"dtype":"{}","shape":[{}]}}"#,
-            crate::pyjson::quoted(&e.name, false),
-            e.dtype,
+            crate::pyjson::quoted(t.name, false),
+            t.dtype,
             shape.join(",")
         ));
     }
@@ -50,7 +58,11 @@ pub fn layout(entries: &[Entry]) -> Result<(String, Vec<usize>)> {
 
 /// Writes the file: the header's length (u64, little-endian), the header, the data.
 pub fn write(entries: &[Entry], out: &mut impl Write) -> Result<()> {
-    let (header, order) = layout(entries)?;
+    let metas: Vec<Meta> = entries
+        .iter()
+        .map(|e| Meta { name: &e.name, dtype: e.dtype, shape: &e.shape, len: e.data.len() })
+        .collect();
+    let (header, order) = layout(&metas)?;
     out.write_all(&(header.len() as u64).to_le_bytes())?;
     out.write_all(header.as_bytes())?;
     for i in order {

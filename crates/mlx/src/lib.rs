@@ -8,6 +8,7 @@
 
 pub mod affine;
 pub mod config;
+pub mod convert;
 pub mod error;
 pub mod file;
 pub mod order;

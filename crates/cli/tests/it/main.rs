@@ -17,6 +17,7 @@ mod lora;
 mod merge_quality;
 mod methods;
 mod methods_ties;
+mod mlx;
 mod resume;
 mod search;
 mod seed;

@@ -1,0 +1,307 @@
+//! A Hugging Face Llama folder to the weights of an MLX model, as `mlx_lm.convert -q`
+//! writes them (`docs/mlx-format.md` §3–4): the tensors in the order of mlx_lm's module
+//! tree, each linear layer and the embeddings quantized when their rows split into whole
+//! groups, everything cast first to `--dtype` or the config's `torch_dtype`, shards of at
+//! most 5 GiB of data, the index, and the config. Inputs are read one tensor at a time and
+//! each shard is written in mlx's data order as it is quantized: a module whose scales come
+//! before its weights is quantized twice rather than held.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use amalgam_tensors::ModelFolder;
+use amalgam_tensors::dtype::{DType, decode_f32, encode_f32, round_slice};
+use serde_json::{Map, Value};
+
+use crate::affine::Affine;
+use crate::config::{Quantization, converted};
+use crate::error::{MlxError, Result};
+use crate::file::{Meta, index, layout};
+use crate::recipe::Recipe;
+
+/// mlx_lm's shard limit: bytes of tensor data per file.
+pub const SHARD_BYTES: usize = 5 << 30;
+
+/// How to quantize.
+pub struct Options {
+    pub bits: u32,
+    /// `--q-group-size`; `None` is mlx_lm's default, 64 (and `null` in a recipe's entries).
+    pub group_size: Option<usize>,
+    pub recipe: Option<Recipe>,
+    /// `--dtype`, overriding the config's `torch_dtype`.
+    pub dtype: Option<DType>,
+}
+
+/// What an output tensor holds.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Part {
+    /// A stored tensor, cast.
+    Copy,
+    Weight,
+    Scales,
+    Biases,
+}
+
+/// One output tensor.
+struct Tensor {
+    name: String,
+    /// The stored tensor it comes from.
+    source: String,
+    part: Part,
+    /// The quantization of its module (quantized parts only).
+    affine: Option<Affine>,
+    dtype: &'static str,
+    shape: Vec<usize>,
+    bytes: usize,
+}
+
+/// A tensor's bytes, and the other parts of its module made with them.
+type Made = (Vec<u8>, Vec<(Part, Vec<u8>)>);
+
+/// The converted model, planned: its tensors by shard, and its files' small contents.
+pub struct Plan {
+    tensors: Vec<Tensor>,
+    shards: Vec<Vec<usize>>,
+    /// The dtype every floating tensor is cast to, if any.
+    cast: Option<DType>,
+    pub config: Map<String, Value>,
+    pub index: String,
+    pub bytes: usize,
+}
+
+/// Where mlx_lm's Llama module tree puts a stored tensor: `None` for those it drops.
+fn position(name: &str, tied: bool) -> Result<Option<(usize, usize, usize)>> {
+    const LAYER: [&str; 9] = [
+        "self_attn.q_proj.weight",
+        "self_attn.k_proj.weight",
+        "self_attn.v_proj.weight",
+        "self_attn.o_proj.weight",
+        "mlp.gate_proj.weight",
+        "mlp.down_proj.weight",
+        "mlp.up_proj.weight",
+        "input_layernorm.weight",
+        "post_attention_layernorm.weight",
+    ];
+    if name.ends_with("rotary_emb.inv_freq") || (tied && name == "lm_head.weight") {
+        return Ok(None);
+    }
+    let found = match name {
+        "model.embed_tokens.weight" => Some((0, 0, 0)),
+        "model.norm.weight" => Some((2, 0, 0)),
+        "lm_head.weight" => Some((3, 0, 0)),
+        _ => name.strip_prefix("model.layers.").and_then(|rest| {
+            let (i, rest) = rest.split_once('.')?;
+            Some((1, i.parse().ok()?, LAYER.iter().position(|l| *l == rest)?))
+        }),
+    };
+    found.map(Some).ok_or_else(|| MlxError::Tensor(name.to_owned()))
+}
+
+/// Whether a stored tensor is a linear layer's or the embeddings' weight.
+fn quantizable(name: &str) -> bool {
+    name.ends_with("_proj.weight")
+        || name.ends_with("embed_tokens.weight")
+        || name == "lm_head.weight"
+}
+
+/// The dtype floating tensors are cast to: `--dtype`, else the config's `torch_dtype`.
+fn cast(config: &Map<String, Value>, dtype: Option<DType>) -> Option<DType> {
+    dtype.or_else(|| {
+        let name = config.get("torch_dtype")?.as_str()?;
+        DType::from_torch_name(name).filter(|d| *d != DType::F64)
+    })
+}
+
+/// Plans the conversion of `folder`.
+pub fn plan(folder: &ModelFolder, options: &Options) -> Result<Plan> {
+    let config = folder.config();
+    let model_type = config.get("model_type").and_then(Value::as_str).unwrap_or("");
+    if !matches!(model_type, "llama" | "mistral") {
+        return Err(MlxError::Architecture(model_type.to_owned()));
+    }
+    let layers = config.get("num_hidden_layers").and_then(Value::as_u64).unwrap_or(0) as usize;
+    // mlx_lm's Llama ties the embeddings unless the config says otherwise.
+    let tied = config.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(true);
+    let top = Affine::new(options.bits, options.group_size.unwrap_or(64))?;
+    let cast = cast(config, options.dtype);
+    let mut stored = Vec::new();
+    for name in folder.names() {
+        if let Some(at) = position(name, tied)? {
+            stored.push((at, name.to_owned()));
+        }
+    }
+    stored.sort();
+    let (mut tensors, mut layers_q, mut parameters) = (Vec::new(), Vec::new(), 0);
+    for (_, name) in stored {
+        let info = folder.tensor(&name)?.ok_or_else(|| MlxError::Tensor(name.clone()))?.info;
+        let dtype = cast.unwrap_or(info.dtype);
+        if dtype == DType::F64 {
+            return Err(MlxError::Float64(name));
+        }
+        parameters += info.numel();
+        let cols = info.shape.last().copied().unwrap_or(0);
+        let rows = info.numel().checked_div(cols).unwrap_or(0);
+        let path = name.strip_suffix(".weight").unwrap_or(&name).to_owned();
+        if !(quantizable(&name) && info.shape.len() == 2 && top.fits(cols)) {
+            let bytes = info.numel() * dtype.size();
+            let shape = info.shape.clone();
+            tensors.push(Tensor {
+                name: name.clone(),
+                source: name,
+                part: Part::Copy,
+                affine: None,
+                dtype: dtype.safetensors_name(),
+                shape,
+                bytes,
+            });
+            continue;
+        }
+        let bits = options.recipe.map_or(options.bits, |r| r.bits(&path, layers));
+        let affine = Affine::new(bits, top.group_size())?;
+        if options.recipe.is_some() {
+            layers_q.push((path.clone(), options.group_size, bits));
+        }
+        let groups = affine.groups(cols);
+        for (part, suffix, dt, shape) in [
+            (Part::Weight, "weight", "U32", vec![rows, affine.words(cols)]),
+            (Part::Scales, "scales", dtype.safetensors_name(), vec![rows, groups]),
+            (Part::Biases, "biases", dtype.safetensors_name(), vec![rows, groups]),
+        ] {
+            let bytes = rows
+                * if part == Part::Weight { 4 * affine.words(cols) } else { groups * dtype.size() };
+            tensors.push(Tensor {
+                name: format!("{path}.{suffix}"),
+                source: name.clone(),
+                part,
+                affine: Some(affine),
+                dtype: dt,
+                shape,
+                bytes,
+            });
+        }
+    }
+    let mut shards: Vec<Vec<usize>> = Vec::new();
+    let mut size = 0;
+    for (i, t) in tensors.iter().enumerate() {
+        match shards.last_mut() {
+            Some(shard) if size + t.bytes <= SHARD_BYTES => shard.push(i),
+            _ => {
+                shards.push(vec![i]);
+                size = 0;
+            }
+        }
+        size += t.bytes;
+    }
+    let names = shard_names(shards.len());
+    let files: Vec<(String, String)> = shards
+        .iter()
+        .zip(&names)
+        .flat_map(|(shard, file)| shard.iter().map(|&i| (tensors[i].name.clone(), file.clone())))
+        .collect();
+    let bytes = tensors.iter().map(|t| t.bytes).sum();
+    let generation =
+        amalgam_tensors::folder::read_json(&folder.root().join("generation_config.json")).ok();
+    let quantization =
+        Quantization { group_size: top.group_size(), bits: options.bits, layers: layers_q };
+    let config =
+        converted(config, generation.as_ref().and_then(Value::as_object), Some(&quantization));
+    Ok(Plan { tensors, shards, cast, config, index: index(bytes, parameters, &files), bytes })
+}
+
+/// `model.safetensors`, or `model-0000i-of-0000n.safetensors` for several.
+pub fn shard_names(n: usize) -> Vec<String> {
+    if n == 1 {
+        return vec!["model.safetensors".to_owned()];
+    }
+    (1..=n).map(|i| format!("model-{i:05}-of-{n:05}.safetensors")).collect()
+}
+
+impl Plan {
+    /// Writes the weights into `dir` (the shards); `progress(bytes)` after each tensor.
+    pub fn write(&self, folder: &ModelFolder, dir: &Path, progress: &dyn Fn(usize)) -> Result<()> {
+        for (shard, file) in self.shards.iter().zip(shard_names(self.shards.len())) {
+            self.write_shard(folder, shard, &dir.join(file), progress)?;
+        }
+        Ok(())
+    }
+
+    fn write_shard(
+        &self,
+        folder: &ModelFolder,
+        shard: &[usize],
+        path: &Path,
+        progress: &dyn Fn(usize),
+    ) -> Result<()> {
+        let tensors: Vec<&Tensor> = shard.iter().map(|&i| &self.tensors[i]).collect();
+        let metas: Vec<Meta> = tensors
+            .iter()
+            .map(|t| Meta { name: &t.name, dtype: t.dtype, shape: &t.shape, len: t.bytes })
+            .collect();
+        let (header, order) = layout(&metas)?;
+        let io = |source| MlxError::Write { path: path.to_owned(), source };
+        let mut out = BufWriter::new(File::create(path).map_err(io)?);
+        out.write_all(&(header.len() as u64).to_le_bytes()).map_err(io)?;
+        out.write_all(header.as_bytes()).map_err(io)?;
+        // Parts of this file not written yet; scales and biases made ahead of their turn
+        // wait in `waiting`, weights are made again.
+        let mut pending: HashSet<(&str, Part)> =
+            tensors.iter().map(|t| (t.source.as_str(), t.part)).collect();
+        let mut waiting: HashMap<(String, Part), Vec<u8>> = HashMap::new();
+        for k in order {
+            let t = tensors[k];
+            pending.remove(&(t.source.as_str(), t.part));
+            let bytes = match waiting.remove(&(t.source.clone(), t.part)) {
+                Some(bytes) => bytes,
+                None => {
+                    let (bytes, others) = self.produce(folder, t)?;
+                    for (part, b) in others {
+                        if pending.contains(&(t.source.as_str(), part)) {
+                            waiting.insert((t.source.clone(), part), b);
+                        }
+                    }
+                    bytes
+                }
+            };
+            out.write_all(&bytes).map_err(io)?;
+            progress(bytes.len());
+        }
+        out.flush().map_err(io)
+    }
+
+    /// Tensor `t`'s bytes, and for a quantized module its other small parts (scales,
+    /// biases) made with it.
+    fn produce(&self, folder: &ModelFolder, t: &Tensor) -> Result<Made> {
+        let stored = folder.tensor(&t.source)?.ok_or_else(|| MlxError::Tensor(t.source.clone()))?;
+        let mut values = vec![0f32; stored.info.numel()];
+        decode_f32(stored.info.dtype, stored.bytes(), &mut values);
+        let dtype = self.cast.unwrap_or(stored.info.dtype);
+        let encode = |v: &[f32]| {
+            let mut out = vec![0u8; v.len() * dtype.size()];
+            encode_f32(dtype, v, &mut out);
+            out
+        };
+        let Some(affine) = t.affine else {
+            return Ok((encode(&values), Vec::new()));
+        };
+        // Quantized from the cast values, as mlx_lm casts before it quantizes.
+        round_slice(dtype, &mut values);
+        let cols = stored.info.shape.last().copied().unwrap_or(0);
+        let (words, groups) = (affine.words(cols), affine.groups(cols));
+        let rows = values.len().checked_div(cols).unwrap_or(0);
+        let mut packed = vec![0u32; rows * words];
+        let (mut scales, mut biases) = (vec![0f32; rows * groups], vec![0f32; rows * groups]);
+        for (r, row) in values.chunks_exact(cols).enumerate() {
+            let (w, g) = (r * words..(r + 1) * words, r * groups..(r + 1) * groups);
+            affine.quantize_row(row, &mut packed[w], &mut scales[g.clone()], &mut biases[g]);
+        }
+        let small = vec![(Part::Scales, encode(&scales)), (Part::Biases, encode(&biases))];
+        if t.part == Part::Weight {
+            return Ok((packed.iter().flat_map(|w| w.to_le_bytes()).collect(), small));
+        }
+        let (mine, others): (Vec<_>, Vec<_>) = small.into_iter().partition(|(p, _)| *p == t.part);
+        let bytes = mine.into_iter().next().map(|(_, b)| b).unwrap_or_default();
+        Ok((bytes, others))
+    }
+}
