@@ -1,12 +1,14 @@
 //! `amalgam inspect FILE`: the metadata and a tensor table of a GGUF file, a safetensors
-//! file or a model folder.
+//! file or a model folder (for an MLX folder, each quantized layer's bits and group size).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use amalgam_gguf::GgufFile;
+use amalgam_mlx::header;
 use amalgam_tensors::{ModelFolder, SafetensorsFile};
 use clap::Args;
+use serde_json::{Map, Value};
 
 /// Show a model file's metadata and tensors (GGUF, safetensors, or a model folder).
 #[derive(Args)]
@@ -81,6 +83,12 @@ fn inspect_safetensors(path: &Path, out: &mut impl Write) -> anyhow::Result<()> 
 }
 
 fn inspect_folder(path: &Path, out: &mut impl Write) -> anyhow::Result<()> {
+    let config_path = path.join("config.json");
+    if let Ok(Value::Object(config)) = amalgam_tensors::folder::read_json(&config_path)
+        && config.contains_key("quantization")
+    {
+        return inspect_mlx(path, &config, out);
+    }
     let folder = ModelFolder::open(path)?;
     let config = folder.config();
     writeln!(out, "{}: model folder, {} tensors", path.display(), folder.names().len())?;
@@ -104,6 +112,62 @@ fn inspect_folder(path: &Path, out: &mut impl Write) -> anyhow::Result<()> {
             .into_iter()
             .map(|n| (n.to_owned(), folder.tensor(n).map(|t| t.map(|t| t.info)))),
     )
+}
+
+/// An MLX folder: per tensor its dtype and shape, and for a packed weight the bits, the
+/// group size and the unpacked shape.
+fn inspect_mlx(
+    path: &Path,
+    config: &Map<String, Value>,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    let mut tensors = Vec::new();
+    for file in &files {
+        tensors.extend(header::read(file)?);
+    }
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
+    let q = config.get("quantization").and_then(Value::as_object);
+    let field = |k: &str| q.and_then(|q| q.get(k)).map_or("?".into(), Value::to_string);
+    let layers = q.map_or(0, |q| q.values().filter(|v| v.is_object()).count());
+    let (count, shards) = (tensors.len(), files.len());
+    writeln!(out, "{}: MLX folder, {count} tensors in {shards} files", path.display())?;
+    let (bits, group, mode) = (field("bits"), field("group_size"), field("mode"));
+    writeln!(
+        out,
+        "  quantization             {bits} bits, groups of {group}, mode {mode}, {layers} per-layer entries"
+    )?;
+    writeln!(
+        out,
+        "\n  {:<56} {:<6} {:>14} {:>10} {:>18}",
+        "tensor", "dtype", "shape", "bytes", "quantization"
+    )?;
+    let mut total = 0;
+    for t in &tensors {
+        let module = t.name.strip_suffix(".weight").unwrap_or(&t.name);
+        let packed =
+            t.dtype == "U32" && tensors.iter().any(|s| s.name == format!("{module}.scales"));
+        let what = match header::quantization(config, module).filter(|_| packed) {
+            Some((bits, group)) => {
+                let cols = t.shape.last().map_or(0, |&w| w as u64 * 32 / bits.max(1));
+                format!("{bits}-bit g{group} ({cols} wide)")
+            }
+            None => String::new(),
+        };
+        let shape = format!("{:?}", t.shape);
+        writeln!(
+            out,
+            "  {:<56} {:<6} {:>14} {:>10} {:>18}",
+            t.name, t.dtype, shape, t.bytes, what
+        )?;
+        total += t.bytes;
+    }
+    writeln!(out, "  total {total} bytes of tensor data")?;
+    Ok(())
 }
 
 fn table<'a>(

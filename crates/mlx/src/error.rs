@@ -30,6 +30,10 @@ pub enum MlxError {
         "tensor {0} is float64, which MLX does not store: pass --dtype bfloat16, float16 or float32"
     )]
     Float64(String),
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: std::path::PathBuf, source: std::io::Error },
+    #[error("{} is not a safetensors file mlx could have written: {reason}", path.display())]
+    Header { path: std::path::PathBuf, reason: String },
     #[error(transparent)]
     Storage(#[from] amalgam_tensors::Error),
 }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod convert;
 pub mod error;
 pub mod file;
+pub mod header;
 pub mod order;
 pub mod pyjson;
 pub mod recipe;

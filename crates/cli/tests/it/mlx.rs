@@ -32,6 +32,25 @@ fn check(name: &str, flags: &[&str]) {
         let (a, b) = (fs::read(out.join(file)).unwrap(), fs::read(golden.join(file)).unwrap());
         assert!(a == b, "{name}: {file} differs");
     }
+    if name == "mixed_4_6" {
+        // inspect shows each packed weight's bits, group size and unpacked width.
+        let shown = run_ok(amalgam().arg("inspect").arg(&out));
+        let text = String::from_utf8_lossy(&shown.stdout);
+        let line =
+            |tensor: &str| text.lines().find(|l| l.contains(tensor)).unwrap_or("").to_owned();
+        assert!(
+            line("layers.0.self_attn.v_proj.weight ").ends_with("6-bit g64 (256 wide)"),
+            "{text}"
+        );
+        assert!(
+            line("layers.1.self_attn.v_proj.weight ").ends_with("4-bit g64 (256 wide)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("4 bits, groups of 64, mode \"affine\", 58 per-layer entries"),
+            "{text}"
+        );
+    }
 }
 
 #[test]
