@@ -1,7 +1,8 @@
 //! `amalgam convert MODEL.gguf OUT_DIR`: a GGUF model back to a Hugging Face folder —
 //! dequantized to float32, float16 or bfloat16, Q/K rows put back in HF order, with
 //! `config.json`, `generation_config.json`, `tokenizer.json` and `tokenizer_config.json`
-//! (chat template included) rebuilt from the metadata.
+//! (chat template included) rebuilt from the metadata. An MLX folder is dequantized as
+//! `mlx_lm.convert -d` does (`crate::mlx`).
 
 use std::path::PathBuf;
 
@@ -11,10 +12,11 @@ use clap::Args;
 use crate::progress::Bar;
 use crate::shared::{single_model_config, single_model_options};
 
-/// Convert a GGUF model to a Hugging Face model folder (safetensors).
+/// Convert a GGUF model to a Hugging Face model folder (safetensors), or dequantize an MLX
+/// folder as mlx_lm.convert -d does.
 #[derive(Args)]
 pub struct ConvertArgs {
-    /// The GGUF file (a Llama-architecture model).
+    /// The GGUF file (a Llama-architecture model), or a quantized MLX folder.
     model: PathBuf,
     /// The folder to write.
     out_dir: PathBuf,
@@ -34,6 +36,18 @@ pub struct ConvertArgs {
 
 /// Runs `amalgam convert`.
 pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
+    if args.model.is_dir() {
+        let taken = std::fs::read_dir(&args.out_dir).is_ok_and(|mut d| d.next().is_some());
+        if taken && !args.force {
+            anyhow::bail!("{} exists; pass --force to replace it", args.out_dir.display());
+        }
+        let bar = Bar::new(args.quiet);
+        crate::mlx::dequantize(&args.model, &args.out_dir, &bar)?;
+        if !args.quiet {
+            eprintln!("wrote {}", args.out_dir.display());
+        }
+        return Ok(());
+    }
     let dtype = match args.dtype.as_str() {
         "f32" => "float32",
         "f16" => "float16",

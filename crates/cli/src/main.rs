@@ -5,10 +5,10 @@ mod convert;
 mod infer;
 mod inspect;
 mod merge;
+mod mlx;
 mod pretok;
 mod progress;
 mod quantize;
-mod quantize_mlx;
 mod shared;
 mod signals;
 

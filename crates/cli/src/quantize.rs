@@ -1,7 +1,7 @@
 //! `amalgam quantize MODEL OUT.gguf --quant TYPE`: a Hugging Face Llama model (folder or
 //! hub id) to a GGUF file of any llama.cpp mixture, byte-identical to llama.cpp's
 //! converter followed by `llama-quantize`; with `--mlx`, to an MLX folder
-//! (`quantize_mlx`).
+//! (`mlx`).
 
 use std::path::PathBuf;
 
@@ -84,14 +84,14 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
                 folder_path.display()
             );
         }
-        let mlx = crate::quantize_mlx::MlxArgs {
+        let mlx = crate::mlx::MlxArgs {
             bits: args.q_bits,
             group_size: args.q_group_size,
             mode: &args.q_mode,
             recipe: args.quant_predicate.as_deref(),
             dtype: args.dtype.as_deref(),
         };
-        crate::quantize_mlx::run(&args.model, &folder_path, &args.out, &mlx, &bar)?;
+        crate::mlx::run(&args.model, &folder_path, &args.out, &mlx, &bar)?;
         if !args.quiet {
             eprintln!("wrote {}", args.out.display());
         }

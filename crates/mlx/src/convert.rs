@@ -18,11 +18,8 @@ use serde_json::{Map, Value};
 use crate::affine::Affine;
 use crate::config::{Quantization, converted};
 use crate::error::{MlxError, Result};
-use crate::file::{Meta, index, layout};
+use crate::file::{Meta, index, layout, shard, shard_names, weight_map};
 use crate::recipe::Recipe;
-
-/// mlx_lm's shard limit: bytes of tensor data per file.
-pub const SHARD_BYTES: usize = 5 << 30;
 
 /// How to quantize.
 pub struct Options {
@@ -72,7 +69,7 @@ pub struct Plan {
 }
 
 /// Where mlx_lm's Llama module tree puts a stored tensor: `None` for those it drops.
-fn position(name: &str, tied: bool) -> Result<Option<(usize, usize, usize)>> {
+pub(crate) fn position(name: &str, tied: bool) -> Result<Option<(usize, usize, usize)>> {
     const LAYER: [&str; 9] = [
         "self_attn.q_proj.weight",
         "self_attn.k_proj.weight",
@@ -182,24 +179,9 @@ pub fn plan(folder: &ModelFolder, options: &Options) -> Result<Plan> {
             });
         }
     }
-    let mut shards: Vec<Vec<usize>> = Vec::new();
-    let mut size = 0;
-    for (i, t) in tensors.iter().enumerate() {
-        match shards.last_mut() {
-            Some(shard) if size + t.bytes <= SHARD_BYTES => shard.push(i),
-            _ => {
-                shards.push(vec![i]);
-                size = 0;
-            }
-        }
-        size += t.bytes;
-    }
-    let names = shard_names(shards.len());
-    let files: Vec<(String, String)> = shards
-        .iter()
-        .zip(&names)
-        .flat_map(|(shard, file)| shard.iter().map(|&i| (tensors[i].name.clone(), file.clone())))
-        .collect();
+    let sizes: Vec<usize> = tensors.iter().map(|t| t.bytes).collect();
+    let shards = shard(&sizes);
+    let files = weight_map(&shards, |i| tensors[i].name.clone());
     let bytes = tensors.iter().map(|t| t.bytes).sum();
     let generation =
         amalgam_tensors::folder::read_json(&folder.root().join("generation_config.json")).ok();
@@ -208,14 +190,6 @@ pub fn plan(folder: &ModelFolder, options: &Options) -> Result<Plan> {
     let config =
         converted(config, generation.as_ref().and_then(Value::as_object), Some(&quantization));
     Ok(Plan { tensors, shards, cast, config, index: index(bytes, parameters, &files), bytes })
-}
-
-/// `model.safetensors`, or `model-0000i-of-0000n.safetensors` for several.
-pub fn shard_names(n: usize) -> Vec<String> {
-    if n == 1 {
-        return vec!["model.safetensors".to_owned()];
-    }
-    (1..=n).map(|i| format!("model-{i:05}-of-{n:05}.safetensors")).collect()
 }
 
 impl Plan {

@@ -34,6 +34,8 @@ pub enum MlxError {
     Read { path: std::path::PathBuf, source: std::io::Error },
     #[error("{} is not a safetensors file mlx could have written: {reason}", path.display())]
     Header { path: std::path::PathBuf, reason: String },
+    #[error("{} is not an MLX folder: its config.json has no \"quantization\"", .0.display())]
+    NotMlx(std::path::PathBuf),
     #[error(transparent)]
     Storage(#[from] amalgam_tensors::Error),
 }

@@ -85,3 +85,43 @@ pub fn index(total_size: usize, total_parameters: usize, files: &[(String, Strin
     });
     crate::pyjson::dumps(&index)
 }
+
+/// mlx_lm's shard limit: bytes of tensor data per file.
+pub const SHARD_BYTES: usize = 5 << 30;
+
+/// Tensors of `sizes` bytes split into files as mlx_lm splits them: in order, a new file
+/// when the next tensor would take this one past [`SHARD_BYTES`].
+pub fn shard(sizes: &[usize]) -> Vec<Vec<usize>> {
+    let mut shards: Vec<Vec<usize>> = Vec::new();
+    let mut size = 0;
+    for (i, &bytes) in sizes.iter().enumerate() {
+        match shards.last_mut() {
+            Some(shard) if size + bytes <= SHARD_BYTES => shard.push(i),
+            _ => {
+                shards.push(vec![i]);
+                size = 0;
+            }
+        }
+        size += bytes;
+    }
+    shards
+}
+
+/// `model.safetensors`, or `model-0000i-of-0000n.safetensors` for several.
+pub fn shard_names(n: usize) -> Vec<String> {
+    if n == 1 {
+        return vec!["model.safetensors".to_owned()];
+    }
+    (1..=n).map(|i| format!("model-{i:05}-of-{n:05}.safetensors")).collect()
+}
+
+/// Each tensor's file (`name(i)` for tensor `i`), for the index.
+pub fn weight_map(shards: &[Vec<usize>], name: impl Fn(usize) -> String) -> Vec<(String, String)> {
+    shards
+        .iter()
+        .zip(shard_names(shards.len()))
+        .flat_map(|(shard, file)| {
+            shard.iter().map(|&i| (name(i), file.clone())).collect::<Vec<_>>()
+        })
+        .collect()
+}

@@ -16,6 +16,8 @@ pub struct Stored {
     pub dtype: String,
     pub shape: Vec<usize>,
     pub bytes: usize,
+    /// Where its data starts in the file.
+    pub start: u64,
 }
 
 /// A header no larger than this is read (mlx's are a few hundred bytes per tensor).
@@ -49,13 +51,14 @@ pub fn read(path: &Path) -> Result<Vec<Stored>> {
         let shape: Option<Vec<usize>> =
             shape.iter().map(|d| d.as_u64().map(|d| d as usize)).collect();
         let offsets = info.get("data_offsets").and_then(Value::as_array);
-        let span = offsets
-            .and_then(|o| Some(o.get(1)?.as_u64()?.checked_sub(o.first()?.as_u64()?)? as usize));
+        let first = offsets.and_then(|o| o.first()?.as_u64());
+        let span = offsets.and_then(|o| Some(o.get(1)?.as_u64()?.checked_sub(first?)? as usize));
         out.push(Stored {
             name: name.clone(),
             dtype: dtype.to_owned(),
             shape: shape.ok_or_else(|| bad("a shape that is not whole numbers"))?,
             bytes: span.ok_or_else(|| bad("bad data offsets"))?,
+            start: 8 + len + first.unwrap_or(0),
         });
     }
     Ok(out)

@@ -9,6 +9,7 @@
 pub mod affine;
 pub mod config;
 pub mod convert;
+pub mod dequantize;
 pub mod error;
 pub mod file;
 pub mod header;

@@ -4,23 +4,30 @@
 
 use std::collections::BTreeSet;
 use std::fs;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::common::{amalgam, data, run, run_ok};
 
-/// Quantizes tiny-kq with `flags` and compares the folder with golden `name`.
-fn check(name: &str, flags: &[&str]) {
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join(name);
+/// Quantizes tiny-kq with `flags` into `dir`, and compares the folder with golden `name`.
+fn check_in(dir: &Path, name: &str, flags: &[&str]) -> PathBuf {
+    let out = dir.join(name);
     let model = data().join("gguf/tiny-kq");
     run_ok(amalgam().arg("quantize").arg(&model).arg(&out).arg("--mlx").args(flags).arg("--quiet"));
+    compare(&out, name, &["config.json", "model.safetensors.index.json", "chat_template.jinja"]);
+    out
+}
+
+/// Compares folder `out` with golden `name`: the file names, the weights' SHA-256, and
+/// `same` byte for byte.
+fn compare(out: &Path, name: &str, same: &[&str]) {
     let golden = data().join("mlx").join(name);
     let manifest: Value =
         serde_json::from_str(&fs::read_to_string(golden.join("tensors.json")).unwrap()).unwrap();
     let want: BTreeSet<String> = manifest.as_object().unwrap().keys().cloned().collect();
-    let got: BTreeSet<String> = fs::read_dir(&out)
+    let got: BTreeSet<String> = fs::read_dir(out)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
@@ -28,10 +35,16 @@ fn check(name: &str, flags: &[&str]) {
     let weights = fs::read(out.join("model.safetensors")).unwrap();
     let sha: String = Sha256::digest(&weights).iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(sha, manifest["model.safetensors"]["sha256"].as_str().unwrap(), "{name}: weights");
-    for file in ["config.json", "model.safetensors.index.json", "chat_template.jinja"] {
+    for file in same {
         let (a, b) = (fs::read(out.join(file)).unwrap(), fs::read(golden.join(file)).unwrap());
         assert!(a == b, "{name}: {file} differs");
     }
+}
+
+/// [`check_in`] a new temporary folder.
+fn check(name: &str, flags: &[&str]) {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = check_in(tmp.path(), name, flags);
     if name == "mixed_4_6" {
         // inspect shows each packed weight's bits, group size and unpacked width.
         let shown = run_ok(amalgam().arg("inspect").arg(&out));
@@ -51,6 +64,23 @@ fn check(name: &str, flags: &[&str]) {
             "{text}"
         );
     }
+}
+
+#[test]
+fn mlx_folders_convert_back_as_mlx_lm_d_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let q4 = check_in(tmp.path(), "q4-g64", &[]);
+    let out = tmp.path().join("back");
+    run_ok(amalgam().arg("convert").arg(&q4).arg(&out).arg("--quiet"));
+    let same = ["config.json", "model.safetensors.index.json", "README.md", "chat_template.jinja"];
+    compare(&out, "q4-g64-dequantized", &same);
+    let plain = data().join("gguf/tiny-kq");
+    let output = run(amalgam().arg("convert").arg(&plain).arg(tmp.path().join("x")));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("is not an MLX folder: its config.json has no \"quantization\""),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -1,6 +1,7 @@
-//! `amalgam quantize MODEL OUT_DIR --mlx`: a Hugging Face Llama folder to the MLX folder
-//! `mlx_lm.convert -q` writes — weights, index and config byte-equal to it — with the
-//! tokenizer files copied and an mlx-community style model card.
+//! MLX folders: `amalgam quantize MODEL OUT_DIR --mlx`, a Hugging Face Llama folder to the
+//! MLX folder `mlx_lm.convert -q` writes (weights, index and config byte-equal to it, the
+//! tokenizer files copied, an mlx-community style card); and `amalgam convert MLX_DIR
+//! OUT_DIR`, such a folder dequantized as `mlx_lm.convert -d` does.
 
 use std::fs;
 use std::path::Path;
@@ -52,35 +53,72 @@ pub fn run(
     let folder = ModelFolder::open(folder_path)?;
     let options = Options { bits: args.bits, group_size: args.group_size, recipe, dtype };
     let plan = plan(&folder, &options)?;
+    bar.start_bytes("quantizing", plan.bytes as u64);
+    let written = stage(out, |staging| {
+        plan.write(&folder, staging, &|n| bar.add(n as u64))?;
+        fs::write(staging.join("model.safetensors.index.json"), &plan.index)?;
+        fs::write(staging.join("config.json"), dumps(&Value::Object(plan.config.clone())))?;
+        copy_beside(folder_path, staging)?;
+        tokenizer_config(folder_path, staging)?;
+        fs::write(staging.join("README.md"), card(model, out, args))?;
+        Ok(())
+    });
+    bar.finish();
+    written
+}
+
+/// `amalgam convert MLX_DIR OUT_DIR`: the folder dequantized, its other files copied.
+pub fn dequantize(dir: &Path, out: &Path, bar: &Bar) -> anyhow::Result<()> {
+    let plan = amalgam_mlx::dequantize::plan(dir)?;
+    bar.start_bytes("dequantizing", plan.bytes as u64);
+    let written = stage(out, |staging| {
+        plan.write(staging, &|n| bar.add(n as u64))?;
+        fs::write(staging.join("model.safetensors.index.json"), &plan.index)?;
+        fs::write(staging.join("config.json"), dumps(&Value::Object(plan.config.clone())))?;
+        copy_beside(dir, staging)?;
+        for name in ["tokenizer_config.json", "special_tokens_map.json"] {
+            if dir.join(name).is_file() {
+                fs::copy(dir.join(name), staging.join(name))?;
+            }
+        }
+        // The card mlx_lm writes for a local folder.
+        let card = "---\nlanguage: en\nlibrary_name: mlx\npipeline_tag: text-generation\ntags:\n- mlx\n---\n";
+        fs::write(staging.join("README.md"), card)?;
+        Ok(())
+    });
+    bar.finish();
+    written
+}
+
+/// Writes `out` through a staging folder beside it, renamed into place when `fill` has
+/// filled it (an older `out` replaced), removed if `fill` fails.
+fn stage(out: &Path, fill: impl FnOnce(&Path) -> anyhow::Result<()>) -> anyhow::Result<()> {
     let staging = partial::sibling(out, "mlx");
     let _tracked = partial::track(&staging);
     let _ = fs::remove_dir_all(&staging);
     fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
-    bar.start_bytes("quantizing", plan.bytes as u64);
-    let written = (|| -> anyhow::Result<()> {
-        plan.write(&folder, &staging, &|n| bar.add(n as u64))?;
-        fs::write(staging.join("model.safetensors.index.json"), &plan.index)?;
-        fs::write(staging.join("config.json"), dumps(&Value::Object(plan.config.clone())))?;
-        for name in COPIED {
-            let from = folder_path.join(name);
-            if from.is_file() {
-                fs::copy(&from, staging.join(name))
-                    .with_context(|| format!("copying {}", from.display()))?;
-            }
-        }
-        tokenizer_config(folder_path, &staging)?;
-        fs::write(staging.join("README.md"), card(model, out, args))?;
+    let written = fill(&staging).and_then(|()| {
         if out.exists() {
             fs::remove_dir_all(out).with_context(|| format!("replacing {}", out.display()))?;
         }
-        partial::commit(&staging, out)?;
-        Ok(())
-    })();
-    bar.finish();
+        Ok(partial::commit(&staging, out)?)
+    });
     if written.is_err() {
         let _ = fs::remove_dir_all(&staging);
     }
     written
+}
+
+/// Copies [`COPIED`] from `from` where it has them.
+fn copy_beside(from: &Path, to: &Path) -> anyhow::Result<()> {
+    for name in COPIED {
+        let file = from.join(name);
+        if file.is_file() {
+            fs::copy(&file, to.join(name))
+                .with_context(|| format!("copying {}", file.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// `tokenizer_config.json` as transformers 5 saves it for mlx_lm: the chat template moved

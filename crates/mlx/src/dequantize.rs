@@ -1,0 +1,231 @@
+//! An MLX Llama folder dequantized as `mlx_lm.convert -d` does (`docs/mlx-format.md` §5):
+//! each packed weight back to the dtype of its scales, `round(round(q · scale) + bias)`,
+//! the other tensors as stored, written in mlx's files (module-tree order, 5 GiB shards,
+//! mlx's data order) with the config's quantization removed. Tensors are read one at a
+//! time.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use amalgam_tensors::dtype::{DType, decode_f32, encode_f32, round_to};
+use serde_json::{Map, Value};
+
+use crate::affine::Affine;
+use crate::config::converted;
+use crate::convert::position;
+use crate::error::{MlxError, Result};
+use crate::file::{Meta, index, layout, shard, shard_names, weight_map};
+use crate::header::{self, Stored};
+
+/// Where a stored tensor's bytes are.
+#[derive(Clone)]
+struct Place {
+    file: PathBuf,
+    start: u64,
+    len: usize,
+}
+
+/// What an output tensor is made from.
+enum Source {
+    Copy(Place),
+    Dequantize {
+        weight: Place,
+        scales: Place,
+        biases: Place,
+        affine: Affine,
+        cols: usize,
+        dtype: DType,
+    },
+}
+
+struct Tensor {
+    name: String,
+    dtype: String,
+    shape: Vec<usize>,
+    bytes: usize,
+    source: Source,
+}
+
+/// The dequantized model, planned.
+pub struct Plan {
+    tensors: Vec<Tensor>,
+    shards: Vec<Vec<usize>>,
+    pub config: Map<String, Value>,
+    pub index: String,
+    pub bytes: usize,
+}
+
+fn dtype_of(name: &str, dtype: &str) -> Result<DType> {
+    match dtype {
+        "BF16" => Ok(DType::BF16),
+        "F16" => Ok(DType::F16),
+        "F32" => Ok(DType::F32),
+        _ => Err(MlxError::Tensor(name.to_owned())),
+    }
+}
+
+/// Plans the dequantization of the MLX folder `dir`.
+pub fn plan(dir: &Path) -> Result<Plan> {
+    let read_json = |name: &str| amalgam_tensors::folder::read_json(&dir.join(name));
+    let config = read_json("config.json")?;
+    let config = config.as_object().filter(|c| c.contains_key("quantization"));
+    let config = config.ok_or_else(|| MlxError::NotMlx(dir.to_owned()))?;
+    let model_type = config.get("model_type").and_then(Value::as_str).unwrap_or("");
+    if !matches!(model_type, "llama" | "mistral") {
+        return Err(MlxError::Architecture(model_type.to_owned()));
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|source| MlxError::Read { path: dir.to_owned(), source })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    files.sort();
+    let mut stored: HashMap<String, (PathBuf, Stored)> = HashMap::new();
+    for file in &files {
+        for t in header::read(file)? {
+            stored.insert(t.name.clone(), (file.clone(), t));
+        }
+    }
+    let place = |name: &str| -> Result<(Place, &Stored)> {
+        let (file, t) = stored.get(name).ok_or_else(|| MlxError::Tensor(name.to_owned()))?;
+        Ok((Place { file: file.clone(), start: t.start, len: t.bytes }, t))
+    };
+    let mut outputs = Vec::new();
+    for name in stored.keys() {
+        if name.ends_with(".scales") || name.ends_with(".biases") {
+            continue;
+        }
+        if let Some(at) = position(name, false)? {
+            outputs.push((at, name.clone()));
+        }
+    }
+    outputs.sort();
+    let (mut tensors, mut parameters) = (Vec::new(), 0);
+    for (_, name) in outputs {
+        let (weight, t) = place(&name)?;
+        let module = name.strip_suffix(".weight").unwrap_or(&name);
+        let quantized = t.dtype == "U32" && stored.contains_key(&format!("{module}.scales"));
+        let q = header::quantization(config, module).filter(|_| quantized);
+        let Some((bits, group)) = q else {
+            parameters += t.shape.iter().product::<usize>();
+            let (dtype, shape, bytes) = (t.dtype.clone(), t.shape.clone(), t.bytes);
+            tensors.push(Tensor {
+                name: name.clone(),
+                dtype,
+                shape,
+                bytes,
+                source: Source::Copy(weight),
+            });
+            continue;
+        };
+        let affine = Affine::new(bits as u32, group as usize)?;
+        let (scales, s) = place(&format!("{module}.scales"))?;
+        let (biases, _) = place(&format!("{module}.biases"))?;
+        let dtype = dtype_of(&name, &s.dtype)?;
+        let rows = t.shape.first().copied().unwrap_or(0);
+        let cols = t.shape.last().copied().unwrap_or(0) * 32 / affine.bits() as usize;
+        parameters += rows * cols;
+        let source = Source::Dequantize { weight, scales, biases, affine, cols, dtype };
+        let bytes = rows * cols * dtype.size();
+        tensors.push(Tensor {
+            name,
+            dtype: s.dtype.clone(),
+            shape: vec![rows, cols],
+            bytes,
+            source,
+        });
+    }
+    let sizes: Vec<usize> = tensors.iter().map(|t| t.bytes).collect();
+    let shards = shard(&sizes);
+    let files = weight_map(&shards, |i| tensors[i].name.clone());
+    let bytes = sizes.iter().sum();
+    let generation = read_json("generation_config.json").ok();
+    let config = converted(config, generation.as_ref().and_then(Value::as_object), None);
+    Ok(Plan { tensors, shards, config, index: index(bytes, parameters, &files), bytes })
+}
+
+/// A stored tensor's bytes.
+fn read(place: &Place) -> Result<Vec<u8>> {
+    let io = |source| MlxError::Read { path: place.file.clone(), source };
+    let mut file = File::open(&place.file).map_err(io)?;
+    file.seek(SeekFrom::Start(place.start)).map_err(io)?;
+    let mut bytes = vec![0u8; place.len];
+    file.read_exact(&mut bytes).map_err(io)?;
+    Ok(bytes)
+}
+
+impl Plan {
+    /// Writes the weights into `dir`; `progress(bytes)` after each tensor.
+    pub fn write(&self, dir: &Path, progress: &dyn Fn(usize)) -> Result<()> {
+        for (shard, file) in self.shards.iter().zip(shard_names(self.shards.len())) {
+            let path = dir.join(file);
+            let tensors: Vec<&Tensor> = shard.iter().map(|&i| &self.tensors[i]).collect();
+            let metas: Vec<Meta> = tensors
+                .iter()
+                .map(|t| Meta {
+                    name: &t.name,
+                    dtype: dtype_name(&t.dtype),
+                    shape: &t.shape,
+                    len: t.bytes,
+                })
+                .collect();
+            let (header, order) = layout(&metas)?;
+            let io = |source| MlxError::Write { path: path.clone(), source };
+            let mut out = BufWriter::new(File::create(&path).map_err(io)?);
+            out.write_all(&(header.len() as u64).to_le_bytes()).map_err(io)?;
+            out.write_all(header.as_bytes()).map_err(io)?;
+            for k in order {
+                let bytes = make(tensors[k])?;
+                out.write_all(&bytes).map_err(io)?;
+                progress(bytes.len());
+            }
+            out.flush().map_err(io)?;
+        }
+        Ok(())
+    }
+}
+
+/// A stored dtype's name as a static string (the header writer's type).
+fn dtype_name(dtype: &str) -> &'static str {
+    match dtype {
+        "BF16" => "BF16",
+        "F16" => "F16",
+        "F32" => "F32",
+        "U32" => "U32",
+        _ => "F32",
+    }
+}
+
+/// An output tensor's bytes.
+fn make(t: &Tensor) -> Result<Vec<u8>> {
+    let Source::Dequantize { weight, scales, biases, affine, cols, dtype } = &t.source else {
+        let Source::Copy(place) = &t.source else { return Ok(Vec::new()) };
+        return read(place);
+    };
+    let packed: Vec<u32> = read(weight)?
+        .chunks_exact(4)
+        .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+        .collect();
+    let widen = |bytes: Vec<u8>| {
+        let mut v = vec![0f32; bytes.len() / dtype.size()];
+        decode_f32(*dtype, &bytes, &mut v);
+        v
+    };
+    let (scales, biases) = (widen(read(scales)?), widen(read(biases)?));
+    let (words, groups) = (affine.words(*cols), affine.groups(*cols));
+    let rows = packed.len().checked_div(words).unwrap_or(0);
+    let mut values = vec![0f32; rows * cols];
+    for (r, row) in values.chunks_exact_mut(*cols).enumerate() {
+        let (w, g) = (r * words..(r + 1) * words, r * groups..(r + 1) * groups);
+        let (Some(p), Some(s), Some(b)) = (packed.get(w), scales.get(g.clone()), biases.get(g))
+        else {
+            return Err(MlxError::Tensor(t.name.clone()));
+        };
+        affine.dequantize_row(p, s, b, |x| round_to(*dtype, x), row);
+    }
+    let mut out = vec![0u8; values.len() * dtype.size()];
+    encode_f32(*dtype, &values, &mut out);
+    Ok(out)
+}
