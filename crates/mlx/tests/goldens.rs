@@ -1,8 +1,8 @@
 //! The quantizer against `mlx_lm.convert` (mlx 0.32.4, mlx-lm 0.32.2, CPU; made by
 //! `scripts/make-mlx-goldens` from `tests/data/gguf/tiny-kq`): every tensor it writes for
-//! 4 and 8 bits at group size 64, 3 bits at 32 and `mixed_4_6`, and the 4-bit model
-//! dequantized back, has the SHA-256 of the bytes mlx wrote, and so has every whole
-//! `model.safetensors` (header, and data in mlx's order) amalgam lays out from them.
+//! every width (2 and 6 bits at group size 128, 4, 5 and 8 at 64, 3 at 32) and `mixed_4_6`,
+//! and the 4-bit model dequantized back, has the SHA-256 of the bytes mlx wrote, and so has
+//! every whole `model.safetensors` (header, and data in mlx's order) amalgam lays out.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -177,6 +177,9 @@ fn uniform_widths_give_mlx_lms_bytes() {
     check("q4-g64", 64, |_| 4);
     check("q8-g64", 64, |_| 8);
     check("q3-g32", 32, |_| 3);
+    check("q2-g128", 128, |_| 2);
+    check("q5-g64", 64, |_| 5);
+    check("q6-g128", 128, |_| 6);
 }
 
 #[test]
@@ -233,6 +236,9 @@ fn configs_are_mlx_lms_byte_for_byte() {
         ("q4-g64", uniform(64, 4)),
         ("q8-g64", uniform(64, 8)),
         ("q3-g32", uniform(32, 3)),
+        ("q2-g128", uniform(128, 2)),
+        ("q5-g64", uniform(64, 5)),
+        ("q6-g128", uniform(128, 6)),
         ("mixed_4_6", mixed),
         ("q4-g64-dequantized", None),
     ] {

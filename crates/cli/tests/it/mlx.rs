@@ -87,6 +87,7 @@ fn mlx_folders_convert_back_as_mlx_lm_d_does() {
 fn mlx_folders_are_mlx_lms() {
     check("q4-g64", &["--q-bits", "4", "--q-group-size", "64"]);
     check("q3-g32", &["--q-bits", "3", "--q-group-size", "32"]);
+    check("q2-g128", &["--q-bits", "2", "--q-group-size", "128"]);
     check("mixed_4_6", &["--quant-predicate", "mixed_4_6"]);
 }
 
