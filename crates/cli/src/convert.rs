@@ -37,8 +37,7 @@ pub struct ConvertArgs {
 /// Runs `amalgam convert`.
 pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
     if args.model.is_dir() {
-        let taken = std::fs::read_dir(&args.out_dir).is_ok_and(|mut d| d.next().is_some());
-        if taken && !args.force {
+        if crate::shared::occupied(&args.out_dir) && !args.force {
             anyhow::bail!("{} exists; pass --force to replace it", args.out_dir.display());
         }
         let bar = Bar::new(args.quiet);

@@ -58,7 +58,7 @@ pub fn run(
         plan.write(&folder, staging, &|n| bar.add(n as u64))?;
         fs::write(staging.join("model.safetensors.index.json"), &plan.index)?;
         fs::write(staging.join("config.json"), dumps(&Value::Object(plan.config.clone())))?;
-        copy_beside(folder_path, staging)?;
+        copy_beside(folder_path, staging, &COPIED)?;
         tokenizer_config(folder_path, staging)?;
         fs::write(staging.join("README.md"), card(model, out, args))?;
         Ok(())
@@ -75,12 +75,8 @@ pub fn dequantize(dir: &Path, out: &Path, bar: &Bar) -> anyhow::Result<()> {
         plan.write(staging, &|n| bar.add(n as u64))?;
         fs::write(staging.join("model.safetensors.index.json"), &plan.index)?;
         fs::write(staging.join("config.json"), dumps(&Value::Object(plan.config.clone())))?;
-        copy_beside(dir, staging)?;
-        for name in ["tokenizer_config.json", "special_tokens_map.json"] {
-            if dir.join(name).is_file() {
-                fs::copy(dir.join(name), staging.join(name))?;
-            }
-        }
+        copy_beside(dir, staging, &COPIED)?;
+        copy_beside(dir, staging, &["tokenizer_config.json", "special_tokens_map.json"])?;
         // The card mlx_lm writes for a local folder.
         let card = "---\nlanguage: en\nlibrary_name: mlx\npipeline_tag: text-generation\ntags:\n- mlx\n---\n";
         fs::write(staging.join("README.md"), card)?;
@@ -109,9 +105,9 @@ fn stage(out: &Path, fill: impl FnOnce(&Path) -> anyhow::Result<()>) -> anyhow::
     written
 }
 
-/// Copies [`COPIED`] from `from` where it has them.
-fn copy_beside(from: &Path, to: &Path) -> anyhow::Result<()> {
-    for name in COPIED {
+/// Copies the files `names` from `from` where it has them.
+fn copy_beside(from: &Path, to: &Path, names: &[&str]) -> anyhow::Result<()> {
+    for &name in names {
         let file = from.join(name);
         if file.is_file() {
             fs::copy(&file, to.join(name))

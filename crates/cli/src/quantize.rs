@@ -71,7 +71,7 @@ pub struct QuantizeArgs {
 /// Runs `amalgam quantize`.
 pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
     let bar = Bar::new(args.quiet);
-    let taken = if args.mlx { non_empty(&args.out) } else { args.out.exists() };
+    let taken = if args.mlx { crate::shared::occupied(&args.out) } else { args.out.exists() };
     if taken && !args.force {
         bail!("{} exists; pass --force to replace it", args.out.display());
     }
@@ -152,11 +152,6 @@ fn requantize(
         eprintln!("wrote {} ({} tensors, {quant})", args.out.display(), summary.tensors);
     }
     Ok(())
-}
-
-/// Whether `path` is a file, or a folder with anything in it.
-fn non_empty(path: &std::path::Path) -> bool {
-    path.is_file() || std::fs::read_dir(path).is_ok_and(|mut d| d.next().is_some())
 }
 
 /// The last path component of a folder or hub id, without a revision.

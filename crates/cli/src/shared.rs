@@ -78,6 +78,12 @@ pub fn single_model_options(force: bool) -> MergeOptions {
     }
 }
 
+/// Whether `path` is a file, or a folder with anything in it: an output the MLX commands
+/// replace only with `--force`.
+pub fn occupied(path: &Path) -> bool {
+    path.is_file() || std::fs::read_dir(path).is_ok_and(|mut d| d.next().is_some())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

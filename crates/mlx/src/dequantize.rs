@@ -164,12 +164,7 @@ impl Plan {
             let tensors: Vec<&Tensor> = shard.iter().map(|&i| &self.tensors[i]).collect();
             let metas: Vec<Meta> = tensors
                 .iter()
-                .map(|t| Meta {
-                    name: &t.name,
-                    dtype: dtype_name(&t.dtype),
-                    shape: &t.shape,
-                    len: t.bytes,
-                })
+                .map(|t| Meta { name: &t.name, dtype: &t.dtype, shape: &t.shape, len: t.bytes })
                 .collect();
             let (header, order) = layout(&metas)?;
             let io = |source| MlxError::Write { path: path.clone(), source };
@@ -184,17 +179,6 @@ impl Plan {
             out.flush().map_err(io)?;
         }
         Ok(())
-    }
-}
-
-/// A stored dtype's name as a static string (the header writer's type).
-fn dtype_name(dtype: &str) -> &'static str {
-    match dtype {
-        "BF16" => "BF16",
-        "F16" => "F16",
-        "F32" => "F32",
-        "U32" => "U32",
-        _ => "F32",
     }
 }
 

@@ -22,7 +22,7 @@ pub struct Entry<'a> {
 /// What the header says of one tensor: its data's length instead of the data.
 pub struct Meta<'a> {
     pub name: &'a str,
-    pub dtype: &'static str,
+    pub dtype: &'a str,
     pub shape: &'a [usize],
     pub len: usize,
 }
