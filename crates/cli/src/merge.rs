@@ -10,6 +10,7 @@ use amalgam_merge::{MergeOptions, Summary};
 use anyhow::{Context, bail};
 use clap::Args;
 
+use crate::mlx::MlxFlags;
 use crate::progress::Bar;
 use crate::shared::parse_kmb;
 
@@ -42,7 +43,9 @@ pub struct MergeArgs {
     /// The mergekit YAML config.
     config: PathBuf,
     /// The output folder (created; must be empty unless --force), or a `.gguf` file to merge
-    /// straight into GGUF (see --quant).
+    /// straight into GGUF (see --quant). With --mlx, the folder is a quantized MLX model
+    /// written straight from the merge: the same bytes as merging to a folder and running
+    /// `amalgam quantize --mlx` on it, with the merge's card.
     out_dir: PathBuf,
 
     /// Measure the merge on this text before it is put in place: the model card gets a
@@ -112,7 +115,7 @@ pub struct MergeArgs {
     /// self-merge of a quantized GGUF), a scaled or merged one is quantized again to its
     /// input's type (one more rounding, for those tensors only). Default: `source` when
     /// every input is a GGUF, else the merge dtype, unquantized.
-    #[arg(long, short = 'q', visible_alias = "outtype", value_name = "TYPE", value_parser = parse_gguf_types)]
+    #[arg(long, short = 'q', visible_alias = "outtype", value_name = "TYPE", value_parser = parse_gguf_types, conflicts_with = "mlx")]
     quant: Option<GgufTypes>,
     /// When writing GGUF: `tokenizer.ggml.pre`, overriding detection.
     #[arg(long, value_name = "NAME")]
@@ -121,6 +124,9 @@ pub struct MergeArgs {
     /// at most SIZE bytes of tensor data each.
     #[arg(long, value_name = "SIZE", value_parser = parse_kmb)]
     split_max_size: Option<u64>,
+
+    #[command(flatten)]
+    mlx: MlxFlags,
 
     #[command(flatten)]
     ignored: IgnoredFlags,
@@ -249,7 +255,23 @@ pub fn run(args: MergeArgs) -> anyhow::Result<()> {
         split_max_size: args.split_max_size,
         detect_pre: Some(crate::pretok::detect_in),
         evaluate: None,
+        writer: None,
     };
+    let options = match args.mlx.mlx {
+        true => {
+            MergeOptions { writer: Some(crate::mlx::merge_writer(&args.mlx, None)?), ..options }
+        }
+        false => options,
+    };
+    if args.mlx.mlx && amalgam_merge::to_gguf::is_gguf_path(&args.out_dir) {
+        bail!("--mlx writes a folder, not {}: name a folder", args.out_dir.display());
+    }
+    if args.mlx.mlx && (args.resume || args.eval_file.is_some()) {
+        bail!(
+            "--resume and --eval-file work on safetensors folder merges; an --mlx merge is \
+             written from the start and measured after (convert it back with `amalgam convert`)"
+        );
+    }
     let options = match &args.eval_file {
         Some(_) if amalgam_merge::to_gguf::is_gguf_path(&args.out_dir) => bail!(
             "--eval-file writes a model card section, and a GGUF output has no card: measure \

@@ -5,23 +5,45 @@
 
 use std::fs;
 use std::path::Path;
+use std::sync::Arc;
 
-use amalgam_mlx::convert::{Options, plan};
+use amalgam_merge::card::Library;
+use amalgam_merge::external::{Merged, Writer, WrittenFile};
+use amalgam_mlx::convert::{Options, Plan, plan};
 use amalgam_mlx::pyjson::dumps;
-use amalgam_mlx::{Affine, Recipe};
+use amalgam_mlx::{Affine, MlxError, Recipe, Source};
+use amalgam_tensors::folder::read_json;
 use amalgam_tensors::{DType, ModelFolder, partial};
 use anyhow::{Context, bail};
+use clap::Args;
 use serde_json::Value;
 
 use crate::progress::Bar;
 
 /// The MLX flags, named as mlx_lm.convert names them.
-pub struct MlxArgs<'a> {
-    pub bits: u32,
-    pub group_size: Option<usize>,
-    pub mode: &'a str,
-    pub recipe: Option<&'a str>,
-    pub dtype: Option<&'a str>,
+#[derive(Args, Clone, Debug)]
+pub struct MlxFlags {
+    /// Write a quantized MLX folder, as mlx_lm.convert -q writes it (weights, index and
+    /// config.json the same bytes; mlx 0.32, Llama and Mistral models).
+    #[arg(long)]
+    pub mlx: bool,
+    /// MLX: bits per weight (2, 3, 4, 5, 6 or 8).
+    #[arg(long, default_value_t = 4, requires = "mlx")]
+    pub q_bits: u32,
+    /// MLX: weights per scale and bias (32, 64 or 128) [default: 64].
+    #[arg(long, requires = "mlx")]
+    pub q_group_size: Option<usize>,
+    /// MLX: the quantization mode (affine).
+    #[arg(long, default_value = "affine", requires = "mlx")]
+    pub q_mode: String,
+    /// MLX: mlx_lm's mixed-precision recipe: mixed_2_6, mixed_3_4, mixed_3_6 or mixed_4_6.
+    #[arg(long, value_name = "RECIPE", requires = "mlx")]
+    pub quant_predicate: Option<String>,
+    /// MLX: the dtype of everything not quantized (scales and biases included): float16,
+    /// bfloat16 or float32 [default: the config's torch_dtype, else as stored; for a GGUF
+    /// input, bfloat16 or float32 if its weights are, else float16].
+    #[arg(long, requires = "mlx")]
+    pub dtype: Option<String>,
 }
 
 /// The files beside the weights mlx_lm's output carries, copied when the input has them
@@ -29,42 +51,149 @@ pub struct MlxArgs<'a> {
 const COPIED: [&str; 4] =
     ["tokenizer.json", "tokenizer.model", "chat_template.jinja", "generation_config.json"];
 
-/// Writes `folder`'s model to `out` as MLX.
+/// The flags checked and turned into the converter's options.
+fn options(flags: &MlxFlags) -> anyhow::Result<Options> {
+    if flags.q_mode != "affine" {
+        bail!("--q-mode {}: amalgam writes MLX's affine mode so far", flags.q_mode);
+    }
+    let dtype = flags.dtype.as_deref().map(parse_dtype).transpose()?;
+    Affine::new(flags.q_bits, flags.q_group_size.unwrap_or(64))?;
+    let recipe = flags.quant_predicate.as_deref().map(Recipe::named).transpose()?;
+    Ok(Options { bits: flags.q_bits, group_size: flags.q_group_size, recipe, dtype })
+}
+
+/// A `--dtype` name.
+fn parse_dtype(name: &str) -> anyhow::Result<DType> {
+    DType::from_torch_name(name)
+        .filter(|d| *d != DType::F64)
+        .with_context(|| format!("--dtype {name}: use float16, bfloat16 or float32"))
+}
+
+/// How the weights are quantized, in a few words (for the cards).
+fn described(flags: &MlxFlags) -> String {
+    match &flags.quant_predicate {
+        Some(r) => format!("the {r} recipe"),
+        None => format!(
+            "{}-bit affine quantization, groups of {}",
+            flags.q_bits,
+            flags.q_group_size.unwrap_or(64)
+        ),
+    }
+}
+
+/// Writes `folder_path`'s model to `out` as MLX.
 pub fn run(
     model: &str,
     folder_path: &Path,
     out: &Path,
-    args: &MlxArgs,
+    flags: &MlxFlags,
     bar: &Bar,
 ) -> anyhow::Result<()> {
-    if args.mode != "affine" {
-        bail!("--q-mode {}: amalgam writes MLX's affine mode so far", args.mode);
-    }
-    let dtype = match args.dtype {
-        None => None,
-        Some(name) => Some(
-            DType::from_torch_name(name)
-                .filter(|d| *d != DType::F64)
-                .with_context(|| format!("--dtype {name}: use float16, bfloat16 or float32"))?,
-        ),
-    };
-    Affine::new(args.bits, args.group_size.unwrap_or(64))?;
-    let recipe = args.recipe.map(Recipe::named).transpose()?;
+    let options = options(flags)?;
     let folder = ModelFolder::open(folder_path)?;
-    let options = Options { bits: args.bits, group_size: args.group_size, recipe, dtype };
-    let plan = plan(&folder, &options)?;
+    let generation = read_json(&folder_path.join("generation_config.json")).ok();
+    let generation = generation.as_ref().and_then(Value::as_object);
+    let plan = plan(&folder, folder.config(), generation, &options)?;
     bar.start_bytes("quantizing", plan.bytes as u64);
     let written = stage(out, |staging| {
-        plan.write(&folder, staging, &|n| bar.add(n as u64))?;
-        fs::write(staging.join("model.safetensors.index.json"), &plan.index)?;
-        fs::write(staging.join("config.json"), dumps(&Value::Object(plan.config.clone())))?;
-        copy_beside(folder_path, staging, &COPIED)?;
-        tokenizer_config(folder_path, staging)?;
-        fs::write(staging.join("README.md"), card(model, out, args))?;
+        write_model(&plan, &folder, staging, &|n| bar.add(n as u64))?;
+        beside(folder_path, staging)?;
+        fs::write(staging.join("README.md"), card(model, out, flags))?;
         Ok(())
     });
     bar.finish();
     written
+}
+
+/// A merge's writer for `amalgam merge … --mlx` (and a GGUF input to `quantize --mlx`,
+/// run as a passthrough of itself): the merged tensors quantized as they are computed.
+/// When the merge writes no card, `card_model` names the model for an mlx-community card.
+pub fn merge_writer(flags: &MlxFlags, card_model: Option<String>) -> anyhow::Result<Writer> {
+    let options = options(flags)?;
+    let flags = flags.clone();
+    Ok(Writer(Arc::new(move |merged: &Merged| {
+        write_merge(merged, &options, &flags, card_model.as_deref()).map_err(|e| format!("{e:#}"))
+    })))
+}
+
+/// [`merge_writer`]'s work.
+fn write_merge(
+    merged: &Merged,
+    options: &Options,
+    flags: &MlxFlags,
+    card_model: Option<&str>,
+) -> anyhow::Result<Vec<WrittenFile>> {
+    let source = MergedSource(merged);
+    if merged.dry_run {
+        return Ok(files(&plan(&source, merged.config, None, options)?));
+    }
+    stage(merged.out, |staging| {
+        // What a folder merge writes beside its weights, made first in a scratch folder
+        // and then carried over as quantizing that folder would.
+        let made = staging.join(".merged-files");
+        fs::create_dir(&made).with_context(|| format!("creating {}", made.display()))?;
+        let quantization = described(flags);
+        merged.write_files(&made, Library::Mlx { quantization: &quantization })?;
+        let generation = read_json(&made.join("generation_config.json")).ok();
+        let generation = generation.as_ref().and_then(Value::as_object);
+        let plan = plan(&source, merged.config, generation, options)?;
+        let reporter = merged.reporter;
+        reporter.begin(files(&plan).iter().map(|f| f.tensors).sum(), plan.bytes as u64);
+        write_model(&plan, &source, staging, &|n| {
+            reporter.advance(n as u64);
+            reporter.tensor_done();
+        })?;
+        beside(&made, staging)?;
+        copy_beside(&made, staging, &["README.md", "mergekit_config.yml"])?;
+        if let Some(model) = card_model.filter(|_| !made.join("README.md").is_file()) {
+            fs::write(staging.join("README.md"), card(model, merged.out, flags))?;
+        }
+        fs::remove_dir_all(&made).with_context(|| format!("removing {}", made.display()))?;
+        Ok(files(&plan))
+    })
+}
+
+/// A merge as the converter's tensor source.
+struct MergedSource<'a>(&'a Merged<'a>);
+
+impl Source for MergedSource<'_> {
+    fn names(&self) -> Vec<String> {
+        self.0.names()
+    }
+
+    fn info(&self, name: &str) -> amalgam_mlx::Result<Option<(DType, Vec<usize>)>> {
+        Ok(self.0.info(name).map(|(dtype, shape)| (dtype, shape.to_vec())))
+    }
+
+    fn read(&self, name: &str, out: &mut [f32]) -> amalgam_mlx::Result<()> {
+        self.0.read(name, out).map_err(|e| MlxError::Source(e.to_string()))
+    }
+}
+
+/// The weight files a plan writes.
+fn files(plan: &Plan) -> Vec<WrittenFile> {
+    let file = |(name, bytes, tensors)| WrittenFile { name, bytes, tensors };
+    plan.files().into_iter().map(file).collect()
+}
+
+/// The weights, the index and `config.json` of `plan` into `dir`.
+fn write_model(
+    plan: &Plan,
+    source: &dyn Source,
+    dir: &Path,
+    progress: &dyn Fn(usize),
+) -> anyhow::Result<()> {
+    plan.write(source, dir, progress)?;
+    fs::write(dir.join("model.safetensors.index.json"), &plan.index)?;
+    fs::write(dir.join("config.json"), dumps(&Value::Object(plan.config.clone())))?;
+    Ok(())
+}
+
+/// The tokenizer files and generation config of the model in `from`, into `to` as
+/// mlx_lm writes them.
+fn beside(from: &Path, to: &Path) -> anyhow::Result<()> {
+    copy_beside(from, to, &COPIED)?;
+    tokenizer_config(from, to)
 }
 
 /// `amalgam convert MLX_DIR OUT_DIR`: the folder dequantized, its other files copied.
@@ -88,16 +217,17 @@ pub fn dequantize(dir: &Path, out: &Path, bar: &Bar) -> anyhow::Result<()> {
 
 /// Writes `out` through a staging folder beside it, renamed into place when `fill` has
 /// filled it (an older `out` replaced), removed if `fill` fails.
-fn stage(out: &Path, fill: impl FnOnce(&Path) -> anyhow::Result<()>) -> anyhow::Result<()> {
+fn stage<T>(out: &Path, fill: impl FnOnce(&Path) -> anyhow::Result<T>) -> anyhow::Result<T> {
     let staging = partial::sibling(out, "mlx");
     let _tracked = partial::track(&staging);
     let _ = fs::remove_dir_all(&staging);
     fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
-    let written = fill(&staging).and_then(|()| {
+    let written = fill(&staging).and_then(|value| {
         if out.exists() {
             fs::remove_dir_all(out).with_context(|| format!("replacing {}", out.display()))?;
         }
-        Ok(partial::commit(&staging, out)?)
+        partial::commit(&staging, out)?;
+        Ok(value)
     });
     if written.is_err() {
         let _ = fs::remove_dir_all(&staging);
@@ -138,23 +268,12 @@ fn tokenizer_config(input: &Path, out: &Path) -> anyhow::Result<()> {
 }
 
 /// The model card, in the mlx-community style.
-fn card(model: &str, out: &Path, args: &MlxArgs) -> String {
+fn card(model: &str, out: &Path, flags: &MlxFlags) -> String {
     let name = out.file_name().map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
-    let what = match args.recipe {
-        Some(r) => format!("the {r} recipe"),
-        None => format!(
-            "{}-bit affine quantization, groups of {}",
-            args.bits,
-            args.group_size.unwrap_or(64)
-        ),
-    };
     format!(
         "---\nlibrary_name: mlx\ntags:\n- mlx\nbase_model: {model}\npipeline_tag: text-generation\n---\n\n\
-         # {name}\n\nThis model was converted to MLX format from `{model}` by amalgam ({what}).\n\n\
-         ## Use with mlx\n\n```bash\npip install mlx-lm\n```\n\n```python\nfrom mlx_lm import load, generate\n\n\
-         model, tokenizer = load(\"{name}\")\n\nprompt = \"hello\"\n\n\
-         if tokenizer.chat_template is not None:\n    messages = [{{\"role\": \"user\", \"content\": prompt}}]\n    \
-         prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)\n\n\
-         response = generate(model, tokenizer, prompt=prompt, verbose=True)\n```\n"
+         # {name}\n\nThis model was converted to MLX format from `{model}` by amalgam ({}).\n\n{}",
+        described(flags),
+        amalgam_merge::card::mlx_usage(&name)
     )
 }

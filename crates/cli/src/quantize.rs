@@ -11,6 +11,7 @@ use amalgam_tensors::ModelFolder;
 use anyhow::{Context, bail};
 use clap::Args;
 
+use crate::mlx::MlxFlags;
 use crate::progress::Bar;
 use crate::shared::{locate, parse_file_type};
 
@@ -31,25 +32,8 @@ pub struct QuantizeArgs {
     /// Q4_K_S, Q4_1, Q4_0, Q3_K_L, Q3_K_M, Q3_K_S, Q2_K (case-insensitive).
     #[arg(long, short = 'q', visible_alias = "outtype", value_parser = parse_file_type, required_unless_present = "mlx", conflicts_with = "mlx")]
     quant: Option<FileType>,
-    /// Write an MLX folder, as mlx_lm.convert -q does, instead of GGUF.
-    #[arg(long)]
-    mlx: bool,
-    /// MLX: bits per weight (2, 3, 4, 5, 6 or 8).
-    #[arg(long, default_value_t = 4, requires = "mlx")]
-    q_bits: u32,
-    /// MLX: weights per scale and bias (32, 64 or 128) [default: 64].
-    #[arg(long, requires = "mlx")]
-    q_group_size: Option<usize>,
-    /// MLX: the quantization mode (affine).
-    #[arg(long, default_value = "affine", requires = "mlx")]
-    q_mode: String,
-    /// MLX: mlx_lm's mixed-precision recipe: mixed_2_6, mixed_3_4, mixed_3_6 or mixed_4_6.
-    #[arg(long, value_name = "RECIPE", requires = "mlx")]
-    quant_predicate: Option<String>,
-    /// MLX: the dtype of everything not quantized (scales and biases included): float16,
-    /// bfloat16 or float32 [default: the config's torch_dtype, else as stored].
-    #[arg(long, requires = "mlx")]
-    dtype: Option<String>,
+    #[command(flatten)]
+    mlx: MlxFlags,
     /// llama.cpp's pre-tokenizer name (`tokenizer.ggml.pre`), overriding detection.
     #[arg(long, value_name = "NAME")]
     tokenizer_pre: Option<String>,
@@ -71,7 +55,7 @@ pub struct QuantizeArgs {
 /// Runs `amalgam quantize`.
 pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
     let bar = Bar::new(args.quiet);
-    let taken = if args.mlx { crate::shared::occupied(&args.out) } else { args.out.exists() };
+    let taken = if args.mlx.mlx { crate::shared::occupied(&args.out) } else { args.out.exists() };
     if taken && !args.force {
         bail!("{} exists; pass --force to replace it", args.out.display());
     }
@@ -79,19 +63,9 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
     let folder_path = locate(&args.model, &bar)?;
     let Some(quant) = args.quant else {
         if folder_path.is_file() {
-            bail!(
-                "--mlx takes a Hugging Face folder or hub id; convert {} first",
-                folder_path.display()
-            );
+            return gguf_to_mlx(&args, &folder_path, &bar);
         }
-        let mlx = crate::mlx::MlxArgs {
-            bits: args.q_bits,
-            group_size: args.q_group_size,
-            mode: &args.q_mode,
-            recipe: args.quant_predicate.as_deref(),
-            dtype: args.dtype.as_deref(),
-        };
-        crate::mlx::run(&args.model, &folder_path, &args.out, &mlx, &bar)?;
+        crate::mlx::run(&args.model, &folder_path, &args.out, &args.mlx, &bar)?;
         if !args.quiet {
             eprintln!("wrote {}", args.out.display());
         }
@@ -138,20 +112,60 @@ fn requantize(
     gguf: &std::path::Path,
     bar: &Bar,
 ) -> anyhow::Result<()> {
-    let config = crate::shared::single_model_config(gguf, "float32")?;
     let options = amalgam_merge::MergeOptions {
         quant: Some(amalgam_merge::to_gguf::GgufTypes::Mixture(quant)),
         tokenizer_pre: args.tokenizer_pre.clone(),
         split_max_size: args.split_max_size,
         ..crate::shared::single_model_options(args.force)
     };
-    let result = amalgam_merge::run_config(&config, "quantize", &args.out, &options, bar);
+    rewrite(args, gguf, "float32", &options, &quant.to_string(), bar)
+}
+
+/// A GGUF input to `--mlx`: dequantized (to `--dtype`, else the GGUF's float type) and
+/// quantized again as MLX as the tensors stream through the merge engine, the same bytes
+/// as `amalgam convert` followed by `quantize --mlx`.
+fn gguf_to_mlx(args: &QuantizeArgs, gguf: &std::path::Path, bar: &Bar) -> anyhow::Result<()> {
+    let dtype = match &args.mlx.dtype {
+        Some(name) => name.clone(),
+        None => gguf_float_type(gguf)?.to_owned(),
+    };
+    let options = amalgam_merge::MergeOptions {
+        writer: Some(crate::mlx::merge_writer(&args.mlx, Some(args.model.clone()))?),
+        ..crate::shared::single_model_options(args.force)
+    };
+    rewrite(args, gguf, &dtype, &options, &format!("MLX from {dtype}"), bar)
+}
+
+/// Runs the GGUF file `gguf` through the merge engine as a passthrough of itself in
+/// `dtype`, written as `options` say; `what` names the output in the closing line.
+fn rewrite(
+    args: &QuantizeArgs,
+    gguf: &std::path::Path,
+    dtype: &str,
+    options: &amalgam_merge::MergeOptions,
+    what: &str,
+    bar: &Bar,
+) -> anyhow::Result<()> {
+    let config = crate::shared::single_model_config(gguf, dtype)?;
+    let result = amalgam_merge::run_config(&config, "quantize", &args.out, options, bar);
     bar.finish();
     let summary = result?;
     if !args.quiet {
-        eprintln!("wrote {} ({} tensors, {quant})", args.out.display(), summary.tensors);
+        eprintln!("wrote {} ({} tensors, {what})", args.out.display(), summary.tensors);
     }
     Ok(())
+}
+
+/// The float type a GGUF's weights come back as: bfloat16 or float32 when its file type
+/// says so, else float16 (what quantized files were made from, and MLX's usual type).
+fn gguf_float_type(gguf: &std::path::Path) -> anyhow::Result<&'static str> {
+    let file = amalgam_gguf::GgufFile::open(gguf)?;
+    let file_type = file.header.get("general.file_type").and_then(|v| v.as_u64());
+    Ok(match file_type {
+        Some(0) => "float32",
+        Some(32) => "bfloat16",
+        _ => "float16",
+    })
 }
 
 /// The last path component of a folder or hub id, without a revision.

@@ -75,6 +75,7 @@ pub fn single_model_options(force: bool) -> MergeOptions {
         split_max_size: None,
         detect_pre: None,
         evaluate: None,
+        writer: None,
     }
 }
 

@@ -17,6 +17,16 @@ pub struct CardModel {
     pub license: Option<String>,
 }
 
+/// The library a card is written for: its front matter's `library_name` and its usage
+/// section.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Library<'a> {
+    /// Safetensors for transformers (and amalgam).
+    Transformers,
+    /// A quantized MLX folder for mlx_lm; `quantization` says how, in a few words.
+    Mlx { quantization: &'a str },
+}
+
 /// Everything the card needs.
 pub struct CardInput<'a> {
     pub name: &'a str,
@@ -31,6 +41,7 @@ pub struct CardInput<'a> {
     pub config_notes: &'a [String],
     /// The "Merge quality" section's measurements (Markdown), if the merge was measured.
     pub quality: Option<&'a str>,
+    pub library: Library<'a>,
 }
 
 /// Renders the card.
@@ -68,7 +79,12 @@ pub fn render(input: &CardInput) -> String {
          `mergekit-yaml` with this configuration.\n",
         input.random_seed
     );
-    out += &usage(name);
+    out += &match input.library {
+        Library::Transformers => usage(name),
+        Library::Mlx { quantization } => {
+            format!("It is stored for MLX: {quantization}.\n\n{}", mlx_usage(name))
+        }
+    };
     out
 }
 
@@ -86,11 +102,18 @@ fn front_matter(input: &CardInput) -> String {
             let _ = writeln!(out, "- {b}");
         }
     }
-    out += "library_name: transformers\n";
+    out += match input.library {
+        Library::Transformers => "library_name: transformers\n",
+        Library::Mlx { .. } => "library_name: mlx\n",
+    };
     if let Some(license) = input.models.iter().find_map(|m| m.license.as_deref()) {
         let _ = writeln!(out, "license: {license}");
     }
-    out += "tags:\n- merge\n- mergekit\n- amalgam\n---\n\n";
+    out += "tags:\n- merge\n- mergekit\n- amalgam\n";
+    if let Library::Mlx { .. } = input.library {
+        out += "- mlx\n";
+    }
+    out += "---\n\n";
     out
 }
 
@@ -194,6 +217,18 @@ fn usage(name: &str) -> String {
          Or on a CPU with amalgam, from this folder (or its GGUF):\n\n```sh\n\
          amalgam chat {name} --temperature 0.7 --top-k 50 --top-p 0.95\n\
          amalgam perplexity {name} -f some-text.txt\n```\n"
+    )
+}
+
+/// The usage section of an MLX folder's card: mlx_lm's snippet, as mlx-community's cards
+/// have it.
+pub fn mlx_usage(name: &str) -> String {
+    format!(
+        "## Use with mlx\n\n```bash\npip install mlx-lm\n```\n\n```python\nfrom mlx_lm import load, generate\n\n\
+         model, tokenizer = load(\"{name}\")\n\nprompt = \"hello\"\n\n\
+         if tokenizer.chat_template is not None:\n    messages = [{{\"role\": \"user\", \"content\": prompt}}]\n    \
+         prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)\n\n\
+         response = generate(model, tokenizer, prompt=prompt, verbose=True)\n```\n"
     )
 }
 

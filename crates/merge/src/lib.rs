@@ -12,6 +12,7 @@ mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod execute;
+pub mod external;
 pub mod layer_config;
 pub mod layer_list;
 pub mod lora;
@@ -30,6 +31,7 @@ mod staging;
 mod suggest;
 pub mod tensor_plan;
 pub mod to_gguf;
+mod tokenizers;
 pub mod vocab;
 
 pub use config::{Diagnostics, MergeConfig};

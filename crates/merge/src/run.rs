@@ -8,13 +8,12 @@ use std::path::{Path, PathBuf};
 use amalgam_tensors::hub;
 use serde_json::{Map, Value};
 
-use crate::card::{self, CardInput, CardModel};
-use crate::chat_template;
+use crate::card::{self, CardInput, CardModel, Library};
 use crate::checkpoint;
 use crate::config::{Diagnostics, MergeConfig};
-use crate::config::{TokenizerConfig, VocabSource};
 use crate::error::{MergeError, Result};
 use crate::execute;
+use crate::external::{Merged, Writer};
 use crate::opened::Opened;
 use crate::output;
 use crate::plan::Plan;
@@ -24,7 +23,8 @@ use crate::resolve::Resolver;
 use crate::source::Model;
 use crate::staging::Staging;
 use crate::to_gguf::{self, GgufOutput, GgufTypes};
-use crate::vocab::{self, ModelTokenizer, Vocabulary};
+use crate::tokenizers::{merged_vocabulary, write_tokenizer_files};
+use crate::vocab::{self, Vocabulary};
 
 /// mergekit-yaml's options, where they mean something here.
 #[derive(Clone, Debug)]
@@ -63,6 +63,9 @@ pub struct MergeOptions {
     /// For a folder output with a card: measures the staged merge for the card's "Merge
     /// quality" section before it is renamed into place.
     pub evaluate: Option<Evaluator>,
+    /// Writes the merge in a format this crate does not know (an MLX folder) instead of
+    /// a safetensors folder.
+    pub writer: Option<Writer>,
 }
 
 /// Whether an interrupted folder merge can be finished by a later run.
@@ -104,8 +107,8 @@ pub fn run(
 
 /// Runs the merge described by config `text`; `label` names it in warnings. The
 /// pipeline: parse → open and plan the inputs → merge the vocabularies → bind tensors to
-/// input bytes → the output `config.json` → write (a GGUF file, or a staged folder with
-/// its weights, config, tokenizer and card, renamed into place).
+/// input bytes → the output `config.json` → write (a GGUF file, the caller's format, or a
+/// staged folder with its weights, config, tokenizer and card, renamed into place).
 pub fn run_config(
     text: &str,
     label: &str,
@@ -113,73 +116,141 @@ pub fn run_config(
     options: &MergeOptions,
     reporter: &dyn Reporter,
 ) -> Result<Summary> {
-    let config = parse(text, label, options.strict, reporter)?;
-    let gguf = to_gguf::is_gguf_path(out_dir);
-    if !options.dry_run && !gguf {
-        check_output(out_dir, options.force)?;
-    }
-    let resolver = Resolver {
-        cache: options.cache_dir.clone().unwrap_or_else(hub::cache_dir),
-        offline: hub::offline(),
-        progress: &|file, done, total| reporter.download(file, done, total),
-    };
-    let opened = Opened::open_with(&config, &resolver, options.allow_crimes, reporter)?;
-    let vocabulary = match &config.tokenizer {
-        Some(t) => Some(merged_vocabulary(t, &opened.plan, &opened.models, &resolver, reporter)?),
-        None => None,
-    };
-    let bind = execute::BindOptions {
-        dtype: config.dtype,
-        out_dtype: config.out_dtype,
-        seed: options.random_seed,
-        truncate_vocab: options.truncate_vocab,
-        vocab: vocabulary.as_ref(),
-    };
-    let bound = execute::bind(&opened.plan, &opened.models, bind)?;
+    let merge = Prepared::open(text, label, out_dir, options, reporter)?;
+    let bound = merge.bind()?;
     let vocab_size =
-        vocabulary.as_ref().map(|v| v.padded).or_else(|| truncated_vocab(&bound, reporter));
-    let (out_config, config_notes) = output_config(&config, &opened, vocab_size, reporter);
-    if gguf {
-        let vocabulary = vocabulary.as_ref();
-        return merge_to_gguf(
-            &config,
-            &opened,
-            &bound,
-            &out_config,
-            vocabulary,
-            out_dir,
-            options,
-            reporter,
-        );
+        merge.vocabulary.as_ref().map(|v| v.padded).or_else(|| truncated_vocab(&bound, reporter));
+    let (out_config, notes) = output_config(&merge.config, &merge.opened, vocab_size, reporter);
+    if let Some(writer) = &options.writer {
+        let files = |dir: &Path, library: Library| {
+            merge.tokenizer_files(dir)?;
+            merge.card(dir, &notes, library, None)
+        };
+        let merged = Merged::new(&bound, &out_config, out_dir, options.dry_run, reporter, &files);
+        let written = (writer.0)(&merged).map_err(MergeError::Output)?;
+        return Ok(external_summary(&merge.opened, &bound, written));
     }
-    let shards = execute::Shards::assign(&bound, options.out_shard_size);
-    let summary = summary(&opened, &bound, &shards);
+    if to_gguf::is_gguf_path(out_dir) {
+        return merge_to_gguf(&merge, &bound, &out_config);
+    }
+    write_folder(&merge, &bound, out_config, &notes)
+}
+
+/// A merge opened and planned, before its tensors are bound: what every output needs.
+struct Prepared<'a> {
+    /// The config's text, quoted in the card and fingerprinted for `--resume`.
+    text: &'a str,
+    config: MergeConfig,
+    opened: Opened,
+    /// The merged vocabulary, when the config has a `tokenizer:` section.
+    vocabulary: Option<Vocabulary>,
+    out_dir: &'a Path,
+    options: &'a MergeOptions,
+    reporter: &'a dyn Reporter,
+}
+
+impl<'a> Prepared<'a> {
+    /// Parses the config, checks a folder output, and opens, plans and (for a tokenizer
+    /// section) merges the vocabularies of the inputs.
+    fn open(
+        text: &'a str,
+        label: &str,
+        out_dir: &'a Path,
+        options: &'a MergeOptions,
+        reporter: &'a dyn Reporter,
+    ) -> Result<Prepared<'a>> {
+        let config = parse(text, label, options.strict, reporter)?;
+        if !options.dry_run && !to_gguf::is_gguf_path(out_dir) {
+            check_output(out_dir, options.force)?;
+        }
+        let resolver = Resolver {
+            cache: options.cache_dir.clone().unwrap_or_else(hub::cache_dir),
+            offline: hub::offline(),
+            progress: &|file, done, total| reporter.download(file, done, total),
+        };
+        let opened = Opened::open_with(&config, &resolver, options.allow_crimes, reporter)?;
+        let vocabulary = match &config.tokenizer {
+            Some(t) => {
+                Some(merged_vocabulary(t, &opened.plan, &opened.models, &resolver, reporter)?)
+            }
+            None => None,
+        };
+        Ok(Prepared { text, config, opened, vocabulary, out_dir, options, reporter })
+    }
+
+    /// Every planned tensor bound to its inputs.
+    fn bind(&self) -> Result<Vec<execute::Bound<'_>>> {
+        let bind = execute::BindOptions {
+            dtype: self.config.dtype,
+            out_dtype: self.config.out_dtype,
+            seed: self.options.random_seed,
+            truncate_vocab: self.options.truncate_vocab,
+            vocab: self.vocabulary.as_ref(),
+        };
+        execute::bind(&self.opened.plan, &self.opened.models, bind)
+    }
+
+    /// The tokenizer files and chat template, into `dir`.
+    fn tokenizer_files(&self, dir: &Path) -> Result<()> {
+        let (config, opened, vocabulary) = (&self.config, &self.opened, self.vocabulary.as_ref());
+        let copy = self.options.copy_tokenizer;
+        write_tokenizer_files(dir, config, opened, vocabulary, copy, self.reporter)
+    }
+
+    /// The model card and the config's copy into `dir`, unless turned off.
+    fn card(
+        &self,
+        dir: &Path,
+        config_notes: &[String],
+        library: Library,
+        quality: Option<&str>,
+    ) -> Result<()> {
+        if !self.options.write_model_card {
+            return Ok(());
+        }
+        let card = CardContext {
+            config: &self.config,
+            text: self.text,
+            plan: &self.opened.plan,
+            config_notes,
+            quality,
+            library,
+        };
+        let opened = &self.opened;
+        write_card(dir, self.out_dir, &card, &opened.models, &opened.located, self.options)
+    }
+}
+
+/// The folder branch of [`run_config`]: shards, config, tokenizer and card written into a
+/// staging folder (journaled for `--resume`), measured if asked, renamed into place.
+fn write_folder(
+    merge: &Prepared,
+    bound: &[execute::Bound],
+    out_config: Map<String, Value>,
+    notes: &[String],
+) -> Result<Summary> {
+    let (options, reporter) = (merge.options, merge.reporter);
+    let shards = execute::Shards::assign(bound, options.out_shard_size);
+    let summary = summary(&merge.opened, bound, &shards);
     if options.dry_run {
         return Ok(summary);
     }
-    let fingerprint = checkpoint::fingerprint(text, options, &opened);
+    let fingerprint = checkpoint::fingerprint(merge.text, options, &merge.opened);
     let staging = match options.resume {
-        Resume::Never => Staging::create(out_dir, None)?,
-        Resume::Record => Staging::create(out_dir, Some(&fingerprint))?,
-        Resume::Continue => Staging::resume(out_dir, &fingerprint, reporter)?,
+        Resume::Never => Staging::create(merge.out_dir, None)?,
+        Resume::Record => Staging::create(merge.out_dir, Some(&fingerprint))?,
+        Resume::Continue => Staging::resume(merge.out_dir, &fingerprint, reporter)?,
     };
     reporter.begin(bound.len(), summary.bytes_written);
     let checkpoint = staging.checkpoint.as_ref();
-    shards.write(&staging.path, &bound, summary.bytes_written, reporter, checkpoint)?;
+    shards.write(&staging.path, bound, summary.bytes_written, reporter, checkpoint)?;
     output::write_json(&staging.path.join("config.json"), &Value::Object(out_config))?;
-    write_tokenizer_files(&staging.path, &config, &opened, vocabulary.as_ref(), options, reporter)?;
+    merge.tokenizer_files(&staging.path)?;
     if options.write_model_card {
-        let quality = measure(&staging.path, &opened, options)?;
-        let card = CardContext {
-            config: &config,
-            text,
-            plan: &opened.plan,
-            config_notes: &config_notes,
-            quality: quality.as_deref(),
-        };
-        write_card(&staging.path, out_dir, &card, &opened.models, &opened.located, options)?;
+        let quality = measure(&staging.path, &merge.opened, options)?;
+        merge.card(&staging.path, notes, Library::Transformers, quality.as_deref())?;
     }
-    staging.commit(out_dir, options.force)?;
+    staging.commit(merge.out_dir, options.force)?;
     Ok(summary)
 }
 
@@ -225,46 +296,35 @@ fn summary(opened: &Opened, bound: &[execute::Bound], shards: &execute::Shards) 
         bytes_read: bound.iter().flat_map(|b| &b.inputs).map(|i| i.stored_bytes()).sum(),
         bytes_written: shards.sizes.iter().sum(),
         shards: shards.listing(),
-        models: opened
-            .plan
-            .models
-            .iter()
-            .zip(&opened.located)
-            .map(|(m, l)| (m.to_string(), l.folder.clone()))
-            .collect(),
+        models: models(opened),
     }
 }
 
-/// The tokenizer (merged, or the donor's copied) and the chat template, into `dir`.
-fn write_tokenizer_files(
-    dir: &Path,
-    config: &MergeConfig,
+/// What a merge written by an external writer did: the files it reports.
+fn external_summary(
     opened: &Opened,
-    vocabulary: Option<&Vocabulary>,
-    options: &MergeOptions,
-    reporter: &dyn Reporter,
-) -> Result<()> {
-    let donor = opened.donor();
-    let copied = match vocabulary {
-        Some(v) => write_tokenizer(v, donor, dir)?,
-        None if options.copy_tokenizer => output::copy_tokenizer(donor, dir)?,
-        None => Vec::new(),
-    };
-    if options.copy_tokenizer && copied.is_empty() {
-        reporter.warn(&format!(
-            "{} has no tokenizer (tokenizer_config.json with tokenizer.json or tokenizer.model); \
-             the output has none either: copy one in before using the model",
-            opened.plan.models[opened.plan.donor]
-        ));
+    bound: &[execute::Bound],
+    written: Vec<crate::external::WrittenFile>,
+) -> Summary {
+    Summary {
+        out_layers: opened.plan.out_layers,
+        tensors: written.iter().map(|f| f.tensors).sum(),
+        bytes_read: bound.iter().flat_map(|b| &b.inputs).map(|i| i.stored_bytes()).sum(),
+        bytes_written: written.iter().map(|f| f.bytes).sum(),
+        shards: written.into_iter().map(|f| (f.name, f.bytes, f.tensors)).collect(),
+        models: models(opened),
     }
-    if let Some(template) = opened.chat_template(config, reporter) {
-        if copied.is_empty() {
-            reporter.warn("chat_template: the output has no tokenizer, so the template is dropped");
-        } else {
-            chat_template::apply(dir, &template)?;
-        }
-    }
-    Ok(())
+}
+
+/// Each input model and the folder it was read from.
+fn models(opened: &Opened) -> Vec<(String, PathBuf)> {
+    opened
+        .plan
+        .models
+        .iter()
+        .zip(&opened.located)
+        .map(|(m, l)| (m.to_string(), l.folder.clone()))
+        .collect()
 }
 
 /// The caller's measurement of the staged merge (`--eval-file`), if it asked for one.
@@ -300,18 +360,14 @@ fn truncated_vocab(bound: &[execute::Bound], reporter: &dyn Reporter) -> Option<
 }
 
 /// The GGUF branch of [`run_config`]: one `.gguf` file instead of a folder.
-#[allow(clippy::too_many_arguments)]
 fn merge_to_gguf(
-    config: &MergeConfig,
-    opened: &Opened,
+    merge: &Prepared,
     bound: &[execute::Bound],
     out_config: &Map<String, Value>,
-    vocabulary: Option<&Vocabulary>,
-    out_path: &Path,
-    options: &MergeOptions,
-    reporter: &dyn Reporter,
 ) -> Result<Summary> {
-    let (plan, located) = (&opened.plan, &opened.located);
+    let (config, opened, vocabulary) = (&merge.config, &merge.opened, merge.vocabulary.as_ref());
+    let (options, reporter, out_path) = (merge.options, merge.reporter, merge.out_dir);
+    let plan = &opened.plan;
     let donor = opened.donor();
     let dtype = config.out_dtype.or(config.dtype);
     let all_gguf = opened.models.iter().all(|m| matches!(m, Model::Gguf(_)));
@@ -374,12 +430,7 @@ fn merge_to_gguf(
         bytes_read: bound.iter().flat_map(|b| &b.inputs).map(|i| i.stored_bytes()).sum(),
         bytes_written: bytes,
         shards: vec![(file, bytes, tensors.len())],
-        models: plan
-            .models
-            .iter()
-            .zip(located)
-            .map(|(m, l)| (m.to_string(), l.folder.clone()))
-            .collect(),
+        models: models(opened),
     };
     if options.dry_run {
         return Ok(summary);
@@ -387,94 +438,6 @@ fn merge_to_gguf(
     reporter.begin(tensors.len(), bytes);
     to_gguf::write(&out, bound, &metadata, &tensors, reporter)?;
     Ok(summary)
-}
-
-/// Builds the merged vocabulary from the models' tokenizers (and a `source:` model's).
-fn merged_vocabulary(
-    tokenizer: &TokenizerConfig,
-    plan: &Plan,
-    models: &[Model],
-    resolver: &Resolver,
-    reporter: &dyn Reporter,
-) -> Result<Vocabulary> {
-    let tokenizers: Vec<Option<ModelTokenizer>> = models
-        .iter()
-        .zip(&plan.models)
-        .map(|(m, r)| {
-            model_tokenizer(|name| m.tokenizer_file(name), m.config())
-                .map_err(|e| MergeError::Model { model: r.to_string(), message: e.to_string() })
-        })
-        .collect::<Result<_>>()?;
-    for (model, t) in plan.models.iter().zip(&tokenizers) {
-        if t.is_none() {
-            reporter.warn(&format!(
-                "{model} has no tokenizer.json; its vocabulary is taken to be the base model's"
-            ));
-        }
-    }
-    let source = match &tokenizer.source {
-        VocabSource::Model(model) => {
-            let folder = resolver.locate(model)?.folder;
-            let read = |name: &str| fs::read(folder.join(name)).ok();
-            let config = fs::read(folder.join("config.json"))
-                .ok()
-                .and_then(|b| serde_json::from_slice::<Map<String, Value>>(&b).ok())
-                .unwrap_or_default();
-            Some(model_tokenizer(read, &config)?.ok_or_else(|| MergeError::Model {
-                model: model.to_string(),
-                message: "has no tokenizer.json to take the vocabulary from".into(),
-            })?)
-        }
-        _ => None,
-    };
-    let vocab = vocab::build(tokenizer, &plan.models, &tokenizers, plan.donor, source.as_ref())?;
-    if !vocab.missing.is_empty() {
-        reporter.warn(&format!(
-            "no input model has {} of the merged vocabulary's tokens (e.g. {:?}); their \
-             embedding rows are zero",
-            vocab.missing.len(),
-            vocab.missing[0]
-        ));
-    }
-    Ok(vocab)
-}
-
-/// A model's tokenizer from its files (`read` returns a file's bytes) and config.
-fn model_tokenizer(
-    read: impl Fn(&str) -> Option<Vec<u8>>,
-    config: &Map<String, Value>,
-) -> Result<Option<ModelTokenizer>> {
-    let Some(bytes) = read("tokenizer.json") else { return Ok(None) };
-    let json: Value = serde_json::from_slice(&bytes)
-        .map_err(|e| MergeError::Output(format!("tokenizer.json does not parse as JSON: {e}")))?;
-    let tokenizer_config =
-        read("tokenizer_config.json").and_then(|b| serde_json::from_slice(&b).ok());
-    let size = crate::arch::lookup(config, "vocab_size")
-        .or_else(|| crate::arch::lookup(config, "text_config.vocab_size"))
-        .and_then(Value::as_u64)
-        .map(|n| n as usize);
-    let vocab_size = match size {
-        Some(n) => n,
-        None => vocab::full_vocab(&json).map(|v| v.len()).unwrap_or(0),
-    };
-    Ok(Some(ModelTokenizer { json, config: tokenizer_config, vocab_size }))
-}
-
-/// Writes the merged tokenizer (`tokenizer.json`, `tokenizer_config.json`, and the
-/// donor's `special_tokens_map.json`); returns the files written.
-fn write_tokenizer(vocab: &Vocabulary, donor: &Model, dir: &Path) -> Result<Vec<&'static str>> {
-    let mut written = vec!["tokenizer.json"];
-    output::write_json(&dir.join("tokenizer.json"), &vocab.tokenizer)?;
-    if let Some(config) = vocab::output_config(vocab) {
-        output::write_json(&dir.join("tokenizer_config.json"), &config)?;
-        written.push("tokenizer_config.json");
-    }
-    if let Some(bytes) = donor.tokenizer_file("special_tokens_map.json") {
-        let path = dir.join("special_tokens_map.json");
-        fs::write(&path, bytes).map_err(|e| MergeError::io("write", &path, e))?;
-        written.push("special_tokens_map.json");
-    }
-    Ok(written)
 }
 
 /// `general.file_type` of an output in its inputs' types: the donor GGUF's.
@@ -516,6 +479,7 @@ struct CardContext<'a> {
     plan: &'a Plan,
     config_notes: &'a [String],
     quality: Option<&'a str>,
+    library: Library<'a>,
 }
 
 fn write_card(
@@ -526,7 +490,7 @@ fn write_card(
     located: &[crate::resolve::Located],
     options: &MergeOptions,
 ) -> Result<()> {
-    let CardContext { config, text, plan, config_notes, quality } = *card;
+    let CardContext { config, text, plan, config_notes, quality, library } = *card;
     let models: Vec<CardModel> = plan
         .models
         .iter()
@@ -552,6 +516,7 @@ fn write_card(
         random_seed: options.random_seed,
         config_notes,
         quality,
+        library,
     });
     let readme = dir.join("README.md");
     fs::write(&readme, card).map_err(|e| MergeError::io("write", &readme, e))?;

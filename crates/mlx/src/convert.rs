@@ -1,5 +1,5 @@
-//! A Hugging Face Llama folder to the weights of an MLX model, as `mlx_lm.convert -q`
-//! writes them (`docs/mlx-format.md` §3–4): the tensors in the order of mlx_lm's module
+//! A Hugging Face Llama model (a folder, or any [`Source`]) to the weights of an MLX
+//! model, as `mlx_lm.convert -q` writes them (`docs/mlx-format.md` §3–4): the tensors in the order of mlx_lm's module
 //! tree, each linear layer and the embeddings quantized when their rows split into whole
 //! groups, everything cast first to `--dtype` or the config's `torch_dtype`, shards of at
 //! most 5 GiB of data, the index, and the config. Inputs are read one tensor at a time and
@@ -11,8 +11,8 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
-use amalgam_tensors::ModelFolder;
-use amalgam_tensors::dtype::{DType, decode_f32, encode_f32, round_slice};
+use amalgam_tensors::dtype::{DType, encode_f32, round_slice};
+use rayon::prelude::*;
 use serde_json::{Map, Value};
 
 use crate::affine::Affine;
@@ -20,8 +20,10 @@ use crate::config::{Quantization, converted};
 use crate::error::{MlxError, Result};
 use crate::file::{Meta, index, layout, shard, shard_names, weight_map};
 use crate::recipe::Recipe;
+use crate::source::Source;
 
 /// How to quantize.
+#[derive(Clone, Copy, Debug)]
 pub struct Options {
     pub bits: u32,
     /// `--q-group-size`; `None` is mlx_lm's default, 64 (and `null` in a recipe's entries).
@@ -53,6 +55,9 @@ struct Tensor {
     shape: Vec<usize>,
     bytes: usize,
 }
+
+/// Values per parallel work item when casting.
+const ROWS: usize = 1 << 16;
 
 /// A tensor's bytes, and the other parts of its module made with them.
 type Made = (Vec<u8>, Vec<(Part, Vec<u8>)>);
@@ -111,9 +116,14 @@ fn cast(config: &Map<String, Value>, dtype: Option<DType>) -> Option<DType> {
     })
 }
 
-/// Plans the conversion of `folder`.
-pub fn plan(folder: &ModelFolder, options: &Options) -> Result<Plan> {
-    let config = folder.config();
+/// Plans the conversion of the model `source`, whose `config.json` is `config` and
+/// `generation_config.json` (if any) `generation`.
+pub fn plan(
+    source: &dyn Source,
+    config: &Map<String, Value>,
+    generation: Option<&Map<String, Value>>,
+    options: &Options,
+) -> Result<Plan> {
     let model_type = config.get("model_type").and_then(Value::as_str).unwrap_or("");
     if !matches!(model_type, "llama" | "mistral") {
         return Err(MlxError::Architecture(model_type.to_owned()));
@@ -124,26 +134,26 @@ pub fn plan(folder: &ModelFolder, options: &Options) -> Result<Plan> {
     let top = Affine::new(options.bits, options.group_size.unwrap_or(64))?;
     let cast = cast(config, options.dtype);
     let mut stored = Vec::new();
-    for name in folder.names() {
-        if let Some(at) = position(name, tied)? {
-            stored.push((at, name.to_owned()));
+    for name in source.names() {
+        if let Some(at) = position(&name, tied)? {
+            stored.push((at, name));
         }
     }
     stored.sort();
     let (mut tensors, mut layers_q, mut parameters) = (Vec::new(), Vec::new(), 0);
     for (_, name) in stored {
-        let info = folder.tensor(&name)?.ok_or_else(|| MlxError::Tensor(name.clone()))?.info;
-        let dtype = cast.unwrap_or(info.dtype);
+        let (stored, shape) = source.info(&name)?.ok_or_else(|| MlxError::Tensor(name.clone()))?;
+        let dtype = cast.unwrap_or(stored);
         if dtype == DType::F64 {
             return Err(MlxError::Float64(name));
         }
-        parameters += info.numel();
-        let cols = info.shape.last().copied().unwrap_or(0);
-        let rows = info.numel().checked_div(cols).unwrap_or(0);
+        let numel: usize = shape.iter().product();
+        parameters += numel;
+        let cols = shape.last().copied().unwrap_or(0);
+        let rows = numel.checked_div(cols).unwrap_or(0);
         let path = name.strip_suffix(".weight").unwrap_or(&name).to_owned();
-        if !(quantizable(&name) && info.shape.len() == 2 && top.fits(cols)) {
-            let bytes = info.numel() * dtype.size();
-            let shape = info.shape.clone();
+        if !(quantizable(&name) && shape.len() == 2 && top.fits(cols)) {
+            let bytes = numel * dtype.size();
             tensors.push(Tensor {
                 name: name.clone(),
                 source: name,
@@ -183,27 +193,31 @@ pub fn plan(folder: &ModelFolder, options: &Options) -> Result<Plan> {
     let shards = shard(&sizes);
     let files = weight_map(&shards, |i| tensors[i].name.clone());
     let bytes = tensors.iter().map(|t| t.bytes).sum();
-    let generation =
-        amalgam_tensors::folder::read_json(&folder.root().join("generation_config.json")).ok();
     let quantization =
         Quantization { group_size: top.group_size(), bits: options.bits, layers: layers_q };
-    let config =
-        converted(config, generation.as_ref().and_then(Value::as_object), Some(&quantization));
+    let config = converted(config, generation, Some(&quantization));
     Ok(Plan { tensors, shards, cast, config, index: index(bytes, parameters, &files), bytes })
 }
 
 impl Plan {
+    /// Each weight file: its name, bytes of tensor data and tensor count.
+    pub fn files(&self) -> Vec<(String, u64, usize)> {
+        let names = shard_names(self.shards.len());
+        let size = |shard: &[usize]| shard.iter().map(|&i| self.tensors[i].bytes as u64).sum();
+        names.into_iter().zip(&self.shards).map(|(n, s)| (n, size(s), s.len())).collect()
+    }
+
     /// Writes the weights into `dir` (the shards); `progress(bytes)` after each tensor.
-    pub fn write(&self, folder: &ModelFolder, dir: &Path, progress: &dyn Fn(usize)) -> Result<()> {
+    pub fn write(&self, source: &dyn Source, dir: &Path, progress: &dyn Fn(usize)) -> Result<()> {
         for (shard, file) in self.shards.iter().zip(shard_names(self.shards.len())) {
-            self.write_shard(folder, shard, &dir.join(file), progress)?;
+            self.write_shard(source, shard, &dir.join(file), progress)?;
         }
         Ok(())
     }
 
     fn write_shard(
         &self,
-        folder: &ModelFolder,
+        source: &dyn Source,
         shard: &[usize],
         path: &Path,
         progress: &dyn Fn(usize),
@@ -229,7 +243,7 @@ impl Plan {
             let bytes = match waiting.remove(&(t.source.clone(), t.part)) {
                 Some(bytes) => bytes,
                 None => {
-                    let (bytes, others) = self.produce(folder, t)?;
+                    let (bytes, others) = self.produce(source, t)?;
                     for (part, b) in others {
                         if pending.contains(&(t.source.as_str(), part)) {
                             waiting.insert((t.source.clone(), part), b);
@@ -246,29 +260,37 @@ impl Plan {
 
     /// Tensor `t`'s bytes, and for a quantized module its other small parts (scales,
     /// biases) made with it.
-    fn produce(&self, folder: &ModelFolder, t: &Tensor) -> Result<Made> {
-        let stored = folder.tensor(&t.source)?.ok_or_else(|| MlxError::Tensor(t.source.clone()))?;
-        let mut values = vec![0f32; stored.info.numel()];
-        decode_f32(stored.info.dtype, stored.bytes(), &mut values);
-        let dtype = self.cast.unwrap_or(stored.info.dtype);
+    fn produce(&self, source: &dyn Source, t: &Tensor) -> Result<Made> {
+        let missing = || MlxError::Tensor(t.source.clone());
+        let (stored, shape) = source.info(&t.source)?.ok_or_else(missing)?;
+        let mut values = vec![0f32; shape.iter().product()];
+        source.read(&t.source, &mut values)?;
+        let dtype = self.cast.unwrap_or(stored);
         let encode = |v: &[f32]| {
             let mut out = vec![0u8; v.len() * dtype.size()];
-            encode_f32(dtype, v, &mut out);
+            out.par_chunks_mut(ROWS * dtype.size())
+                .zip(v.par_chunks(ROWS))
+                .for_each(|(o, v)| encode_f32(dtype, v, o));
             out
         };
         let Some(affine) = t.affine else {
             return Ok((encode(&values), Vec::new()));
         };
         // Quantized from the cast values, as mlx_lm casts before it quantizes.
-        round_slice(dtype, &mut values);
-        let cols = stored.info.shape.last().copied().unwrap_or(0);
+        if dtype != stored {
+            values.par_chunks_mut(ROWS).for_each(|v| round_slice(dtype, v));
+        }
+        let cols = shape.last().copied().unwrap_or(0);
         let (words, groups) = (affine.words(cols), affine.groups(cols));
         let rows = values.len().checked_div(cols).unwrap_or(0);
         let mut packed = vec![0u32; rows * words];
         let (mut scales, mut biases) = (vec![0f32; rows * groups], vec![0f32; rows * groups]);
-        for (r, row) in values.chunks_exact(cols).enumerate() {
-            let (w, g) = (r * words..(r + 1) * words, r * groups..(r + 1) * groups);
-            affine.quantize_row(row, &mut packed[w], &mut scales[g.clone()], &mut biases[g]);
+        if cols > 0 {
+            values
+                .par_chunks_exact(cols)
+                .zip(packed.par_chunks_exact_mut(words))
+                .zip(scales.par_chunks_exact_mut(groups).zip(biases.par_chunks_exact_mut(groups)))
+                .for_each(|((row, p), (s, b))| affine.quantize_row(row, p, s, b));
         }
         let small = vec![(Part::Scales, encode(&scales)), (Part::Biases, encode(&biases))];
         if t.part == Part::Weight {

@@ -36,6 +36,9 @@ pub enum MlxError {
     Header { path: std::path::PathBuf, reason: String },
     #[error("{} is not an MLX folder: its config.json has no \"quantization\"", .0.display())]
     NotMlx(std::path::PathBuf),
+    /// A tensor source failed (a merge, a GGUF model); the message says where.
+    #[error("{0}")]
+    Source(String),
     #[error(transparent)]
     Storage(#[from] amalgam_tensors::Error),
 }

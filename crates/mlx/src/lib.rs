@@ -16,7 +16,9 @@ pub mod header;
 pub mod order;
 pub mod pyjson;
 pub mod recipe;
+pub mod source;
 
 pub use affine::Affine;
 pub use error::{MlxError, Result};
 pub use recipe::Recipe;
+pub use source::Source;

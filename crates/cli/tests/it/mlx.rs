@@ -117,3 +117,107 @@ fn bad_mlx_requests_name_the_fix() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("pass --force to replace it"));
     assert!(out.join("keep").exists());
 }
+
+/// The files of two folders that must be the same bytes: all but the card.
+fn assert_same_folders(label: &str, ours: &Path, theirs: &Path) {
+    let names = |dir: &Path| -> BTreeSet<String> {
+        let entries = fs::read_dir(dir).unwrap();
+        entries.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
+    };
+    let theirs_names = names(theirs);
+    assert!(theirs_names.contains("model.safetensors"), "{label}: {theirs_names:?}");
+    for name in &theirs_names {
+        if name != "README.md" {
+            let same = fs::read(ours.join(name)).ok() == fs::read(theirs.join(name)).ok();
+            assert!(same, "{label}: {name} differs");
+        }
+    }
+    let ours_names = names(ours);
+    let extra: Vec<&str> = ours_names.difference(&theirs_names).map(String::as_str).collect();
+    assert_eq!(extra, ["mergekit_config.yml"], "{label}");
+}
+
+#[test]
+fn merging_straight_to_mlx_gives_the_bytes_of_merging_then_quantizing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tiny = data().join("gguf/tiny-kq");
+    let self_merge = tmp.path().join("self.yml");
+    let slices = format!(
+        "slices:\n  - sources:\n      - model: {0}\n        layer_range: [0, 5]\n  \
+         - sources:\n      - model: {0}\n        layer_range: [3, 8]\n\
+         merge_method: passthrough\ndtype: bfloat16\n",
+        tiny.display()
+    );
+    fs::write(&self_merge, slices).unwrap();
+    let models = data().join("methods/models");
+    // A row-wise method with a bf16 cast, a whole-tensor one, and a recipe.
+    let cases: [(&str, PathBuf, &[&str]); 3] = [
+        ("self-merge", self_merge, &["--q-bits", "3", "--q-group-size", "32"]),
+        ("ties", data().join("methods/configs/ties.yml"), &["--q-bits", "8"]),
+        (
+            "karcher",
+            data().join("methods/configs/karcher.yml"),
+            &["--quant-predicate", "mixed_3_6"],
+        ),
+    ];
+    for (label, config, flags) in cases {
+        let dir = tmp.path().join(label);
+        let merge = |out: &str, mlx: &[&str]| {
+            let mut cmd = amalgam();
+            cmd.current_dir(&models).arg("merge").arg(&config).arg(dir.join(out)).args(mlx);
+            run_ok(cmd.arg("--quiet"));
+        };
+        merge("folder", &[]);
+        run_ok(
+            amalgam()
+                .arg("quantize")
+                .arg(dir.join("folder"))
+                .arg(dir.join("quantized"))
+                .arg("--mlx")
+                .args(flags)
+                .arg("--quiet"),
+        );
+        merge("direct", &[&["--mlx"], flags].concat());
+        assert_same_folders(label, &dir.join("direct"), &dir.join("quantized"));
+        let card = fs::read_to_string(dir.join("direct/README.md")).unwrap();
+        assert!(card.contains("library_name: mlx\n") && card.contains("- mlx\n"), "{card}");
+        assert!(card.contains("from mlx_lm import load, generate"), "{card}");
+    }
+}
+
+#[test]
+fn a_gguf_quantizes_to_mlx_as_its_conversion_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = data().join("gguf/tiny-kq-Q4_K_M.gguf");
+    let (direct, converted, via) =
+        (tmp.path().join("direct"), tmp.path().join("hf"), tmp.path().join("via"));
+    run_ok(amalgam().arg("quantize").arg(&gguf).arg(&direct).arg("--mlx").arg("--quiet"));
+    let mut convert = amalgam();
+    convert.arg("convert").arg(&gguf).arg(&converted).args(["--dtype", "float16", "--quiet"]);
+    run_ok(&mut convert);
+    run_ok(amalgam().arg("quantize").arg(&converted).arg(&via).arg("--mlx").arg("--quiet"));
+    let card = fs::read_to_string(direct.join("README.md")).unwrap();
+    assert!(card.contains("from `") && card.contains("tiny-kq-Q4_K_M.gguf` by amalgam"), "{card}");
+    fs::write(direct.join("mergekit_config.yml"), "").unwrap();
+    assert_same_folders("Q4_K_M", &direct, &via);
+}
+
+#[test]
+fn mlx_merges_refuse_what_they_cannot_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = data().join("methods/configs/ties.yml");
+    let models = data().join("methods/models");
+    let cases: [(&str, &[&str], &str); 3] = [
+        ("out.gguf", &[], "--mlx writes a folder, not"),
+        ("out", &["--resume"], "--resume and --eval-file work on safetensors folder merges"),
+        ("out", &["--quant", "Q8_0"], "cannot be used with"),
+    ];
+    for (out, flags, message) in cases {
+        let mut cmd = amalgam();
+        cmd.current_dir(&models).arg("merge").arg(&config).arg(tmp.path().join(out));
+        let output = run(cmd.arg("--mlx").args(flags));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(message), "{flags:?}: {stderr}");
+    }
+    assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 0, "something was written");
+}
