@@ -32,6 +32,26 @@ fn std_min(a: f32, b: f32) -> f32 {
     if b < a { b } else { a }
 }
 
+/// `q` rounded to the nearest integer, ties to even, where that matters for a code: exact
+/// for `|q| < 2^22` (adding 1.5 · 2^23 leaves no fraction bits, and the rounding of the sum
+/// is the hardware's ties-to-even); beyond, a value of the same sign, which the clip to
+/// `[0, 2^bits − 1]` sends where it sends `rint(q)`. NaN stays NaN. (A call to `rintf`
+/// costs more than the whole quantization on x86-64's baseline.)
+fn rint_for_clip(q: f32) -> f32 {
+    (q + MAGIC) - MAGIC
+}
+
+/// [`Affine::pack`] for a width `B` that divides 32: each word holds `32 / B` whole codes.
+fn pack_whole<const B: usize>(codes: &[u32], words: &mut [u32]) {
+    for (word, codes) in words.iter_mut().zip(codes.chunks_exact(32 / B)) {
+        *word = codes.iter().enumerate().fold(0, |w, (i, &c)| w | c << (i * B));
+    }
+}
+
+/// 1.5 · 2^23: any whole number of magnitude below 2^22 added to it is exact, and sits
+/// in the low bits of the sum.
+const MAGIC: f32 = 12_582_912.0;
+
 impl Affine {
     /// The parameters, if mlx accepts them.
     pub fn new(bits: u32, group_size: usize) -> Result<Affine> {
@@ -72,32 +92,48 @@ impl Affine {
         ((1u32 << self.bits) - 1) as f32
     }
 
-    /// One group's f32 scale and bias, and its codes into `codes`.
-    fn group(&self, w: &[f32], codes: &mut [u32]) -> (f32, f32) {
-        let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
-        for &x in w {
-            hi = std_max(hi, x);
-            lo = std_min(lo, x);
-        }
+    /// The scale and bias of a group whose extremes are `lo` and `hi`.
+    #[inline(always)]
+    fn scale_bias(&self, lo: f32, hi: f32) -> (f32, f32) {
         let low_is_edge = lo.abs() > hi.abs();
         let magnitude = std_max((hi - lo) / self.top(), EPS);
-        let mut scale = if low_is_edge { magnitude } else { -magnitude };
+        let scale = if low_is_edge { magnitude } else { -magnitude };
         let edge = if low_is_edge { lo } else { hi };
         let q0 = (edge / scale).round_ties_even();
-        let mut bias = 0.0;
-        if q0 != 0.0 {
-            scale = edge / q0;
-            bias = edge;
+        if q0 == 0.0 { (scale, 0.0) } else { (edge / q0, edge) }
+    }
+
+    /// One group's f32 scale and bias, and its codes into `codes`.
+    #[inline(always)]
+    fn group(&self, w: &[f32], codes: &mut [u32]) -> (f32, f32) {
+        // Eight running extremes, folded after: the same result in any order, as NaNs are
+        // skipped and the sign of a zero extreme changes nothing below.
+        let (mut lows, mut highs) = ([f32::INFINITY; 8], [f32::NEG_INFINITY; 8]);
+        for run in w.chunks_exact(8) {
+            for ((lo, hi), &x) in lows.iter_mut().zip(&mut highs).zip(run) {
+                *hi = std_max(*hi, x);
+                *lo = std_min(*lo, x);
+            }
         }
+        let lo = lows.into_iter().fold(f32::INFINITY, std_min);
+        let hi = highs.into_iter().fold(f32::NEG_INFINITY, std_max);
+        let (scale, bias) = self.scale_bias(lo, hi);
+        let top = self.top();
         for (c, &x) in codes.iter_mut().zip(w) {
-            let q = ((x - bias) / scale).round_ties_even();
-            *c = std_min(std_max(q, 0.0), self.top()) as u32;
+            let q = rint_for_clip((x - bias) / scale);
+            // Clipped to [0, top], NaN to 0 (as `as u32` takes it); the whole number read
+            // from the bits of q + 1.5 · 2^23, which vectorizes where a conversion does not.
+            let q = if q >= 0.0 { q } else { 0.0 };
+            let q = if q < top { q } else { top };
+            *c = (q + MAGIC).to_bits() - MAGIC.to_bits();
         }
         (scale, bias)
     }
 
     /// Quantizes one row: `packed` gets [`Affine::words`] words, `scales` and `biases`
-    /// one f32 per group (round them to the tensor's dtype to store them).
+    /// one f32 per group (round them to the tensor's dtype to store them). The same code
+    /// is compiled for AVX2 and used where the processor has it: wider vectors, the same
+    /// IEEE operations, so the same bits (the tests hold the plain build to mlx's loop).
     pub fn quantize_row(
         &self,
         w: &[f32],
@@ -105,28 +141,74 @@ impl Affine {
         scales: &mut [f32],
         biases: &mut [f32],
     ) {
-        let mut codes = vec![0u32; self.group_size];
-        packed.fill(0);
-        let groups = w.chunks_exact(self.group_size).zip(scales.iter_mut().zip(biases.iter_mut()));
-        for (g, (group, (scale, bias))) in groups.enumerate() {
-            (*scale, *bias) = self.group(group, &mut codes);
-            for (i, &code) in codes.iter().enumerate() {
-                self.put(packed, g * self.group_size + i, code);
-            }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the processor has AVX2, checked above.
+            unsafe { self.quantize_row_avx2(w, packed, scales, biases) };
+            return;
+        }
+        self.quantize_row_plain(w, packed, scales, biases);
+    }
+
+    /// [`Affine::quantize_row`] compiled for AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn quantize_row_avx2(
+        &self,
+        w: &[f32],
+        packed: &mut [u32],
+        scales: &mut [f32],
+        biases: &mut [f32],
+    ) {
+        self.quantize_row_plain(w, packed, scales, biases);
+    }
+
+    /// [`Affine::quantize_row`] for any processor.
+    #[inline(always)]
+    fn quantize_row_plain(
+        &self,
+        w: &[f32],
+        packed: &mut [u32],
+        scales: &mut [f32],
+        biases: &mut [f32],
+    ) {
+        let mut codes = [0u32; GROUP_SIZES[2]];
+        let codes = &mut codes[..self.group_size];
+        // A group's codes fill whole words (32 · bits is a multiple of 32 for every size).
+        let words = self.group_size * self.bits as usize / 32;
+        let groups = w.chunks_exact(self.group_size).zip(packed.chunks_exact_mut(words));
+        for ((group, words), (scale, bias)) in groups.zip(scales.iter_mut().zip(biases.iter_mut()))
+        {
+            (*scale, *bias) = self.group(group, codes);
+            self.pack(codes, words);
         }
     }
 
-    /// Writes code `i` of a row at bits `i · bits..` of its stream.
-    fn put(&self, packed: &mut [u32], i: usize, code: u32) {
-        let at = i * self.bits as usize;
-        let (word, shift) = (at / 32, (at % 32) as u32);
-        if let Some(w) = packed.get_mut(word) {
-            *w |= code << shift;
+    /// Packs `codes` lowest bits first into `words`.
+    #[inline(always)]
+    fn pack(&self, codes: &[u32], words: &mut [u32]) {
+        match self.bits {
+            2 => pack_whole::<2>(codes, words),
+            4 => pack_whole::<4>(codes, words),
+            8 => pack_whole::<8>(codes, words),
+            _ => self.pack_straddling(codes, words),
         }
-        if shift + self.bits > 32
-            && let Some(w) = packed.get_mut(word + 1)
-        {
-            *w |= code >> (32 - shift);
+    }
+
+    /// [`Affine::pack`] for widths whose codes may straddle two words.
+    fn pack_straddling(&self, codes: &[u32], words: &mut [u32]) {
+        let (mut acc, mut filled) = (0u64, 0u32);
+        let mut out = words.iter_mut();
+        for &code in codes {
+            acc |= u64::from(code) << filled;
+            filled += self.bits;
+            if filled >= 32 {
+                if let Some(w) = out.next() {
+                    *w = acc as u32;
+                }
+                acc >>= 32;
+                filled -= 32;
+            }
         }
     }
 
@@ -173,11 +255,83 @@ mod tests {
                 .map(|i| i.wrapping_mul(2_654_435_761) >> 7 & ((1 << bits) - 1))
                 .collect();
             let mut packed = vec![0u32; a.words(64)];
-            for (i, &c) in codes.iter().enumerate() {
-                a.put(&mut packed, i, c);
-            }
+            let (half, _) = packed.split_at_mut(a.words(32));
+            a.pack(&codes[..32], half);
+            a.pack(&codes[32..], &mut packed[a.words(32)..]);
             let back: Vec<u32> = (0..64).map(|i| a.code(&packed, i)).collect();
             assert_eq!(back, codes, "{bits} bits");
+        }
+    }
+
+    /// The codes by the definition: `rint`, then the clip.
+    fn clipped_rint(q: f32, top: f32) -> u32 {
+        std_min(std_max(q.round_ties_even(), 0.0), top) as u32
+    }
+
+    /// A group's scale, bias and codes as mlx's loop writes them, one value at a time.
+    fn plain_group(a: &Affine, w: &[f32]) -> (f32, f32, Vec<u32>) {
+        let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
+        for &x in w {
+            hi = std_max(hi, x);
+            lo = std_min(lo, x);
+        }
+        let (scale, bias) = a.scale_bias(lo, hi);
+        let codes = w.iter().map(|&x| clipped_rint((x - bias) / scale, a.top())).collect();
+        (scale, bias, codes)
+    }
+
+    #[test]
+    fn the_fast_rounding_gives_rints_codes() {
+        let mut q: Vec<f32> = vec![0.5, 1.5, 2.5, -0.5, -0.0, 254.5, 255.5, 4194303.5, 4194304.5];
+        q.extend([8388609.0, 1e30, -1e30, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 1e-45]);
+        // Every 9973rd float, and every half-integer tie up to 300.
+        q.extend((0..u32::MAX / 9973).map(|i| f32::from_bits(i * 9973)));
+        q.extend((0..600).map(|i| i as f32 * 0.5));
+        for bits in BITS {
+            let top = ((1u32 << bits) - 1) as f32;
+            for &q in &q {
+                let fast = std_min(std_max(rint_for_clip(q), 0.0), top) as u32;
+                assert_eq!(fast, clipped_rint(q, top), "{q:e} at {bits} bits");
+            }
+        }
+    }
+
+    #[test]
+    fn rows_quantize_as_the_definition_says() {
+        // Values with exact ties, a constant group, and wide ranges.
+        let w: Vec<f32> = (0..512)
+            .map(|i: u32| match i / 128 {
+                0 => (i as f32 - 64.0) * 0.125,
+                1 => 3.0,
+                _ => f32::from_bits(i.wrapping_mul(2_654_435_761) >> 3 | 0x3c00_0000) - 0.5,
+            })
+            .collect();
+        // A NaN (skipped by the extremes, code 0) and an infinite group.
+        let mut w = w;
+        w[300] = f32::from_bits(0x7fa0_0001);
+        w[420] = f32::INFINITY;
+        for bits in BITS {
+            for g in GROUP_SIZES {
+                let a = Affine::new(bits, g).unwrap();
+                let (words, groups) = (a.words(512), a.groups(512));
+                let mut packed = vec![0u32; words];
+                let (mut scales, mut biases) = (vec![0f32; groups], vec![0f32; groups]);
+                a.quantize_row_plain(&w, &mut packed, &mut scales, &mut biases);
+                let mut fast = (vec![0u32; words], vec![0f32; groups], vec![0f32; groups]);
+                a.quantize_row(&w, &mut fast.0, &mut fast.1, &mut fast.2);
+                let raw = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+                assert_eq!(fast.0, packed, "{bits}/{g}: the dispatched build's codes");
+                assert_eq!(raw(&fast.1), raw(&scales), "{bits}/{g}: scales");
+                assert_eq!(raw(&fast.2), raw(&biases), "{bits}/{g}: biases");
+                for (k, group) in w.chunks_exact(g).enumerate() {
+                    let (scale, bias, codes) = plain_group(&a, group);
+                    let bits_of = |s: f32, b: f32| (s.to_bits(), b.to_bits());
+                    assert_eq!(bits_of(scales[k], biases[k]), bits_of(scale, bias), "{bits}/{g}");
+                    for (i, &want) in codes.iter().enumerate() {
+                        assert_eq!(a.code(&packed, k * g + i), want, "{bits}/{g} value {i}");
+                    }
+                }
+            }
         }
     }
 
