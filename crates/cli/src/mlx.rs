@@ -1,4 +1,4 @@
-//! MLX folders: `amalgam quantize MODEL OUT_DIR --mlx`, a Hugging Face Llama folder to the
+//! MLX folders: `amalgam quantize MODEL OUT_DIR --mlx`, a Hugging Face model folder to the
 //! MLX folder `mlx_lm.convert -q` writes (weights, index and config byte-equal to it, the
 //! tokenizer files copied, an mlx-community style card); and `amalgam convert MLX_DIR
 //! OUT_DIR`, such a folder dequantized as `mlx_lm.convert -d` does.
@@ -24,7 +24,8 @@ use crate::progress::Bar;
 #[derive(Args, Clone, Debug)]
 pub struct MlxFlags {
     /// Write a quantized MLX folder, as mlx_lm.convert -q writes it (weights, index and
-    /// config.json the same bytes; mlx 0.32, Llama and Mistral models).
+    /// config.json the same bytes; mlx 0.32; model types llama, mistral, qwen2, qwen3,
+    /// gemma, gemma2, gemma3_text and phi3).
     #[arg(long)]
     pub mlx: bool,
     /// MLX: bits per weight (2, 3, 4, 5, 6 or 8).

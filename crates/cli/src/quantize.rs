@@ -21,7 +21,9 @@ use crate::shared::{locate, parse_file_type};
 /// MODEL is a model folder, a hub id (`org/name[@revision]`, found in the local hub
 /// cache or downloaded), or a GGUF file (dequantized first, then quantized again). The bytes match llama.cpp's convert_hf_to_gguf.py followed by
 /// llama-quantize (no importance matrix). With --mlx, OUT is a folder, and its weights,
-/// index and config.json are the bytes mlx_lm.convert -q writes (mlx 0.32, Llama models).
+/// index and config.json are the bytes mlx_lm.convert -q writes (mlx 0.32; llama,
+/// mistral, qwen2, qwen3, gemma, gemma2, gemma3_text and phi3 models; a GGUF input is
+/// dequantized to its float type first).
 #[derive(Args)]
 pub struct QuantizeArgs {
     /// The model: a Hugging Face folder, a hub id, or a .gguf file.

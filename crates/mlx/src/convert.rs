@@ -1,4 +1,4 @@
-//! A Hugging Face Llama model (a folder, or any [`Source`]) to the weights of an MLX
+//! A Hugging Face model of a class mlx_lm has (a folder, or any [`Source`]) to the weights of an MLX
 //! model, as `mlx_lm.convert -q` writes them (`docs/mlx-format.md` §3–4): the tensors in the order of mlx_lm's module
 //! tree, each linear layer and the embeddings quantized when their rows split into whole
 //! groups, everything cast first to `--dtype` or the config's `torch_dtype`, shards of at
@@ -21,6 +21,7 @@ use crate::error::{MlxError, Result};
 use crate::file::{Meta, index, layout, shard, shard_names, weight_map};
 use crate::recipe::Recipe;
 use crate::source::Source;
+use crate::tree::Tree;
 
 /// How to quantize.
 #[derive(Clone, Copy, Debug)]
@@ -73,34 +74,6 @@ pub struct Plan {
     pub bytes: usize,
 }
 
-/// Where mlx_lm's Llama module tree puts a stored tensor: `None` for those it drops.
-pub(crate) fn position(name: &str, tied: bool) -> Result<Option<(usize, usize, usize)>> {
-    const LAYER: [&str; 9] = [
-        "self_attn.q_proj.weight",
-        "self_attn.k_proj.weight",
-        "self_attn.v_proj.weight",
-        "self_attn.o_proj.weight",
-        "mlp.gate_proj.weight",
-        "mlp.down_proj.weight",
-        "mlp.up_proj.weight",
-        "input_layernorm.weight",
-        "post_attention_layernorm.weight",
-    ];
-    if name.ends_with("rotary_emb.inv_freq") || (tied && name == "lm_head.weight") {
-        return Ok(None);
-    }
-    let found = match name {
-        "model.embed_tokens.weight" => Some((0, 0, 0)),
-        "model.norm.weight" => Some((2, 0, 0)),
-        "lm_head.weight" => Some((3, 0, 0)),
-        _ => name.strip_prefix("model.layers.").and_then(|rest| {
-            let (i, rest) = rest.split_once('.')?;
-            Some((1, i.parse().ok()?, LAYER.iter().position(|l| *l == rest)?))
-        }),
-    };
-    found.map(Some).ok_or_else(|| MlxError::Tensor(name.to_owned()))
-}
-
 /// Whether a stored tensor is a linear layer's or the embeddings' weight.
 fn quantizable(name: &str) -> bool {
     name.ends_with("_proj.weight")
@@ -124,25 +97,22 @@ pub fn plan(
     generation: Option<&Map<String, Value>>,
     options: &Options,
 ) -> Result<Plan> {
-    let model_type = config.get("model_type").and_then(Value::as_str).unwrap_or("");
-    if !matches!(model_type, "llama" | "mistral") {
-        return Err(MlxError::Architecture(model_type.to_owned()));
-    }
+    let tree = Tree::of(config)?;
     let layers = config.get("num_hidden_layers").and_then(Value::as_u64).unwrap_or(0) as usize;
-    // mlx_lm's Llama ties the embeddings unless the config says otherwise.
-    let tied = config.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(true);
+    let names = source.names();
+    let tied = tree.tied(config, names.iter().any(|n| n == "lm_head.weight"))?;
     let top = Affine::new(options.bits, options.group_size.unwrap_or(64))?;
     let cast = cast(config, options.dtype);
     let mut stored = Vec::new();
-    for name in source.names() {
-        if let Some(at) = position(&name, tied)? {
+    for name in names {
+        if let Some(at) = tree.position(&name, tied)? {
             stored.push((at, name));
         }
     }
     stored.sort();
     let (mut tensors, mut layers_q, mut parameters) = (Vec::new(), Vec::new(), 0);
     for (_, name) in stored {
-        let (stored, shape) = source.info(&name)?.ok_or_else(|| MlxError::Tensor(name.clone()))?;
+        let (stored, shape) = source.info(&name)?.ok_or_else(|| MlxError::Missing(name.clone()))?;
         let dtype = cast.unwrap_or(stored);
         if dtype == DType::F64 {
             return Err(MlxError::Float64(name));
@@ -261,7 +231,7 @@ impl Plan {
     /// Tensor `t`'s bytes, and for a quantized module its other small parts (scales,
     /// biases) made with it.
     fn produce(&self, source: &dyn Source, t: &Tensor) -> Result<Made> {
-        let missing = || MlxError::Tensor(t.source.clone());
+        let missing = || MlxError::Missing(t.source.clone());
         let (stored, shape) = source.info(&t.source)?.ok_or_else(missing)?;
         let mut values = vec![0f32; shape.iter().product()];
         source.read(&t.source, &mut values)?;

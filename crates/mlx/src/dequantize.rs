@@ -14,10 +14,10 @@ use serde_json::{Map, Value};
 
 use crate::affine::Affine;
 use crate::config::converted;
-use crate::convert::position;
 use crate::error::{MlxError, Result};
 use crate::file::{Meta, index, layout, shard, shard_names, weight_map};
 use crate::header::{self, Stored};
+use crate::tree::Tree;
 
 /// Where a stored tensor's bytes are.
 #[derive(Clone)]
@@ -62,7 +62,7 @@ fn dtype_of(name: &str, dtype: &str) -> Result<DType> {
         "BF16" => Ok(DType::BF16),
         "F16" => Ok(DType::F16),
         "F32" => Ok(DType::F32),
-        _ => Err(MlxError::Tensor(name.to_owned())),
+        _ => Err(MlxError::Missing(name.to_owned())),
     }
 }
 
@@ -72,10 +72,7 @@ pub fn plan(dir: &Path) -> Result<Plan> {
     let config = read_json("config.json")?;
     let config = config.as_object().filter(|c| c.contains_key("quantization"));
     let config = config.ok_or_else(|| MlxError::NotMlx(dir.to_owned()))?;
-    let model_type = config.get("model_type").and_then(Value::as_str).unwrap_or("");
-    if !matches!(model_type, "llama" | "mistral") {
-        return Err(MlxError::Architecture(model_type.to_owned()));
-    }
+    let tree = Tree::of(config)?;
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|source| MlxError::Read { path: dir.to_owned(), source })?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -89,7 +86,7 @@ pub fn plan(dir: &Path) -> Result<Plan> {
         }
     }
     let place = |name: &str| -> Result<(Place, &Stored)> {
-        let (file, t) = stored.get(name).ok_or_else(|| MlxError::Tensor(name.to_owned()))?;
+        let (file, t) = stored.get(name).ok_or_else(|| MlxError::Missing(name.to_owned()))?;
         Ok((Place { file: file.clone(), start: t.start, len: t.bytes }, t))
     };
     let mut outputs = Vec::new();
@@ -97,7 +94,7 @@ pub fn plan(dir: &Path) -> Result<Plan> {
         if name.ends_with(".scales") || name.ends_with(".biases") {
             continue;
         }
-        if let Some(at) = position(name, false)? {
+        if let Some(at) = tree.position(name, false)? {
             outputs.push((at, name.clone()));
         }
     }
@@ -205,7 +202,7 @@ fn make(t: &Tensor) -> Result<Vec<u8>> {
         let (w, g) = (r * words..(r + 1) * words, r * groups..(r + 1) * groups);
         let (Some(p), Some(s), Some(b)) = (packed.get(w), scales.get(g.clone()), biases.get(g))
         else {
-            return Err(MlxError::Tensor(t.name.clone()));
+            return Err(MlxError::Missing(t.name.clone()));
         };
         affine.dequantize_row(p, s, b, |x| round_to(*dtype, x), row);
     }

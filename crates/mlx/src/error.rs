@@ -19,13 +19,17 @@ pub enum MlxError {
     #[error("cannot write {}: {source}", path.display())]
     Write { path: std::path::PathBuf, source: std::io::Error },
     #[error(
-        "MLX output knows mlx_lm's llama class (model_type llama or mistral) so far, not {0:?}"
+        "MLX output knows mlx_lm's classes for model_type llama, mistral, qwen2, qwen3, gemma, gemma2, gemma3_text and phi3, not {0:?}"
     )]
     Architecture(String),
     #[error(
-        "tensor {0}: not where mlx_lm's llama class has one, so its place in the file is unknown"
+        "tensor {name}: mlx_lm's {class} class has no such parameter, so the model would not load there"
     )]
-    Tensor(String),
+    Tensor { name: String, class: &'static str },
+    #[error("config.json has no {key}, which mlx_lm's {class} class needs")]
+    MissingKey { key: &'static str, class: &'static str },
+    #[error("tensor {0} is missing, or stored in a way an MLX folder does not store it")]
+    Missing(String),
     #[error(
         "tensor {0} is float64, which MLX does not store: pass --dtype bfloat16, float16 or float32"
     )]

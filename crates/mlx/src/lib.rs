@@ -17,6 +17,7 @@ pub mod order;
 pub mod pyjson;
 pub mod recipe;
 pub mod source;
+pub mod tree;
 
 pub use affine::Affine;
 pub use error::{MlxError, Result};

@@ -28,7 +28,7 @@ impl Source for ModelFolder {
     }
 
     fn read(&self, name: &str, out: &mut [f32]) -> Result<()> {
-        let t = self.tensor(name)?.ok_or_else(|| MlxError::Tensor(name.to_owned()))?;
+        let t = self.tensor(name)?.ok_or_else(|| MlxError::Missing(name.to_owned()))?;
         if t.info.numel() != out.len() {
             return Err(MlxError::Source(format!(
                 "tensor {name} has {} values, not {}",

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::common::{amalgam, data, run, run_ok};
+use crate::common::{amalgam, data, read_safetensors, run, run_ok, write_safetensors};
 
 /// Quantizes tiny-kq with `flags` into `dir`, and compares the folder with golden `name`.
 fn check_in(dir: &Path, name: &str, flags: &[&str]) -> PathBuf {
@@ -108,9 +108,12 @@ fn bad_mlx_requests_name_the_fix() {
         assert!(!output.status.success() && stderr.contains(message), "{flags:?}: {stderr}");
         assert!(!out.exists(), "{flags:?} left {}", out.display());
     }
-    let qwen2 = data().join("architectures/models/qwen2");
-    let output = run(amalgam().arg("quantize").arg(&qwen2).arg(&out).arg("--mlx"));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("not \"qwen2\""));
+    // A model class mlx_lm has none of.
+    let gpt2 = architecture(tmp.path(), "qwen2");
+    let config = fs::read_to_string(gpt2.join("config.json")).unwrap();
+    fs::write(gpt2.join("config.json"), config.replace("\"qwen2\"", "\"gpt2\"")).unwrap();
+    let output = run(amalgam().arg("quantize").arg(&gpt2).arg(&out).arg("--mlx"));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("phi3, not \"gpt2\""));
     fs::create_dir_all(&out).unwrap();
     fs::write(out.join("keep"), "x").unwrap();
     let output = run(amalgam().arg("quantize").arg(&model).arg(&out).arg("--mlx"));
@@ -220,4 +223,73 @@ fn mlx_merges_refuse_what_they_cannot_do() {
         assert!(!output.status.success() && stderr.contains(message), "{flags:?}: {stderr}");
     }
     assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 0, "something was written");
+}
+
+/// `tests/data/architectures`' model `arch` with tiny-kq's tokenizer files, as the goldens
+/// were made from it, in `dir`.
+fn architecture(dir: &Path, arch: &str) -> PathBuf {
+    let src = dir.join(format!("src-{arch}"));
+    fs::create_dir_all(&src).unwrap();
+    let model = data().join("architectures/models").join(arch);
+    let tokenizer = data().join("gguf/tiny-kq");
+    for (from, names) in [
+        (&model, &["config.json", "generation_config.json", "model.safetensors"][..]),
+        (&tokenizer, &["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"][..]),
+    ] {
+        for name in names {
+            fs::copy(from.join(name), src.join(name)).unwrap();
+        }
+    }
+    src
+}
+
+#[test]
+fn every_model_class_mlx_lm_has_quantizes_and_converts_back_as_there() {
+    let tmp = tempfile::tempdir().unwrap();
+    let same = ["config.json", "model.safetensors.index.json", "chat_template.jinja"];
+    for arch in ["mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3"] {
+        let src = architecture(tmp.path(), arch);
+        for (name, bits, group) in [("q4-g32", "4", "32"), ("q8-g64", "8", "64")] {
+            let out = tmp.path().join(format!("{arch}-{name}"));
+            let flags = ["--q-bits", bits, "--q-group-size", group, "--quiet"];
+            run_ok(amalgam().arg("quantize").arg(&src).arg(&out).arg("--mlx").args(flags));
+            compare(&out, &format!("arch/{arch}-{name}"), &same);
+        }
+        let (q4, back) = (tmp.path().join(format!("{arch}-q4-g32")), tmp.path().join("back"));
+        run_ok(amalgam().arg("convert").arg(&q4).arg(&back).arg("--force").arg("--quiet"));
+        let dequantized = format!("arch/{arch}-q4-g32-dequantized");
+        compare(&back, &dequantized, &["config.json", "model.safetensors.index.json", "README.md"]);
+    }
+}
+
+#[test]
+fn class_rules_are_mlx_lms() {
+    let tmp = tempfile::tempdir().unwrap();
+    // qwen3 has no default for tying; gemma has no output layer of its own.
+    let qwen3 = architecture(tmp.path(), "qwen3");
+    let path = qwen3.join("config.json");
+    let mut config: serde_json::Map<String, Value> =
+        serde_json::from_str(&fs::read_to_string(&path).unwrap()).unwrap();
+    config.remove("tie_word_embeddings");
+    fs::write(&path, serde_json::to_string(&config).unwrap()).unwrap();
+    let out = tmp.path().join("out");
+    let output = run(amalgam().arg("quantize").arg(&qwen3).arg(&out).arg("--mlx"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("no tie_word_embeddings, which mlx_lm's qwen3 class needs"),
+        "{stderr}"
+    );
+    let gemma = architecture(tmp.path(), "gemma");
+    let weights = gemma.join("model.safetensors");
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = read_safetensors(&weights)
+        .into_iter()
+        .map(|(name, (dtype, t))| (name, t.shape.clone(), t.values(dtype)))
+        .collect();
+    let embed = tensors.iter().find(|t| t.0 == "model.embed_tokens.weight").unwrap().clone();
+    tensors.push(("lm_head.weight".into(), embed.1, embed.2));
+    write_safetensors(&weights, &tensors);
+    let output = run(amalgam().arg("quantize").arg(&gemma).arg(&out).arg("--mlx"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("tensor lm_head.weight: mlx_lm's gemma class has no such"), "{stderr}");
+    assert!(!out.exists());
 }
