@@ -151,10 +151,14 @@ fn inspect_mlx(
         let module = t.name.strip_suffix(".weight").unwrap_or(&t.name);
         let packed =
             t.dtype == "U32" && tensors.iter().any(|s| s.name == format!("{module}.scales"));
-        let what = match header::quantization(config, module).filter(|_| packed) {
-            Some((bits, group)) => {
-                let cols = t.shape.last().map_or(0, |&w| w as u64 * 32 / bits.max(1));
-                format!("{bits}-bit g{group} ({cols} wide)")
+        let what = match header::quantization(config, module)?.filter(|_| packed) {
+            Some(method) => {
+                let (bits, group) = (method.bits(), method.group_size());
+                let cols = t.shape.last().map_or(0, |&w| w as u64 * 32 / u64::from(bits));
+                match method {
+                    amalgam_mlx::Method::Affine(_) => format!("{bits}-bit g{group} ({cols} wide)"),
+                    fp => format!("{} g{group} ({cols} wide)", fp.mode()),
+                }
             }
             None => String::new(),
         };

@@ -11,10 +11,10 @@ use amalgam_merge::card::Library;
 use amalgam_merge::external::{Merged, Writer, WrittenFile};
 use amalgam_mlx::convert::{Options, Plan, plan};
 use amalgam_mlx::pyjson::dumps;
-use amalgam_mlx::{Affine, MlxError, Recipe, Source};
+use amalgam_mlx::{Method, MlxError, Recipe, Source};
 use amalgam_tensors::folder::read_json;
 use amalgam_tensors::{DType, ModelFolder, partial};
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Args;
 use serde_json::Value;
 
@@ -28,13 +28,17 @@ pub struct MlxFlags {
     /// gemma, gemma2, gemma3_text and phi3).
     #[arg(long)]
     pub mlx: bool,
-    /// MLX: bits per weight (2, 3, 4, 5, 6 or 8).
-    #[arg(long, default_value_t = 4, requires = "mlx")]
-    pub q_bits: u32,
-    /// MLX: weights per scale and bias (32, 64 or 128) [default: 64].
+    /// MLX: bits per weight: 2, 3, 4, 5, 6 or 8 for affine [default: 4]; the block modes
+    /// have theirs (mxfp4 and nvfp4 4, mxfp8 8).
+    #[arg(long, requires = "mlx")]
+    pub q_bits: Option<u32>,
+    /// MLX: weights per scale: 32, 64 or 128 for affine [default: 64]; mxfp4 and mxfp8
+    /// take 32, nvfp4 16.
     #[arg(long, requires = "mlx")]
     pub q_group_size: Option<usize>,
-    /// MLX: the quantization mode (affine).
+    /// MLX: the quantization mode: affine (a scale and bias per group), or the
+    /// floating-point block modes mxfp4, nvfp4 (FP4 codes) and mxfp8 (FP8 codes), each with
+    /// a one-byte scale per group.
     #[arg(long, default_value = "affine", requires = "mlx")]
     pub q_mode: String,
     /// MLX: mlx_lm's mixed-precision recipe: mixed_2_6, mixed_3_4, mixed_3_6 or mixed_4_6.
@@ -54,13 +58,13 @@ const COPIED: [&str; 4] =
 
 /// The flags checked and turned into the converter's options.
 fn options(flags: &MlxFlags) -> anyhow::Result<Options> {
-    if flags.q_mode != "affine" {
-        bail!("--q-mode {}: amalgam writes MLX's affine mode so far", flags.q_mode);
-    }
     let dtype = flags.dtype.as_deref().map(parse_dtype).transpose()?;
-    Affine::new(flags.q_bits, flags.q_group_size.unwrap_or(64))?;
+    let method = Method::new(&flags.q_mode, flags.q_bits, flags.q_group_size)?;
     let recipe = flags.quant_predicate.as_deref().map(Recipe::named).transpose()?;
-    Ok(Options { bits: flags.q_bits, group_size: flags.q_group_size, recipe, dtype })
+    if recipe.is_some() && !matches!(method, Method::Affine(_)) {
+        Err(MlxError::RecipeMode)?;
+    }
+    Ok(Options { method, group_size: flags.q_group_size, recipe, dtype })
 }
 
 /// A `--dtype` name.
@@ -72,13 +76,14 @@ fn parse_dtype(name: &str) -> anyhow::Result<DType> {
 
 /// How the weights are quantized, in a few words (for the cards).
 fn described(flags: &MlxFlags) -> String {
-    match &flags.quant_predicate {
-        Some(r) => format!("the {r} recipe"),
-        None => format!(
-            "{}-bit affine quantization, groups of {}",
-            flags.q_bits,
-            flags.q_group_size.unwrap_or(64)
-        ),
+    let method = Method::new(&flags.q_mode, flags.q_bits, flags.q_group_size);
+    match (&flags.quant_predicate, method) {
+        (Some(r), _) => format!("the {r} recipe"),
+        (None, Ok(Method::Fp(fp))) => format!("{} quantization", fp.name()),
+        (None, Ok(m)) => {
+            format!("{}-bit affine quantization, groups of {}", m.bits(), m.group_size())
+        }
+        (None, Err(_)) => format!("{} quantization", flags.q_mode),
     }
 }
 

@@ -42,7 +42,7 @@ fn rint_for_clip(q: f32) -> f32 {
 }
 
 /// [`Affine::pack`] for a width `B` that divides 32: each word holds `32 / B` whole codes.
-fn pack_whole<const B: usize>(codes: &[u32], words: &mut [u32]) {
+pub(crate) fn pack_whole<const B: usize>(codes: &[u32], words: &mut [u32]) {
     for (word, codes) in words.iter_mut().zip(codes.chunks_exact(32 / B)) {
         *word = codes.iter().enumerate().fold(0, |w, (i, &c)| w | c << (i * B));
     }

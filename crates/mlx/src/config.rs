@@ -10,16 +10,18 @@ use serde_json::{Map, Value};
 pub struct Quantization {
     pub group_size: usize,
     pub bits: u32,
+    /// `affine`, `mxfp4`, `nvfp4` or `mxfp8`.
+    pub mode: &'static str,
     /// Per layer a recipe chose for: module path, the group size given on the command
-    /// line (`None` when it was not, written as `null`), bits.
+    /// line (`None` when it was not, written as `null`), bits (always affine).
     pub layers: Vec<(String, Option<usize>, u32)>,
 }
 
-fn entry(group_size: Option<usize>, bits: u32) -> Map<String, Value> {
+fn entry(group_size: Option<usize>, bits: u32, mode: &str) -> Map<String, Value> {
     let mut m = Map::new();
     m.insert("group_size".into(), group_size.map_or(Value::Null, Value::from));
     m.insert("bits".into(), bits.into());
-    m.insert("mode".into(), "affine".into());
+    m.insert("mode".into(), mode.into());
     m
 }
 
@@ -49,9 +51,9 @@ pub fn converted(
     out.remove("quantization");
     out.remove("quantization_config");
     if let Some(q) = quantization {
-        let mut m = entry(Some(q.group_size), q.bits);
+        let mut m = entry(Some(q.group_size), q.bits, q.mode);
         for (path, group_size, bits) in &q.layers {
-            m.insert(path.clone(), Value::Object(entry(*group_size, *bits)));
+            m.insert(path.clone(), Value::Object(entry(*group_size, *bits, "affine")));
         }
         out.insert("quantization".into(), Value::Object(m.clone()));
         out.insert("quantization_config".into(), Value::Object(m));

@@ -19,6 +19,8 @@ use crate::affine::Affine;
 use crate::config::{Quantization, converted};
 use crate::error::{MlxError, Result};
 use crate::file::{Meta, index, layout, shard, shard_names, weight_map};
+use crate::fp::FpMode;
+use crate::method::Method;
 use crate::recipe::Recipe;
 use crate::source::Source;
 use crate::tree::Tree;
@@ -26,8 +28,9 @@ use crate::tree::Tree;
 /// How to quantize.
 #[derive(Clone, Copy, Debug)]
 pub struct Options {
-    pub bits: u32,
-    /// `--q-group-size`; `None` is mlx_lm's default, 64 (and `null` in a recipe's entries).
+    /// The quantization of every layer a recipe does not choose for.
+    pub method: Method,
+    /// `--q-group-size` as given: `None` is written as `null` in a recipe's entries.
     pub group_size: Option<usize>,
     pub recipe: Option<Recipe>,
     /// `--dtype`, overriding the config's `torch_dtype`.
@@ -51,7 +54,7 @@ struct Tensor {
     source: String,
     part: Part,
     /// The quantization of its module (quantized parts only).
-    affine: Option<Affine>,
+    method: Option<Method>,
     dtype: &'static str,
     shape: Vec<usize>,
     bytes: usize,
@@ -89,6 +92,41 @@ fn cast(config: &Map<String, Value>, dtype: Option<DType>) -> Option<DType> {
     })
 }
 
+/// The parts of a quantized module: its packed `weight`, its `scales` (in `dtype`, or
+/// bytes for the block modes) and, for affine, its `biases`.
+fn quantized(
+    name: &str,
+    path: &str,
+    method: Method,
+    dtype: DType,
+    rows: usize,
+    cols: usize,
+) -> Vec<Tensor> {
+    let (words, groups) = (method.words(cols), method.groups(cols));
+    let (scale_type, scale_size) = match method {
+        Method::Affine(_) => (dtype.safetensors_name(), dtype.size()),
+        Method::Fp(_) => ("U8", 1),
+    };
+    let mut parts = vec![
+        (Part::Weight, "weight", "U32", words, 4),
+        (Part::Scales, "scales", scale_type, groups, scale_size),
+    ];
+    if method.biased() {
+        parts.push((Part::Biases, "biases", scale_type, groups, scale_size));
+    }
+    let tensor =
+        |(part, suffix, dtype, width, size): (Part, &str, &'static str, usize, usize)| Tensor {
+            name: format!("{path}.{suffix}"),
+            source: name.to_owned(),
+            part,
+            method: Some(method),
+            dtype,
+            shape: vec![rows, width],
+            bytes: rows * width * size,
+        };
+    parts.into_iter().map(tensor).collect()
+}
+
 /// Plans the conversion of the model `source`, whose `config.json` is `config` and
 /// `generation_config.json` (if any) `generation`.
 pub fn plan(
@@ -101,7 +139,10 @@ pub fn plan(
     let layers = config.get("num_hidden_layers").and_then(Value::as_u64).unwrap_or(0) as usize;
     let names = source.names();
     let tied = tree.tied(config, names.iter().any(|n| n == "lm_head.weight"))?;
-    let top = Affine::new(options.bits, options.group_size.unwrap_or(64))?;
+    let top = options.method;
+    if options.recipe.is_some() && !matches!(top, Method::Affine(_)) {
+        return Err(MlxError::RecipeMode);
+    }
     let cast = cast(config, options.dtype);
     let mut stored = Vec::new();
     for name in names {
@@ -124,47 +165,35 @@ pub fn plan(
         let path = name.strip_suffix(".weight").unwrap_or(&name).to_owned();
         if !(quantizable(&name) && shape.len() == 2 && top.fits(cols)) {
             let bytes = numel * dtype.size();
-            tensors.push(Tensor {
-                name: name.clone(),
-                source: name,
-                part: Part::Copy,
-                affine: None,
-                dtype: dtype.safetensors_name(),
-                shape,
-                bytes,
-            });
+            let (name, part, method) = (name.clone(), Part::Copy, None);
+            let dtype = dtype.safetensors_name();
+            let source = name.clone();
+            tensors.push(Tensor { name, source, part, method, dtype, shape, bytes });
             continue;
         }
-        let bits = options.recipe.map_or(options.bits, |r| r.bits(&path, layers));
-        let affine = Affine::new(bits, top.group_size())?;
-        if options.recipe.is_some() {
-            layers_q.push((path.clone(), options.group_size, bits));
+        let method = match options.recipe {
+            Some(r) => {
+                let bits = r.bits(&path, layers);
+                layers_q.push((path.clone(), options.group_size, bits));
+                Method::Affine(Affine::new(bits, top.group_size())?)
+            }
+            None => top,
+        };
+        if method == Method::Fp(FpMode::Nvfp4) && !numel.is_multiple_of(32) {
+            return Err(MlxError::Nvfp4Size(name));
         }
-        let groups = affine.groups(cols);
-        for (part, suffix, dt, shape) in [
-            (Part::Weight, "weight", "U32", vec![rows, affine.words(cols)]),
-            (Part::Scales, "scales", dtype.safetensors_name(), vec![rows, groups]),
-            (Part::Biases, "biases", dtype.safetensors_name(), vec![rows, groups]),
-        ] {
-            let bytes = rows
-                * if part == Part::Weight { 4 * affine.words(cols) } else { groups * dtype.size() };
-            tensors.push(Tensor {
-                name: format!("{path}.{suffix}"),
-                source: name.clone(),
-                part,
-                affine: Some(affine),
-                dtype: dt,
-                shape,
-                bytes,
-            });
-        }
+        tensors.extend(quantized(&name, &path, method, dtype, rows, cols));
     }
     let sizes: Vec<usize> = tensors.iter().map(|t| t.bytes).collect();
     let shards = shard(&sizes);
     let files = weight_map(&shards, |i| tensors[i].name.clone());
     let bytes = tensors.iter().map(|t| t.bytes).sum();
-    let quantization =
-        Quantization { group_size: top.group_size(), bits: options.bits, layers: layers_q };
+    let quantization = Quantization {
+        group_size: top.group_size(),
+        bits: top.bits(),
+        mode: top.mode(),
+        layers: layers_q,
+    };
     let config = converted(config, generation, Some(&quantization));
     Ok(Plan { tensors, shards, cast, config, index: index(bytes, parameters, &files), bytes })
 }
@@ -243,7 +272,7 @@ impl Plan {
                 .for_each(|(o, v)| encode_f32(dtype, v, o));
             out
         };
-        let Some(affine) = t.affine else {
+        let Some(method) = t.method else {
             return Ok((encode(&values), Vec::new()));
         };
         // Quantized from the cast values, as mlx_lm casts before it quantizes.
@@ -251,18 +280,34 @@ impl Plan {
             values.par_chunks_mut(ROWS).for_each(|v| round_slice(dtype, v));
         }
         let cols = shape.last().copied().unwrap_or(0);
-        let (words, groups) = (affine.words(cols), affine.groups(cols));
+        let (words, groups) = (method.words(cols), method.groups(cols));
         let rows = values.len().checked_div(cols).unwrap_or(0);
         let mut packed = vec![0u32; rows * words];
-        let (mut scales, mut biases) = (vec![0f32; rows * groups], vec![0f32; rows * groups]);
-        if cols > 0 {
-            values
-                .par_chunks_exact(cols)
-                .zip(packed.par_chunks_exact_mut(words))
-                .zip(scales.par_chunks_exact_mut(groups).zip(biases.par_chunks_exact_mut(groups)))
+        let small = match method {
+            Method::Affine(affine) => {
+                let (mut scales, mut biases) =
+                    (vec![0f32; rows * groups], vec![0f32; rows * groups]);
+                let rows = values
+                    .par_chunks_exact(cols.max(1))
+                    .zip(packed.par_chunks_exact_mut(words.max(1)));
+                rows.zip(
+                    scales
+                        .par_chunks_exact_mut(groups.max(1))
+                        .zip(biases.par_chunks_exact_mut(groups.max(1))),
+                )
                 .for_each(|((row, p), (s, b))| affine.quantize_row(row, p, s, b));
-        }
-        let small = vec![(Part::Scales, encode(&scales)), (Part::Biases, encode(&biases))];
+                vec![(Part::Scales, encode(&scales)), (Part::Biases, encode(&biases))]
+            }
+            Method::Fp(fp) => {
+                let mut scales = vec![0u8; rows * groups];
+                let rows = values
+                    .par_chunks_exact(cols.max(1))
+                    .zip(packed.par_chunks_exact_mut(words.max(1)));
+                rows.zip(scales.par_chunks_exact_mut(groups.max(1)))
+                    .for_each(|((row, p), s)| fp.quantize_row(dtype, row, p, s));
+                vec![(Part::Scales, scales)]
+            }
+        };
         if t.part == Part::Weight {
             return Ok((packed.iter().flat_map(|w| w.to_le_bytes()).collect(), small));
         }

@@ -1,5 +1,6 @@
-//! An MLX Llama folder dequantized as `mlx_lm.convert -d` does (`docs/mlx-format.md` §5):
-//! each packed weight back to the dtype of its scales, `round(round(q · scale) + bias)`,
+//! An MLX folder dequantized as `mlx_lm.convert -d` does (`docs/mlx-format.md` §5–6):
+//! each affine weight back to the dtype of its scales, `round(round(q · scale) + bias)`,
+//! each block-mode weight to bfloat16,
 //! the other tensors as stored, written in mlx's files (module-tree order, 5 GiB shards,
 //! mlx's data order) with the config's quantization removed. Tensors are read one at a
 //! time.
@@ -12,11 +13,11 @@ use std::path::{Path, PathBuf};
 use amalgam_tensors::dtype::{DType, decode_f32, encode_f32, round_to};
 use serde_json::{Map, Value};
 
-use crate::affine::Affine;
 use crate::config::converted;
 use crate::error::{MlxError, Result};
 use crate::file::{Meta, index, layout, shard, shard_names, weight_map};
 use crate::header::{self, Stored};
+use crate::method::Method;
 use crate::tree::Tree;
 
 /// Where a stored tensor's bytes are.
@@ -33,9 +34,11 @@ enum Source {
     Dequantize {
         weight: Place,
         scales: Place,
-        biases: Place,
-        affine: Affine,
+        /// Affine only.
+        biases: Option<Place>,
+        method: Method,
         cols: usize,
+        /// The output's: the scales' for affine, bfloat16 for the block modes.
         dtype: DType,
     },
 }
@@ -104,8 +107,8 @@ pub fn plan(dir: &Path) -> Result<Plan> {
         let (weight, t) = place(&name)?;
         let module = name.strip_suffix(".weight").unwrap_or(&name);
         let quantized = t.dtype == "U32" && stored.contains_key(&format!("{module}.scales"));
-        let q = header::quantization(config, module).filter(|_| quantized);
-        let Some((bits, group)) = q else {
+        let q = header::quantization(config, module)?.filter(|_| quantized);
+        let Some(method) = q else {
             parameters += t.shape.iter().product::<usize>();
             let (dtype, shape, bytes) = (t.dtype.clone(), t.shape.clone(), t.bytes);
             tensors.push(Tensor {
@@ -117,18 +120,21 @@ pub fn plan(dir: &Path) -> Result<Plan> {
             });
             continue;
         };
-        let affine = Affine::new(bits as u32, group as usize)?;
         let (scales, s) = place(&format!("{module}.scales"))?;
-        let (biases, _) = place(&format!("{module}.biases"))?;
-        let dtype = dtype_of(&name, &s.dtype)?;
+        let (biases, dtype) = match method {
+            Method::Affine(_) => {
+                (Some(place(&format!("{module}.biases"))?.0), dtype_of(&name, &s.dtype)?)
+            }
+            Method::Fp(_) => (None, DType::BF16),
+        };
         let rows = t.shape.first().copied().unwrap_or(0);
-        let cols = t.shape.last().copied().unwrap_or(0) * 32 / affine.bits() as usize;
+        let cols = t.shape.last().copied().unwrap_or(0) * 32 / method.bits() as usize;
         parameters += rows * cols;
-        let source = Source::Dequantize { weight, scales, biases, affine, cols, dtype };
+        let source = Source::Dequantize { weight, scales, biases, method, cols, dtype };
         let bytes = rows * cols * dtype.size();
         tensors.push(Tensor {
             name,
-            dtype: s.dtype.clone(),
+            dtype: dtype.safetensors_name().to_owned(),
             shape: vec![rows, cols],
             bytes,
             source,
@@ -181,7 +187,7 @@ impl Plan {
 
 /// An output tensor's bytes.
 fn make(t: &Tensor) -> Result<Vec<u8>> {
-    let Source::Dequantize { weight, scales, biases, affine, cols, dtype } = &t.source else {
+    let Source::Dequantize { weight, scales, biases, method, cols, dtype } = &t.source else {
         let Source::Copy(place) = &t.source else { return Ok(Vec::new()) };
         return read(place);
     };
@@ -189,22 +195,39 @@ fn make(t: &Tensor) -> Result<Vec<u8>> {
         .chunks_exact(4)
         .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
         .collect();
-    let widen = |bytes: Vec<u8>| {
-        let mut v = vec![0f32; bytes.len() / dtype.size()];
-        decode_f32(*dtype, &bytes, &mut v);
-        v
-    };
-    let (scales, biases) = (widen(read(scales)?), widen(read(biases)?));
-    let (words, groups) = (affine.words(*cols), affine.groups(*cols));
+    let (words, groups) = (method.words(*cols), method.groups(*cols));
     let rows = packed.len().checked_div(words).unwrap_or(0);
     let mut values = vec![0f32; rows * cols];
-    for (r, row) in values.chunks_exact_mut(*cols).enumerate() {
-        let (w, g) = (r * words..(r + 1) * words, r * groups..(r + 1) * groups);
-        let (Some(p), Some(s), Some(b)) = (packed.get(w), scales.get(g.clone()), biases.get(g))
-        else {
-            return Err(MlxError::Missing(t.name.clone()));
-        };
-        affine.dequantize_row(p, s, b, |x| round_to(*dtype, x), row);
+    let scale_bytes = read(scales)?;
+    let bad = || MlxError::Missing(t.name.clone());
+    match (method, biases) {
+        (Method::Affine(affine), Some(biases)) => {
+            let widen = |bytes: &[u8]| {
+                let mut v = vec![0f32; bytes.len() / dtype.size()];
+                decode_f32(*dtype, bytes, &mut v);
+                v
+            };
+            let (scales, biases) = (widen(&scale_bytes), widen(&read(biases)?));
+            for (r, row) in values.chunks_exact_mut(*cols).enumerate() {
+                let (w, g) = (r * words..(r + 1) * words, r * groups..(r + 1) * groups);
+                let (Some(p), Some(s), Some(b)) =
+                    (packed.get(w), scales.get(g.clone()), biases.get(g))
+                else {
+                    return Err(bad());
+                };
+                affine.dequantize_row(p, s, b, |x| round_to(*dtype, x), row);
+            }
+        }
+        (Method::Fp(fp), _) => {
+            for (r, row) in values.chunks_exact_mut(*cols).enumerate() {
+                let (w, g) = (r * words..(r + 1) * words, r * groups..(r + 1) * groups);
+                let (Some(p), Some(s)) = (packed.get(w), scale_bytes.get(g)) else {
+                    return Err(bad());
+                };
+                fp.dequantize_row(p, s, row);
+            }
+        }
+        (Method::Affine(_), None) => return Err(bad()),
     }
     let mut out = vec![0u8; values.len() * dtype.size()];
     encode_f32(*dtype, &values, &mut out);

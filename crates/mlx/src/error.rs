@@ -14,6 +14,20 @@ pub enum MlxError {
     Recipe(String),
     #[error("{0} tensors in one safetensors file: more than amalgam can lay out as mlx does")]
     TooManyTensors(usize),
+    #[error("unknown quantization mode {0:?}: mlx's are affine, mxfp4, nvfp4 and mxfp8 (--q-mode)")]
+    Mode(String),
+    #[error(
+        "--q-mode {mode} takes {bits} bits in groups of {group_size}: drop --q-bits and --q-group-size or give those"
+    )]
+    FpSizes { mode: &'static str, bits: u32, group_size: usize },
+    #[error(
+        "the mixed recipes (--quant-predicate) work with affine quantization only, as in mlx_lm"
+    )]
+    RecipeMode,
+    #[error(
+        "tensor {0}: nvfp4 packs codes 32 at a time, and this tensor's size is not a multiple of 32, so mlx cannot quantize it"
+    )]
+    Nvfp4Size(String),
     #[error("writing an MLX file: {0}")]
     Io(#[from] std::io::Error),
     #[error("cannot write {}: {source}", path.display())]

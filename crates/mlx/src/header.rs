@@ -9,6 +9,7 @@ use std::path::Path;
 use serde_json::{Map, Value};
 
 use crate::error::{MlxError, Result};
+use crate::method::Method;
 
 /// One stored tensor.
 pub struct Stored {
@@ -64,16 +65,29 @@ pub fn read(path: &Path) -> Result<Vec<Stored>> {
     Ok(out)
 }
 
-/// The bits and group size of module `path` (e.g. `model.layers.0.mlp.up_proj`) by the
-/// config's `quantization`: its own entry, else the top level (group size 64 when null).
-pub fn quantization(config: &Map<String, Value>, path: &str) -> Option<(u64, u64)> {
-    let q = config.get("quantization")?.as_object()?;
-    let top = (q.get("bits")?.as_u64()?, q.get("group_size").and_then(Value::as_u64).unwrap_or(64));
-    let Some(own) = q.get(path).and_then(Value::as_object) else { return Some(top) };
-    Some((
-        own.get("bits").and_then(Value::as_u64).unwrap_or(top.0),
-        own.get("group_size").and_then(Value::as_u64).unwrap_or(top.1),
-    ))
+/// A `quantization` entry's bits, group size and mode, where it has them.
+fn entry(entry: &Map<String, Value>) -> (Option<u32>, Option<usize>, Option<&str>) {
+    let bits = entry.get("bits").and_then(Value::as_u64).and_then(|b| u32::try_from(b).ok());
+    let group =
+        entry.get("group_size").and_then(Value::as_u64).and_then(|g| usize::try_from(g).ok());
+    (bits, group, entry.get("mode").and_then(Value::as_str))
+}
+
+/// The quantization of module `path` (e.g. `model.layers.0.mlp.up_proj`) by the config's
+/// `quantization`: its own entry, else the top level (group size 64 when null, mode
+/// affine when absent, as mlx_lm's loader reads it); `None` without a `quantization`.
+pub fn quantization(config: &Map<String, Value>, path: &str) -> Result<Option<Method>> {
+    let Some(q) = config.get("quantization").and_then(Value::as_object) else { return Ok(None) };
+    let top = entry(q);
+    let (bits, group, mode) = match q.get(path).and_then(Value::as_object) {
+        // A layer's own entry may leave out the mode: then it is affine.
+        Some(own) => {
+            let (bits, group, mode) = entry(own);
+            (bits.or(top.0), group.or(top.1), mode.unwrap_or("affine"))
+        }
+        None => (top.0, top.1, top.2.unwrap_or("affine")),
+    };
+    Method::new(mode, bits, group).map(Some)
 }
 
 #[cfg(test)]

@@ -12,7 +12,9 @@ pub mod convert;
 pub mod dequantize;
 pub mod error;
 pub mod file;
+pub mod fp;
 pub mod header;
+pub mod method;
 pub mod order;
 pub mod pyjson;
 pub mod recipe;
@@ -21,5 +23,6 @@ pub mod tree;
 
 pub use affine::Affine;
 pub use error::{MlxError, Result};
+pub use method::Method;
 pub use recipe::Recipe;
 pub use source::Source;

@@ -224,14 +224,16 @@ fn read_json(path: &str) -> serde_json::Map<String, Value> {
 fn configs_are_mlx_lms_byte_for_byte() {
     let (config, generation) =
         (read_json("gguf/tiny-kq/config.json"), read_json("gguf/tiny-kq/generation_config.json"));
-    let uniform = |group_size, bits| Some(Quantization { group_size, bits, layers: Vec::new() });
+    let uniform = |group_size, bits| {
+        Some(Quantization { group_size, bits, mode: "affine", layers: Vec::new() })
+    };
     let recipe = Recipe::named("mixed_4_6").unwrap();
     let layers = tree()
         .into_iter()
         .filter(|(_, q)| *q)
         .map(|(p, _)| (p.clone(), None, recipe.bits(&p, 8)))
         .collect();
-    let mixed = Some(Quantization { group_size: 64, bits: 4, layers });
+    let mixed = Some(Quantization { group_size: 64, bits: 4, mode: "affine", layers });
     for (name, q) in [
         ("q4-g64", uniform(64, 4)),
         ("q8-g64", uniform(64, 8)),

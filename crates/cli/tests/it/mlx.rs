@@ -92,15 +92,36 @@ fn mlx_folders_are_mlx_lms() {
 }
 
 #[test]
+fn block_modes_are_mlx_lms_and_convert_back_as_there() {
+    let tmp = tempfile::tempdir().unwrap();
+    for mode in ["mxfp4", "nvfp4", "mxfp8"] {
+        let out = check_in(tmp.path(), mode, &["--q-mode", mode]);
+        let back = tmp.path().join(format!("{mode}-back"));
+        run_ok(amalgam().arg("convert").arg(&out).arg(&back).arg("--quiet"));
+        let same = ["config.json", "model.safetensors.index.json", "README.md"];
+        compare(&back, &format!("{mode}-dequantized"), &same);
+    }
+    // Quantized from float16 values, as mlx_lm casts to --dtype first.
+    let flags = ["--q-mode", "mxfp8", "--dtype", "float16", "--q-bits", "8"];
+    let out = check_in(tmp.path(), "mxfp8-f16", &flags);
+    let shown = run_ok(amalgam().arg("inspect").arg(&out));
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(text.contains("mxfp8 g32 (256 wide)"), "{text}");
+}
+
+#[test]
 fn bad_mlx_requests_name_the_fix() {
     let tmp = tempfile::tempdir().unwrap();
     let model = data().join("gguf/tiny-kq");
     let out = tmp.path().join("out");
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["--q-group-size", "48"], "not 48 (--q-group-size)"),
         (&["--q-bits", "7"], "not 7 (--q-bits)"),
         (&["--quant-predicate", "mixed_9"], "mixed_2_6, mixed_3_4, mixed_3_6 and mixed_4_6"),
         (&["--dtype", "float64"], "--dtype float64: use float16, bfloat16 or float32"),
+        (&["--q-mode", "fp3"], "mlx's are affine, mxfp4, nvfp4 and mxfp8 (--q-mode)"),
+        (&["--q-mode", "mxfp4", "--q-group-size", "64"], "mxfp4 takes 4 bits in groups of 32"),
+        (&["--q-mode", "nvfp4", "--quant-predicate", "mixed_4_6"], "affine quantization only"),
     ];
     for (flags, message) in cases {
         let output = run(amalgam().arg("quantize").arg(&model).arg(&out).arg("--mlx").args(flags));
