@@ -92,7 +92,7 @@ pub struct MergeArgs {
     /// Finish the merge an interrupted run (Ctrl-C, a crash, a lost machine) left beside
     /// OUT_DIR: the tensors it recorded as written are kept and the rest merged. Refused,
     /// naming what changed, unless the config, the inputs (sizes and times) and the
-    /// options that shape the output are the same. Folder outputs only.
+    /// options that shape the output are the same. Folder and .gguf outputs.
     #[arg(long)]
     resume: bool,
     /// Replace OUT_DIR if it exists and is not empty (only once the merge is complete).
@@ -268,8 +268,9 @@ pub fn run(args: MergeArgs) -> anyhow::Result<()> {
     }
     if args.mlx.mlx && (args.resume || args.eval_file.is_some()) {
         bail!(
-            "--resume and --eval-file work on safetensors folder merges; an --mlx merge is \
-             written from the start and measured after (convert it back with `amalgam convert`)"
+            "--resume and --eval-file work on safetensors folder and GGUF merges; an --mlx \
+             merge is written from the start and measured after (convert it back with \
+             `amalgam convert`)"
         );
     }
     let options = match &args.eval_file {
@@ -291,12 +292,6 @@ pub fn run(args: MergeArgs) -> anyhow::Result<()> {
         },
         None => options,
     };
-    if args.resume && amalgam_merge::to_gguf::is_gguf_path(&args.out_dir) {
-        bail!(
-            "--resume finishes folder merges; a .gguf output is written from the start: run \
-             without --resume"
-        );
-    }
     let started = Instant::now();
     if !args.resume {
         crate::signals::remove_stale_partials(&args.out_dir);

@@ -3,7 +3,7 @@
 //! streaming writer that quantizes a few rows at a time across threads.
 
 use std::borrow::Cow;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use amalgam_tensors::dtype::decode_f32;
 use amalgam_tensors::{ModelFolder, partial};
@@ -142,6 +142,32 @@ pub struct Progress<'a> {
     pub tensor_done: &'a (dyn Fn() + Sync),
 }
 
+/// Progress kept across runs, so an interrupted write can be finished: which tensors an
+/// earlier run wrote, and where this run's finished tensors are recorded.
+pub trait Record: Sync {
+    /// Whether an earlier run wrote tensor `index` (kept if its file is intact).
+    fn earlier(&self, index: usize) -> bool;
+    /// Tensor `index` is written; before it is recorded, `sync(tensors)` makes the bytes
+    /// of `tensors` durable.
+    fn finished(&self, index: usize, sync: &dyn Fn(&[usize]) -> Result<()>) -> Result<()>;
+}
+
+/// The files a write produces: each part's final path (one, or llama.cpp-style parts of
+/// at most `split_max` bytes of tensor data), and which part holds each tensor.
+fn parts(out: &Path, tensors: &[OutTensor], split_max: Option<u64>) -> (Vec<PathBuf>, Vec<usize>) {
+    let specs: Vec<TensorSpec> = tensors.iter().map(|t| t.spec.clone()).collect();
+    let part_of = match split_max {
+        Some(max) => split::group(&specs, max),
+        None => vec![0; specs.len()],
+    };
+    let count = part_of.last().map_or(1, |p| p + 1);
+    let finals = match split_max {
+        Some(_) => (0..count).map(|i| split::part_path(out, i, count)).collect(),
+        None => vec![out.to_owned()],
+    };
+    (finals, part_of)
+}
+
 /// Writes `tensors` (rows from `source`) with `metadata` to `out`, or, with
 /// `split_max`, to llama.cpp-style parts of at most that many bytes of tensor data. Files
 /// are written under hidden names and renamed into place only when all are complete.
@@ -153,32 +179,12 @@ pub fn write(
     source: &dyn RowSource,
     progress: &Progress,
     split_max: Option<u64>,
-) -> Result<Vec<std::path::PathBuf>> {
-    let specs: Vec<TensorSpec> = tensors.iter().map(|t| t.spec.clone()).collect();
-    let part_of = match split_max {
-        Some(max) => split::group(&specs, max),
-        None => vec![0; specs.len()],
-    };
-    let count = part_of.last().map_or(1, |p| p + 1);
-    let finals: Vec<std::path::PathBuf> = if split_max.is_some() {
-        (0..count).map(|i| split::part_path(out, i, count)).collect()
-    } else {
-        vec![out.to_owned()]
-    };
-    let partials: Vec<std::path::PathBuf> =
-        finals.iter().map(|p| partial::sibling(p, "partial")).collect();
+) -> Result<Vec<PathBuf>> {
+    let (finals, part_of) = parts(out, tensors, split_max);
+    let partials: Vec<PathBuf> = finals.iter().map(|p| partial::sibling(p, "partial")).collect();
     let _tracked: Vec<partial::Tracked> = partials.iter().map(|p| partial::track(p)).collect();
-    let result = write_parts(
-        &partials,
-        metadata,
-        tensors,
-        &specs,
-        &part_of,
-        source,
-        progress,
-        split_max.is_some(),
-    );
-    if let Err(e) = result {
+    let file = Files { paths: &partials, part_of: &part_of, split: split_max.is_some() };
+    if let Err(e) = write_parts(&file, metadata, tensors, source, progress, None) {
         for p in &partials {
             let _ = std::fs::remove_file(p);
         }
@@ -190,34 +196,88 @@ pub fn write(
     Ok(finals)
 }
 
+/// [`write`] into the folder `dir` (a resumable merge's staging folder) under the final
+/// files' names, going on from what `record` says an earlier run wrote; the caller moves
+/// the files into place. Returns the final paths.
 #[allow(clippy::too_many_arguments)]
-fn write_parts(
-    paths: &[std::path::PathBuf],
+pub fn write_staged(
+    dir: &Path,
+    out: &Path,
     metadata: &[(String, Value)],
     tensors: &[OutTensor],
-    specs: &[TensorSpec],
-    part_of: &[usize],
     source: &dyn RowSource,
     progress: &Progress,
+    split_max: Option<u64>,
+    record: &dyn Record,
+) -> Result<Vec<PathBuf>> {
+    let (finals, part_of) = parts(out, tensors, split_max);
+    let staged: Vec<PathBuf> =
+        finals.iter().map(|f| dir.join(f.file_name().unwrap_or(f.as_os_str()))).collect();
+    let file = Files { paths: &staged, part_of: &part_of, split: split_max.is_some() };
+    write_parts(&file, metadata, tensors, source, progress, Some(record))?;
+    Ok(finals)
+}
+
+/// Where [`write_parts`] puts each tensor.
+struct Files<'a> {
+    paths: &'a [PathBuf],
+    part_of: &'a [usize],
     split: bool,
+}
+
+fn write_parts(
+    files: &Files,
+    metadata: &[(String, Value)],
+    tensors: &[OutTensor],
+    source: &dyn RowSource,
+    progress: &Progress,
+    record: Option<&dyn Record>,
 ) -> Result<()> {
+    let Files { paths, part_of, split } = *files;
+    let earlier = |i: &usize| record.is_some_and(|r| r.earlier(*i));
     let mut writers = Vec::with_capacity(paths.len());
-    let mut slot = vec![0usize; specs.len()];
+    let mut slot = vec![0usize; tensors.len()];
+    let mut kept = vec![false; tensors.len()];
     for (p, path) in paths.iter().enumerate() {
-        let members: Vec<usize> = (0..specs.len()).filter(|&i| part_of[i] == p).collect();
+        let members: Vec<usize> = (0..tensors.len()).filter(|&i| part_of[i] == p).collect();
         for (k, &i) in members.iter().enumerate() {
             slot[i] = k;
         }
-        let part_specs: Vec<TensorSpec> = members.iter().map(|&i| specs[i].clone()).collect();
-        let meta = if split {
-            split::part_metadata(metadata, p, paths.len(), specs.len())
-        } else {
-            metadata.to_vec()
+        let part_specs: Vec<TensorSpec> =
+            members.iter().map(|&i| tensors[i].spec.clone()).collect();
+        let meta = match split {
+            true => split::part_metadata(metadata, p, paths.len(), tensors.len()),
+            false => metadata.to_vec(),
         };
-        writers.push(PositionedFile::create(path, write::layout(&meta, &part_specs)?)?);
+        let layout = write::layout(&meta, &part_specs)?;
+        let reopened = match members.iter().any(earlier) {
+            true => PositionedFile::reopen(path, layout.clone())?,
+            false => None,
+        };
+        if reopened.is_some() {
+            members.iter().for_each(|&i| kept[i] = earlier(&i));
+        }
+        writers.push(match reopened {
+            Some(file) => file,
+            None => PositionedFile::create(path, layout)?,
+        });
     }
+    // Syncs the parts that hold `done`, each once.
+    let sync = |done: &[usize]| {
+        let mut touched = vec![false; writers.len()];
+        done.iter().for_each(|&i| touched[part_of[i]] = true);
+        let mut synced = writers.iter().zip(touched).filter(|(_, t)| *t);
+        Ok(synced.try_for_each(|(w, _)| w.sync())?)
+    };
     tensors.par_iter().enumerate().try_for_each(|(i, t)| {
-        write_tensor(&writers[part_of[i]], slot[i], t, source, progress.bytes)?;
+        if kept[i] {
+            (progress.bytes)(t.spec.size());
+        } else {
+            write_tensor(&writers[part_of[i]], slot[i], t, source, progress.bytes)?;
+            if let Some(record) = record {
+                record.finished(i, &sync)?;
+            }
+        }
         (progress.tensor_done)();
         Ok::<_, GgufError>(())
     })?;

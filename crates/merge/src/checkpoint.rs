@@ -1,4 +1,4 @@
-//! A folder merge's progress, recorded as it goes so `merge --resume` can finish it: a
+//! A merge's progress (a folder's or a GGUF file's), recorded as it goes so `merge --resume` can finish it: a
 //! tensor enters the staging folder's journal only after its shard bytes are synced, and
 //! the journal opens with a fingerprint of what the merge is made from.
 
@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
+use amalgam_gguf::convert::Record;
 use amalgam_tensors::journal::Journal;
 use serde_json::{Value, json};
 
@@ -89,6 +90,22 @@ impl Checkpoint {
     }
 }
 
+/// A GGUF merge records its progress the same way.
+impl Record for Checkpoint {
+    fn earlier(&self, index: usize) -> bool {
+        self.earlier.contains(&index)
+    }
+
+    fn finished(
+        &self,
+        index: usize,
+        sync: &dyn Fn(&[usize]) -> amalgam_gguf::Result<()>,
+    ) -> amalgam_gguf::Result<()> {
+        Checkpoint::finished(self, index, |tensors| Ok(sync(tensors)?))
+            .map_err(|e| amalgam_gguf::GgufError::Convert(e.to_string()))
+    }
+}
+
 /// Sends this process `signal` and waits for it to end the process.
 fn interrupt_self(signal: &str) {
     let pid = std::process::id().to_string();
@@ -115,6 +132,9 @@ pub(crate) fn fingerprint(text: &str, options: &MergeOptions, opened: &Opened) -
         "out_shard_size": options.out_shard_size,
         "random_seed": options.random_seed,
         "unsafe_truncate_embeddings": options.truncate_vocab,
+        "quant": options.quant.map(|q| format!("{q:?}")),
+        "tokenizer_pre": options.tokenizer_pre,
+        "split_max_size": options.split_max_size,
         "inputs": inputs,
     })
 }
@@ -148,8 +168,9 @@ pub(crate) fn difference(was: &Value, now: &Value) -> Option<String> {
         return None;
     }
     let field = |v: &Value, k: &str| v.get(k).cloned().unwrap_or(Value::Null);
-    for key in ["amalgam", "config", "out_shard_size", "random_seed", "unsafe_truncate_embeddings"]
-    {
+    let keys = ["amalgam", "config", "out_shard_size", "random_seed", "unsafe_truncate_embeddings"];
+    let gguf = ["quant", "tokenizer_pre", "split_max_size"];
+    for key in keys.into_iter().chain(gguf) {
         if field(was, key) != field(now, key) {
             return Some(match key {
                 "amalgam" => "it was made by another amalgam version".to_owned(),

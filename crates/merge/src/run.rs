@@ -235,12 +235,7 @@ fn write_folder(
     if options.dry_run {
         return Ok(summary);
     }
-    let fingerprint = checkpoint::fingerprint(merge.text, options, &merge.opened);
-    let staging = match options.resume {
-        Resume::Never => Staging::create(merge.out_dir, None)?,
-        Resume::Record => Staging::create(merge.out_dir, Some(&fingerprint))?,
-        Resume::Continue => Staging::resume(merge.out_dir, &fingerprint, reporter)?,
-    };
+    let staging = staging(merge)?;
     reporter.begin(bound.len(), summary.bytes_written);
     let checkpoint = staging.checkpoint.as_ref();
     shards.write(&staging.path, bound, summary.bytes_written, reporter, checkpoint)?;
@@ -359,6 +354,18 @@ fn truncated_vocab(bound: &[execute::Bound], reporter: &dyn Reporter) -> Option<
     vocab
 }
 
+/// The staging folder beside the output: new, recording its progress unless the merge
+/// never resumes, or the one an interrupted run of the same merge left (`--resume`).
+fn staging(merge: &Prepared) -> Result<Staging> {
+    let (options, out) = (merge.options, merge.out_dir);
+    let fingerprint = checkpoint::fingerprint(merge.text, options, &merge.opened);
+    match options.resume {
+        Resume::Never => Staging::create(out, None),
+        Resume::Record => Staging::create(out, Some(&fingerprint)),
+        Resume::Continue => Staging::resume(out, &fingerprint, merge.reporter),
+    }
+}
+
 /// The GGUF branch of [`run_config`]: one `.gguf` file instead of a folder.
 fn merge_to_gguf(
     merge: &Prepared,
@@ -436,7 +443,22 @@ fn merge_to_gguf(
         return Ok(summary);
     }
     reporter.begin(tensors.len(), bytes);
-    to_gguf::write(&out, bound, &metadata, &tensors, reporter)?;
+    if options.resume == Resume::Never {
+        to_gguf::write(&out, bound, &metadata, &tensors, reporter, None)?;
+        return Ok(summary);
+    }
+    if out_path.exists() && !options.force {
+        // Before a partial is taken over, so refusing does not lose it.
+        return Err(MergeError::Output(format!(
+            "{} exists; pass --force to replace it",
+            out_path.display()
+        )));
+    }
+    let staging = staging(merge)?;
+    let record = staging.checkpoint.as_ref().map(|c| c as &dyn amalgam_gguf::convert::Record);
+    let staged = record.map(|r| (staging.path.as_path(), r));
+    let finals = to_gguf::write(&out, bound, &metadata, &tensors, reporter, staged)?;
+    staging.commit_files(&finals, options.force)?;
     Ok(summary)
 }
 

@@ -1,4 +1,5 @@
-//! The staging folder a folder merge is written into: beside the output, on the same file
+//! The staging folder a merge is written into (a folder merge's output, or a resumable
+//! GGUF merge's files): beside the output, on the same file
 //! system, synced and renamed into place only when complete, removed if dropped before —
 //! or, after an interrupt, kept with its journal for `merge --resume` to finish.
 
@@ -112,6 +113,25 @@ impl Staging {
         self.committed = true;
         let _ = fs::remove_dir_all(&old);
         let _ = partial::sync_parent(out_dir);
+        Ok(())
+    }
+}
+
+impl Staging {
+    /// Syncs the files of a GGUF merge written in the staging folder and renames each to
+    /// its path in `finals` (an existing file is replaced only with `force`); the folder,
+    /// with its journal, is then removed.
+    pub(crate) fn commit_files(self, finals: &[PathBuf], force: bool) -> Result<()> {
+        for fin in finals {
+            let name = fin.file_name().unwrap_or(fin.as_os_str());
+            if fin.exists() && !force {
+                return Err(MergeError::Output(format!(
+                    "{} appeared while merging; pass --force to replace it",
+                    fin.display()
+                )));
+            }
+            partial::commit(&self.path.join(name), fin)?;
+        }
         Ok(())
     }
 }

@@ -291,14 +291,18 @@ impl RowSource for MergedRows<'_> {
     }
 }
 
-/// Writes the merge into `out.path` through a hidden sibling renamed at the end.
+/// Writes the merge into `out.path` through a hidden sibling renamed at the end, or, when
+/// `staged` (a resumable merge's staging folder and its record), into that folder, going
+/// on from what the record says was written, for the caller to move into place. Returns
+/// the final paths.
 pub fn write(
     out: &GgufOutput,
     bound: &[Bound],
     metadata: &[(String, Value)],
     tensors: &[convert::OutTensor],
     reporter: &dyn Reporter,
-) -> Result<()> {
+    staged: Option<(&Path, &dyn convert::Record)>,
+) -> Result<Vec<std::path::PathBuf>> {
     if out.path.exists() && !out.force {
         return Err(MergeError::Output(format!(
             "{} exists; pass --force to replace it",
@@ -319,6 +323,11 @@ pub fn write(
         bytes: &|n| reporter.advance(n),
         tensor_done: &|| reporter.tensor_done(),
     };
-    convert::write(out.path, metadata, tensors, &source, &progress, out.split_max)?;
-    Ok(())
+    let split = out.split_max;
+    Ok(match staged {
+        Some((dir, record)) => convert::write_staged(
+            dir, out.path, metadata, tensors, &source, &progress, split, record,
+        )?,
+        None => convert::write(out.path, metadata, tensors, &source, &progress, split)?,
+    })
 }

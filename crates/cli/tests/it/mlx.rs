@@ -233,7 +233,7 @@ fn mlx_merges_refuse_what_they_cannot_do() {
     let models = data().join("methods/models");
     let cases: [(&str, &[&str], &str); 3] = [
         ("out.gguf", &[], "--mlx writes a folder, not"),
-        ("out", &["--resume"], "--resume and --eval-file work on safetensors folder merges"),
+        ("out", &["--resume"], "--resume and --eval-file work on safetensors folder and GGUF"),
         ("out", &["--quant", "Q8_0"], "cannot be used with"),
     ];
     for (out, flags, message) in cases {

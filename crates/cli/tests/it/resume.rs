@@ -183,3 +183,83 @@ fn resume_refuses_a_partial_of_changed_inputs_and_a_fresh_merge_removes_it() {
     assert!(err.contains("no interrupted merge into"), "{err}");
     assert_same_files("again", &again, &out);
 }
+
+/// The files `out` (a `.gguf` path) was written as: itself, or its split parts.
+fn gguf_files(out: &Path) -> BTreeMap<String, Vec<u8>> {
+    let stem = out.file_stem().unwrap().to_string_lossy().into_owned();
+    let entries = fs::read_dir(out.parent().unwrap()).unwrap().flatten();
+    entries
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+        .filter(|(name, _)| name.starts_with(&stem) && name.ends_with(".gguf"))
+        .map(|(name, path)| (name, fs::read(path).unwrap()))
+        .collect()
+}
+
+#[test]
+fn an_interrupted_gguf_merge_resumed_gives_the_bytes_of_an_uninterrupted_one() {
+    let models = data().join("methods/models");
+    let dir = tempfile::tempdir().unwrap();
+    let split = ["--quant", "Q8_0", "--split-max-size", "150K"];
+    let whole = dir.path().join("whole/out.gguf");
+    let output = merge(&models, TIES, &whole, &split, None);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let expected = gguf_files(&whole);
+    assert!(expected.len() > 1, "split parts: {:?}", expected.keys());
+    for (signal, after) in [("INT", 3), ("KILL", 10)] {
+        let out = dir.path().join(signal).join("out.gguf");
+        let output = merge(&models, TIES, &out, &split, Some(&format!("{after}:{signal}")));
+        let err = stderr(&output);
+        match signal {
+            "INT" => assert!(err.contains("interrupted: kept the unfinished merge in"), "{err}"),
+            _ => assert_eq!(output.status.signal(), Some(9), "{err}"),
+        }
+        assert!(gguf_files(&out).is_empty(), "{signal}: nothing unfinished is in place");
+        let [partial] = &partials(&out)[..] else { panic!("{signal}: {:?}", partials(&out)) };
+        let recorded = Journal::read(&partial.join(FILE_NAME)).unwrap().done.len();
+        assert!(recorded >= after, "{signal}: {recorded} recorded");
+
+        // Another mixture is another file: refused, the partial kept.
+        let other = ["--quant", "Q4_0", "--split-max-size", "150K", "--resume"];
+        let refused = merge(&models, TIES, &out, &other, None);
+        assert!(stderr(&refused).contains("--quant has changed"), "{}", stderr(&refused));
+        assert_eq!(partials(&out).len(), 1, "{signal}: the partial is kept");
+
+        // Mark a recorded tensor in the partial: a resume that keeps it keeps the mark.
+        let marked = mark_recorded(partial, &whole);
+        let resumed = merge(&models, TIES, &out, &[&split[..], &["--resume"]].concat(), None);
+        let err = stderr(&resumed);
+        assert!(resumed.status.success(), "{signal}: {err}");
+        assert!(err.contains(&format!("{recorded} tensors are already written")), "{err}");
+        let mut got = gguf_files(&out);
+        let (part, at) = marked;
+        let bytes = got.get_mut(&part).unwrap();
+        assert_ne!(
+            bytes[at], expected[&part][at],
+            "{signal}: the recorded tensor was merged again"
+        );
+        bytes[at] ^= 0xFF;
+        assert_eq!(got.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>());
+        assert!(got == expected, "{signal}: the parts differ");
+        assert!(partials(&out).is_empty(), "{signal}: {:?}", partials(&out));
+    }
+}
+
+/// Flips the first byte of the first tensor the journal in `partial` records (found by its
+/// bytes in the uninterrupted output beside `whole`); returns the part and the offset.
+fn mark_recorded(partial: &Path, whole: &Path) -> (String, usize) {
+    let first = *Journal::read(&partial.join(FILE_NAME)).unwrap().done.iter().next().unwrap();
+    let mut tensors = Vec::new();
+    for name in gguf_files(whole).keys() {
+        let file = amalgam_gguf::GgufFile::open(&whole.with_file_name(name)).unwrap();
+        for t in &file.header.tensors {
+            tensors.push((name.clone(), file.data(t).to_vec()));
+        }
+    }
+    let (part, data) = &tensors[first];
+    let staged = partial.join(part);
+    let mut bytes = fs::read(&staged).unwrap();
+    let at = bytes.windows(data.len()).position(|w| w == data.as_slice()).unwrap();
+    bytes[at] ^= 0xFF;
+    fs::write(&staged, bytes).unwrap();
+    (part.clone(), at)
+}
