@@ -41,7 +41,7 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
             anyhow::bail!("{} exists; pass --force to replace it", args.out_dir.display());
         }
         let bar = Bar::new(args.quiet);
-        crate::mlx::dequantize(&args.model, &args.out_dir, &bar)?;
+        crate::mlx::dequantize(&args.model, &args.out_dir, args.force, &bar)?;
         if !args.quiet {
             eprintln!("wrote {}", args.out_dir.display());
         }

@@ -60,7 +60,7 @@ pub struct MergeArgs {
 
     /// Bytes per output shard: a number with an optional K, M or B suffix (x1000,
     /// x1000000, x1000000000), as mergekit parses it. 0 writes a single file.
-    #[arg(long, value_name = "SIZE", default_value = "5B", value_parser = parse_kmb)]
+    #[arg(long, value_name = "SIZE", default_value = "5B", value_parser = parse_kmb, conflicts_with = "mlx")]
     out_shard_size: u64,
     /// Copy the base (or first) model's tokenizer files to the output [default].
     #[arg(long, overrides_with = "no_copy_tokenizer")]
@@ -118,11 +118,11 @@ pub struct MergeArgs {
     #[arg(long, short = 'q', visible_alias = "outtype", value_name = "TYPE", value_parser = parse_gguf_types, conflicts_with = "mlx")]
     quant: Option<GgufTypes>,
     /// When writing GGUF: `tokenizer.ggml.pre`, overriding detection.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", conflicts_with = "mlx")]
     tokenizer_pre: Option<String>,
     /// When writing GGUF: split into llama.cpp-style parts (`OUT-00001-of-0000N.gguf`) of
     /// at most SIZE bytes of tensor data each.
-    #[arg(long, value_name = "SIZE", value_parser = parse_kmb)]
+    #[arg(long, value_name = "SIZE", value_parser = parse_kmb, conflicts_with = "mlx")]
     split_max_size: Option<u64>,
 
     #[command(flatten)]

@@ -1,7 +1,9 @@
 //! MLX folders: `amalgam quantize MODEL OUT_DIR --mlx`, a Hugging Face model folder to the
 //! MLX folder `mlx_lm.convert -q` writes (weights, index and config byte-equal to it, the
-//! tokenizer files copied, an mlx-community style card); and `amalgam convert MLX_DIR
-//! OUT_DIR`, such a folder dequantized as `mlx_lm.convert -d` does.
+//! tokenizer files copied, an mlx-community style card); the merge writer behind `amalgam
+//! merge … --mlx` and a GGUF input to `quantize --mlx` (the merged or dequantized tensors
+//! quantized as they are computed); and `amalgam convert MLX_DIR OUT_DIR`, such a folder
+//! dequantized as `mlx_lm.convert -d` does.
 
 use std::fs;
 use std::path::Path;
@@ -14,7 +16,7 @@ use amalgam_mlx::pyjson::dumps;
 use amalgam_mlx::{Method, MlxError, Recipe, Source};
 use amalgam_tensors::folder::read_json;
 use amalgam_tensors::{DType, ModelFolder, partial};
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::Args;
 use serde_json::Value;
 
@@ -93,6 +95,7 @@ pub fn run(
     folder_path: &Path,
     out: &Path,
     flags: &MlxFlags,
+    force: bool,
     bar: &Bar,
 ) -> anyhow::Result<()> {
     let options = options(flags)?;
@@ -101,7 +104,7 @@ pub fn run(
     let generation = generation.as_ref().and_then(Value::as_object);
     let plan = plan(&folder, folder.config(), generation, &options)?;
     bar.start_bytes("quantizing", plan.bytes as u64);
-    let written = stage(out, |staging| {
+    let written = stage(out, force, |staging| {
         write_model(&plan, &folder, staging, &|n| bar.add(n as u64))?;
         beside(folder_path, staging)?;
         fs::write(staging.join("README.md"), card(model, out, flags))?;
@@ -133,7 +136,7 @@ fn write_merge(
     if merged.dry_run {
         return Ok(files(&plan(&source, merged.config, None, options)?));
     }
-    stage(merged.out, |staging| {
+    stage(merged.out, merged.force, |staging| {
         // What a folder merge writes beside its weights, made first in a scratch folder
         // and then carried over as quantizing that folder would.
         let made = staging.join(".merged-files");
@@ -203,10 +206,10 @@ fn beside(from: &Path, to: &Path) -> anyhow::Result<()> {
 }
 
 /// `amalgam convert MLX_DIR OUT_DIR`: the folder dequantized, its other files copied.
-pub fn dequantize(dir: &Path, out: &Path, bar: &Bar) -> anyhow::Result<()> {
+pub fn dequantize(dir: &Path, out: &Path, force: bool, bar: &Bar) -> anyhow::Result<()> {
     let plan = amalgam_mlx::dequantize::plan(dir)?;
     bar.start_bytes("dequantizing", plan.bytes as u64);
-    let written = stage(out, |staging| {
+    let written = stage(out, force, |staging| {
         plan.write(staging, &|n| bar.add(n as u64))?;
         fs::write(staging.join("model.safetensors.index.json"), &plan.index)?;
         fs::write(staging.join("config.json"), dumps(&Value::Object(plan.config.clone())))?;
@@ -221,14 +224,23 @@ pub fn dequantize(dir: &Path, out: &Path, bar: &Bar) -> anyhow::Result<()> {
     written
 }
 
-/// Writes `out` through a staging folder beside it, renamed into place when `fill` has
-/// filled it (an older `out` replaced), removed if `fill` fails.
-fn stage<T>(out: &Path, fill: impl FnOnce(&Path) -> anyhow::Result<T>) -> anyhow::Result<T> {
-    let staging = partial::sibling(out, "mlx");
+/// Writes `out` through a staging folder beside it (`.NAME.amalgam-partial-PID`, which a
+/// later run removes if this one is killed), renamed into place when `fill` has filled
+/// it, removed if `fill` fails. An `out` that is there by then is replaced only with
+/// `force`.
+fn stage<T>(
+    out: &Path,
+    force: bool,
+    fill: impl FnOnce(&Path) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let staging = partial::sibling(out, "partial");
     let _tracked = partial::track(&staging);
     let _ = fs::remove_dir_all(&staging);
     fs::create_dir_all(&staging).with_context(|| format!("creating {}", staging.display()))?;
     let written = fill(&staging).and_then(|value| {
+        if crate::shared::occupied(out) && !force {
+            bail!("{} appeared while writing; pass --force to replace it", out.display());
+        }
         if out.exists() {
             fs::remove_dir_all(out).with_context(|| format!("replacing {}", out.display()))?;
         }

@@ -67,7 +67,7 @@ pub fn run(args: QuantizeArgs) -> anyhow::Result<()> {
         if folder_path.is_file() {
             return gguf_to_mlx(&args, &folder_path, &bar);
         }
-        crate::mlx::run(&args.model, &folder_path, &args.out, &args.mlx, &bar)?;
+        crate::mlx::run(&args.model, &folder_path, &args.out, &args.mlx, args.force, &bar)?;
         if !args.quiet {
             eprintln!("wrote {}", args.out.display());
         }

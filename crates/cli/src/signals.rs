@@ -57,6 +57,9 @@ pub fn stopped() -> bool {
 /// `out`, with a note for each.
 pub fn remove_stale_partials(out: &std::path::Path) {
     for stale in amalgam_tensors::partial::stale(out) {
+        if stale.resumable().is_some_and(|done| done > 0) && !stale.is_for(out) {
+            continue; // another output's interrupted merge, which its own --resume can finish
+        }
         let resumable = stale.resumable().filter(|done| *done > 0).map(|done| {
             format!(" (it had {done} tensors written: --resume would have finished it)")
         });

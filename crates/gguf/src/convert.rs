@@ -20,7 +20,7 @@ use crate::split;
 use crate::tokenizer::{self, TokenizerFiles};
 use crate::value::Value;
 use crate::write::{self, TensorSpec};
-use amalgam_tensors::PositionedFile;
+use amalgam_tensors::{Parts, PositionedFile};
 
 /// Elements converted per work item.
 const CHUNK: usize = 1 << 18;
@@ -168,6 +168,11 @@ fn parts(out: &Path, tensors: &[OutTensor], split_max: Option<u64>) -> (Vec<Path
     (finals, part_of)
 }
 
+/// The files a write of `tensors` to `out` produces (one, or the split parts).
+pub fn output_paths(out: &Path, tensors: &[OutTensor], split_max: Option<u64>) -> Vec<PathBuf> {
+    parts(out, tensors, split_max).0
+}
+
 /// Writes `tensors` (rows from `source`) with `metadata` to `out`, or, with
 /// `split_max`, to llama.cpp-style parts of at most that many bytes of tensor data. Files
 /// are written under hidden names and renamed into place only when all are complete.
@@ -211,8 +216,13 @@ pub fn write_staged(
     record: &dyn Record,
 ) -> Result<Vec<PathBuf>> {
     let (finals, part_of) = parts(out, tensors, split_max);
-    let staged: Vec<PathBuf> =
-        finals.iter().map(|f| dir.join(f.file_name().unwrap_or(f.as_os_str()))).collect();
+    let mut staged = Vec::with_capacity(finals.len());
+    for f in &finals {
+        let name = f
+            .file_name()
+            .ok_or_else(|| GgufError::Convert(format!("{} does not name a file", f.display())))?;
+        staged.push(dir.join(name));
+    }
     let file = Files { paths: &staged, part_of: &part_of, split: split_max.is_some() };
     write_parts(&file, metadata, tensors, source, progress, Some(record))?;
     Ok(finals)
@@ -234,10 +244,8 @@ fn write_parts(
     record: Option<&dyn Record>,
 ) -> Result<()> {
     let Files { paths, part_of, split } = *files;
-    let earlier = |i: &usize| record.is_some_and(|r| r.earlier(*i));
-    let mut writers = Vec::with_capacity(paths.len());
     let mut slot = vec![0usize; tensors.len()];
-    let mut kept = vec![false; tensors.len()];
+    let mut layouts = Vec::with_capacity(paths.len());
     for (p, path) in paths.iter().enumerate() {
         let members: Vec<usize> = (0..tensors.len()).filter(|&i| part_of[i] == p).collect();
         for (k, &i) in members.iter().enumerate() {
@@ -249,31 +257,18 @@ fn write_parts(
             true => split::part_metadata(metadata, p, paths.len(), tensors.len()),
             false => metadata.to_vec(),
         };
-        let layout = write::layout(&meta, &part_specs)?;
-        let reopened = match members.iter().any(earlier) {
-            true => PositionedFile::reopen(path, layout.clone())?,
-            false => None,
-        };
-        if reopened.is_some() {
-            members.iter().for_each(|&i| kept[i] = earlier(&i));
-        }
-        writers.push(match reopened {
-            Some(file) => file,
-            None => PositionedFile::create(path, layout)?,
-        });
+        layouts.push((path.clone(), write::layout(&meta, &part_specs)?));
     }
-    // Syncs the parts that hold `done`, each once.
-    let sync = |done: &[usize]| {
-        let mut touched = vec![false; writers.len()];
-        done.iter().for_each(|&i| touched[part_of[i]] = true);
-        let mut synced = writers.iter().zip(touched).filter(|(_, t)| *t);
-        Ok(synced.try_for_each(|(w, _)| w.sync())?)
-    };
+    let parts = Parts::open(layouts, part_of, |i| record.is_some_and(|r| r.earlier(i)))?;
+    let sync = |done: &[usize]| Ok(parts.sync(done)?);
     tensors.par_iter().enumerate().try_for_each(|(i, t)| {
-        if kept[i] {
+        if parts.kept(i) {
             (progress.bytes)(t.spec.size());
         } else {
-            write_tensor(&writers[part_of[i]], slot[i], t, source, progress.bytes)?;
+            let file = parts
+                .file_of(i)
+                .ok_or_else(|| GgufError::Convert(format!("tensor {i} has no file")))?;
+            write_tensor(file, slot[i], t, source, progress.bytes)?;
             if let Some(record) = record {
                 record.finished(i, &sync)?;
             }
@@ -281,7 +276,7 @@ fn write_parts(
         (progress.tensor_done)();
         Ok::<_, GgufError>(())
     })?;
-    writers.into_iter().try_for_each(|w| Ok(w.finish()?))
+    Ok(parts.finish()?)
 }
 
 /// Writes a tensor's finished bytes as they are, in parallel chunks.

@@ -1,6 +1,7 @@
-//! A merge's progress (a folder's or a GGUF file's), recorded as it goes so `merge --resume` can finish it: a
-//! tensor enters the staging folder's journal only after its shard bytes are synced, and
-//! the journal opens with a fingerprint of what the merge is made from.
+//! A merge's progress (a folder's or a GGUF file's), recorded as it goes so `merge
+//! --resume` can finish it: a tensor enters the staging folder's journal only after the
+//! bytes of its shard or part are synced, and the journal opens with a fingerprint of
+//! what the merge is made from.
 
 use std::collections::BTreeSet;
 use std::path::Path;

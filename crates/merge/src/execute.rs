@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::checkpoint::Checkpoint;
 use crate::methods::whole::buffers;
 use amalgam_tensors::dtype::{encode_f32, round_slice};
-use amalgam_tensors::{DType, PositionedFile, TensorSpec, safetensors_layout};
+use amalgam_tensors::{DType, Parts, PositionedFile, TensorSpec, safetensors_layout};
 use rayon::prelude::*;
 
 use crate::error::{MergeError, Result};
@@ -169,52 +169,34 @@ fn write(
     progress: &dyn Progress,
     checkpoint: Option<&Checkpoint>,
 ) -> Result<()> {
-    let earlier = |i: &usize| checkpoint.is_some_and(|c| c.earlier().contains(i));
-    let mut writers = Vec::with_capacity(names.len());
     let mut slot = vec![0usize; bound.len()];
-    let mut kept = vec![false; bound.len()];
+    let mut layouts = Vec::with_capacity(names.len());
     for (s, name) in names.iter().enumerate() {
         let members: Vec<usize> = (0..bound.len()).filter(|&i| shard_of[i] == s).collect();
         let specs: Vec<TensorSpec> = members.iter().map(|&i| bound[i].spec.clone()).collect();
         for (k, &i) in members.iter().enumerate() {
             slot[i] = k;
         }
-        let (path, layout) = (dir.join(name), safetensors_layout(&specs, &[("format", "pt")]));
-        let reopened = match members.iter().any(earlier) {
-            true => PositionedFile::reopen(&path, layout.clone())?,
-            false => None,
-        };
-        if reopened.is_some() {
-            members.iter().for_each(|&i| kept[i] = earlier(&i));
-        }
-        writers.push(match reopened {
-            Some(file) => file,
-            None => PositionedFile::create(&path, layout)?,
-        });
+        layouts.push((dir.join(name), safetensors_layout(&specs, &[("format", "pt")])));
     }
-    // Syncs the shards that hold `tensors`, each once.
-    let sync = |tensors: &[usize]| {
-        let mut touched = vec![false; writers.len()];
-        tensors.iter().for_each(|&i| touched[shard_of[i]] = true);
-        let mut shards = writers.iter().zip(touched).filter(|(_, t)| *t);
-        shards.try_for_each(|(w, _)| w.sync())
-    };
+    let earlier = |i: usize| checkpoint.is_some_and(|c| c.earlier().contains(&i));
+    let shards = Parts::open(layouts, shard_of, earlier)?;
     bound.par_iter().enumerate().try_for_each(|(i, tensor)| {
-        if kept[i] {
+        if shards.kept(i) {
             progress.advance(tensor.spec.byte_len() as u64);
         } else {
-            merge_tensor(tensor, &writers[shard_of[i]], slot[i], progress)?;
+            let file = shards
+                .file_of(i)
+                .ok_or_else(|| MergeError::Tensor(format!("tensor {i} has no shard")))?;
+            merge_tensor(tensor, file, slot[i], progress)?;
             if let Some(checkpoint) = checkpoint {
-                checkpoint.finished(i, |tensors| Ok(sync(tensors)?))?;
+                checkpoint.finished(i, |tensors| Ok(shards.sync(tensors)?))?;
             }
         }
         progress.tensor_done();
         Ok::<_, MergeError>(())
     })?;
-    for writer in writers {
-        writer.finish()?;
-    }
-    Ok(())
+    Ok(shards.finish()?)
 }
 
 /// Merges one tensor in chunks, in parallel, writing each chunk in place.

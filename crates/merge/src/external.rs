@@ -53,6 +53,8 @@ pub struct Merged<'a> {
     pub out: &'a Path,
     /// Plan only: write nothing, report the files that would be written.
     pub dry_run: bool,
+    /// Replace an output that is there (`--force`).
+    pub force: bool,
     pub reporter: &'a dyn Reporter,
     files: &'a FilesFn<'a>,
 }
@@ -62,12 +64,12 @@ impl<'a> Merged<'a> {
         bound: &'a [Bound<'a>],
         config: &'a Map<String, Value>,
         out: &'a Path,
-        dry_run: bool,
+        (dry_run, force): (bool, bool),
         reporter: &'a dyn Reporter,
         files: &'a FilesFn<'a>,
     ) -> Merged<'a> {
         let tensors = bound.iter().map(|b| (b.spec.name.as_str(), b)).collect();
-        Merged { tensors, config, out, dry_run, reporter, files }
+        Merged { tensors, config, out, dry_run, force, reporter, files }
     }
 
     /// The merged tensors' names.
@@ -103,7 +105,7 @@ impl<'a> Merged<'a> {
     }
 
     /// Writes into `dir` what a folder merge writes beside its weights: the tokenizer
-    /// files (and `generation_config.json`), the chat template, and unless turned off the
+    /// files (with `generation_config.json` when the donor's are copied), the chat template, and unless turned off the
     /// model card (made for `library`) with `mergekit_config.yml`.
     pub fn write_files(&self, dir: &Path, library: Library) -> Result<()> {
         (self.files)(dir, library)

@@ -1,6 +1,7 @@
-//! One merge from config file to finished folder: parse, locate the models, plan, write
-//! everything into a staging folder beside the output, and rename it into place only
-//! when complete, so an interrupted or failed merge never leaves a folder that looks done.
+//! One merge from config file to finished output (a folder, a GGUF file, or the caller's
+//! format): parse, locate the models, plan, write everything into a staging folder (or
+//! file) beside the output, and move it into place only when complete, so an interrupted
+//! or failed merge never leaves an output that looks done.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -42,7 +43,7 @@ pub struct MergeOptions {
     pub force: bool,
     /// Plan only; write nothing.
     pub dry_run: bool,
-    /// Whether a folder merge records its progress so an interrupted one can be finished
+    /// Whether a merge (into a folder or a `.gguf`) records its progress so an interrupted one can be finished
     /// (`--resume`), and whether this run finishes one.
     pub resume: Resume,
     /// Cut vocabulary-indexed weights of differing vocabularies to the smallest one
@@ -68,7 +69,7 @@ pub struct MergeOptions {
     pub writer: Option<Writer>,
 }
 
-/// Whether an interrupted folder merge can be finished by a later run.
+/// Whether an interrupted merge (into a folder or a `.gguf`) can be finished by a later run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Resume {
     /// No: an interrupt removes the partial output.
@@ -126,7 +127,8 @@ pub fn run_config(
             merge.tokenizer_files(dir)?;
             merge.card(dir, &notes, library, None)
         };
-        let merged = Merged::new(&bound, &out_config, out_dir, options.dry_run, reporter, &files);
+        let modes = (options.dry_run, options.force);
+        let merged = Merged::new(&bound, &out_config, out_dir, modes, reporter, &files);
         let written = (writer.0)(&merged).map_err(MergeError::Output)?;
         return Ok(external_summary(&merge.opened, &bound, written));
     }
@@ -447,16 +449,19 @@ fn merge_to_gguf(
         to_gguf::write(&out, bound, &metadata, &tensors, reporter, None)?;
         return Ok(summary);
     }
-    if out_path.exists() && !options.force {
-        // Before a partial is taken over, so refusing does not lose it.
+    // Checked before a partial is taken over, so refusing does not lose it.
+    let finals = amalgam_gguf::convert::output_paths(out_path, &tensors, options.split_max_size);
+    if let Some(taken) = finals.iter().find(|f| f.exists()).filter(|_| !options.force) {
         return Err(MergeError::Output(format!(
             "{} exists; pass --force to replace it",
-            out_path.display()
+            taken.display()
         )));
     }
     let staging = staging(merge)?;
-    let record = staging.checkpoint.as_ref().map(|c| c as &dyn amalgam_gguf::convert::Record);
-    let staged = record.map(|r| (staging.path.as_path(), r));
+    let Some(checkpoint) = staging.checkpoint.as_ref() else {
+        return Err(MergeError::Output("a resumable GGUF merge without its journal".into()));
+    };
+    let staged = Some((staging.path.as_path(), checkpoint as &dyn amalgam_gguf::convert::Record));
     let finals = to_gguf::write(&out, bound, &metadata, &tensors, reporter, staged)?;
     staging.commit_files(&finals, options.force)?;
     Ok(summary)

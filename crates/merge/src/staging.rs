@@ -56,6 +56,8 @@ impl Staging {
         reporter: &dyn Reporter,
     ) -> Result<Staging> {
         let mut stale = partial::stale(out_dir);
+        // Only this output's partials: another output's merge is not this one's to finish.
+        stale.retain(|s| s.is_for(out_dir));
         stale.sort_by_key(|s| fs::metadata(&s.path).and_then(|m| m.modified()).ok());
         let found = stale.iter().rposition(|s| s.resumable().is_some());
         let Some(found) = found.map(|i| stale.remove(i)) else {
@@ -122,15 +124,26 @@ impl Staging {
     /// its path in `finals` (an existing file is replaced only with `force`); the folder,
     /// with its journal, is then removed.
     pub(crate) fn commit_files(self, finals: &[PathBuf], force: bool) -> Result<()> {
+        let mut moves = Vec::with_capacity(finals.len());
         for fin in finals {
-            let name = fin.file_name().unwrap_or(fin.as_os_str());
+            let name = fin.file_name().ok_or_else(|| {
+                MergeError::Output(format!("{} does not name a file", fin.display()))
+            })?;
             if fin.exists() && !force {
                 return Err(MergeError::Output(format!(
                     "{} appeared while merging; pass --force to replace it",
                     fin.display()
                 )));
             }
-            partial::commit(&self.path.join(name), fin)?;
+            moves.push((self.path.join(name), fin));
+        }
+        // The journal goes first: from here on the partial is no longer resumable.
+        if self.checkpoint.is_some() {
+            let journal = self.path.join(journal::FILE_NAME);
+            fs::remove_file(&journal).map_err(|e| MergeError::io("remove", &journal, e))?;
+        }
+        for (from, to) in moves {
+            partial::commit(&from, to)?;
         }
         Ok(())
     }

@@ -109,7 +109,21 @@ pub fn plan(dir: &Path) -> Result<Plan> {
         let quantized = t.dtype == "U32" && stored.contains_key(&format!("{module}.scales"));
         let q = header::quantization(config, module)?.filter(|_| quantized);
         let Some(method) = q else {
-            parameters += t.shape.iter().product::<usize>();
+            let numel = t.shape.iter().product::<usize>();
+            let size = match t.dtype.as_str() {
+                "U8" | "I8" | "BOOL" => Some(1),
+                "BF16" | "F16" | "I16" | "U16" => Some(2),
+                "F32" | "I32" | "U32" => Some(4),
+                "F64" | "I64" | "U64" => Some(8),
+                _ => None,
+            };
+            if size.is_some_and(|size| t.bytes != numel * size) {
+                return Err(MlxError::Layer {
+                    module: name.clone(),
+                    reason: format!("{} bytes do not hold {:?} {}", t.bytes, t.shape, t.dtype),
+                });
+            }
+            parameters += numel;
             let (dtype, shape, bytes) = (t.dtype.clone(), t.shape.clone(), t.bytes);
             tensors.push(Tensor {
                 name: name.clone(),
@@ -129,6 +143,28 @@ pub fn plan(dir: &Path) -> Result<Plan> {
         };
         let rows = t.shape.first().copied().unwrap_or(0);
         let cols = t.shape.last().copied().unwrap_or(0) * 32 / method.bits() as usize;
+        let scale_size = match method {
+            Method::Affine(_) => dtype.size(),
+            Method::Fp(_) => 1,
+        };
+        let fits = t.shape.len() == 2
+            && method.fits(cols)
+            && t.bytes == rows * method.words(cols) * 4
+            && s.bytes == rows * method.groups(cols) * scale_size;
+        if !fits {
+            return Err(MlxError::Layer {
+                module: module.to_owned(),
+                reason: format!(
+                    "its packed weight {:?} ({} bytes) and scales ({} bytes) do not fit {}-bit \
+                     groups of {}",
+                    t.shape,
+                    t.bytes,
+                    s.bytes,
+                    method.bits(),
+                    method.group_size()
+                ),
+            });
+        }
         parameters += rows * cols;
         let source = Source::Dequantize { weight, scales, biases, method, cols, dtype };
         let bytes = rows * cols * dtype.size();

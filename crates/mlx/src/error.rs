@@ -28,6 +28,12 @@ pub enum MlxError {
         "tensor {0}: nvfp4 packs codes 32 at a time, and this tensor's size is not a multiple of 32, so mlx cannot quantize it"
     )]
     Nvfp4Size(String),
+    #[error("{module} in this MLX folder: {reason}")]
+    Layer { module: String, reason: String },
+    #[error(
+        "the model has no lm_head.weight and its config does not tie the output layer to the embeddings, so mlx_lm's {0} class would not load it"
+    )]
+    NoHead(&'static str),
     #[error("writing an MLX file: {0}")]
     Io(#[from] std::io::Error),
     #[error("cannot write {}: {source}", path.display())]

@@ -59,7 +59,9 @@ pub fn read(path: &Path) -> Result<Vec<Stored>> {
             dtype: dtype.to_owned(),
             shape: shape.ok_or_else(|| bad("a shape that is not whole numbers"))?,
             bytes: span.ok_or_else(|| bad("bad data offsets"))?,
-            start: 8 + len + first.unwrap_or(0),
+            start: (8 + len)
+                .checked_add(first.unwrap_or(0))
+                .ok_or_else(|| bad("bad data offsets"))?,
         });
     }
     Ok(out)
@@ -87,7 +89,11 @@ pub fn quantization(config: &Map<String, Value>, path: &str) -> Result<Option<Me
         }
         None => (top.0, top.1, top.2.unwrap_or("affine")),
     };
-    Method::new(mode, bits, group).map(Some)
+    let bad = |reason: String| MlxError::Layer { module: path.to_owned(), reason };
+    let bits = bits.ok_or_else(|| bad("config.json's quantization gives it no bits".into()))?;
+    Method::new(mode, Some(bits), group).map(Some).map_err(|e| {
+        bad(format!("config.json's quantization ({bits} bits, group size {group:?}, {mode}): {e}"))
+    })
 }
 
 #[cfg(test)]

@@ -73,11 +73,6 @@ const TREES: [(&str, Tree); 8] = [
     ("phi3", Tree { class: "phi3", layer: PHI3, tie: Tie::Default(false) }),
 ];
 
-/// The `model_type`s amalgam writes as MLX.
-pub fn model_types() -> Vec<&'static str> {
-    TREES.iter().map(|(t, _)| *t).collect()
-}
-
 impl Tree {
     /// The tree of the model `config` describes.
     pub fn of(config: &Map<String, Value>) -> Result<Tree> {
@@ -104,6 +99,9 @@ impl Tree {
             Tie::Always => true,
             Tie::WithoutHead => !has_head,
         };
+        if !tied && !has_head {
+            return Err(MlxError::NoHead(self.class));
+        }
         Ok(tied)
     }
 
@@ -146,6 +144,7 @@ mod tests {
         let tree = |t: &str| Tree::of(&config(json!({"model_type": t}))).unwrap();
         let untold = config(json!({}));
         assert!(tree("llama").tied(&untold, true).unwrap());
+        assert!(matches!(tree("phi3").tied(&untold, false), Err(MlxError::NoHead("phi3"))));
         assert!(!tree("phi3").tied(&untold, true).unwrap());
         assert!(!tree("qwen2").tied(&config(json!({"tie_word_embeddings": false})), true).unwrap());
         assert!(matches!(

@@ -21,6 +21,6 @@ pub mod writer;
 pub use dtype::DType;
 pub use error::{Error, Result};
 pub use folder::{ModelFolder, TensorRef};
-pub use positioned::{FileLayout, PositionedFile};
+pub use positioned::{FileLayout, Parts, PositionedFile};
 pub use safetensors::{SafetensorsFile, TensorInfo};
 pub use writer::{TensorSpec, safetensors_layout};

@@ -104,6 +104,16 @@ impl Stale {
     pub fn resumable(&self) -> Option<usize> {
         recorded(&self.path)
     }
+
+    /// Whether it was being written as `dest` (`.NAME.amalgam-partial-PID` for dest's
+    /// NAME), not as another output in the same folder.
+    pub fn is_for(&self, dest: &Path) -> bool {
+        let (Some(name), Some(own)) = (dest.file_name(), self.path.file_name()) else {
+            return false;
+        };
+        let prefix = format!(".{}.amalgam-partial-", name.to_string_lossy());
+        own.to_string_lossy().starts_with(&prefix)
+    }
 }
 
 /// `PATH, left unfinished by amalgam process PID, which is no longer running`: what a

@@ -113,6 +113,72 @@ impl PositionedFile {
     }
 }
 
+/// The files of a write that can go on from an interrupted one: each file reopened when
+/// an earlier run wrote some of its tensors and its header and length still match the
+/// layout (those tensors then kept), else created.
+pub struct Parts {
+    files: Vec<PositionedFile>,
+    /// The file each tensor is in.
+    part_of: Vec<usize>,
+    /// Per tensor: whether the earlier run's bytes are kept.
+    kept: Vec<bool>,
+}
+
+impl Parts {
+    /// Opens `files` (each one's path and layout) for tensors placed by `part_of`;
+    /// `earlier(i)` says whether an earlier run recorded tensor `i` as written.
+    pub fn open(
+        files: Vec<(PathBuf, FileLayout)>,
+        part_of: &[usize],
+        earlier: impl Fn(usize) -> bool,
+    ) -> Result<Parts> {
+        let mut kept = vec![false; part_of.len()];
+        let mut opened = Vec::with_capacity(files.len());
+        for (p, (path, layout)) in files.into_iter().enumerate() {
+            let members = || (0..part_of.len()).filter(move |&i| part_of[i] == p);
+            let reopened = match members().any(&earlier) {
+                true => PositionedFile::reopen(&path, layout.clone())?,
+                false => None,
+            };
+            if reopened.is_some() {
+                members().for_each(|i| kept[i] = earlier(i));
+            }
+            opened.push(match reopened {
+                Some(file) => file,
+                None => PositionedFile::create(&path, layout)?,
+            });
+        }
+        Ok(Parts { files: opened, part_of: part_of.to_vec(), kept })
+    }
+
+    /// Whether tensor `i`'s bytes from the earlier run are kept (not to be written).
+    pub fn kept(&self, i: usize) -> bool {
+        self.kept.get(i).copied().unwrap_or(false)
+    }
+
+    /// The file tensor `i` is written into.
+    pub fn file_of(&self, i: usize) -> Option<&PositionedFile> {
+        self.files.get(*self.part_of.get(i)?)
+    }
+
+    /// Makes the bytes of `tensors` durable: syncs the files that hold them, each once.
+    pub fn sync(&self, tensors: &[usize]) -> Result<()> {
+        let mut touched = vec![false; self.files.len()];
+        for &i in tensors {
+            if let Some(t) = self.part_of.get(i).and_then(|&p| touched.get_mut(p)) {
+                *t = true;
+            }
+        }
+        let mut synced = self.files.iter().zip(touched).filter(|(_, t)| *t);
+        synced.try_for_each(|(file, _)| file.sync())
+    }
+
+    /// Flushes every file to stable storage.
+    pub fn finish(self) -> Result<()> {
+        self.files.into_iter().try_for_each(PositionedFile::finish)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

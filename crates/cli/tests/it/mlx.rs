@@ -74,6 +74,13 @@ fn mlx_folders_convert_back_as_mlx_lm_d_does() {
     run_ok(amalgam().arg("convert").arg(&q4).arg(&out).arg("--quiet"));
     let same = ["config.json", "model.safetensors.index.json", "README.md", "chat_template.jinja"];
     compare(&out, "q4-g64-dequantized", &same);
+    // A config that does not match the packed weights is refused, naming the layer.
+    let config = fs::read_to_string(q4.join("config.json")).unwrap();
+    fs::write(q4.join("config.json"), config.replace("\"bits\": 4", "\"bits\": 8")).unwrap();
+    let output = run(amalgam().arg("convert").arg(&q4).arg(tmp.path().join("y")));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("model.embed_tokens in this MLX folder"), "{stderr}");
+    assert!(stderr.contains("do not fit 8-bit groups of 64"), "{stderr}");
     let plain = data().join("gguf/tiny-kq");
     let output = run(amalgam().arg("convert").arg(&plain).arg(tmp.path().join("x")));
     let stderr = String::from_utf8_lossy(&output.stderr);

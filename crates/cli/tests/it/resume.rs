@@ -218,6 +218,10 @@ fn an_interrupted_gguf_merge_resumed_gives_the_bytes_of_an_uninterrupted_one() {
         let recorded = Journal::read(&partial.join(FILE_NAME)).unwrap().done.len();
         assert!(recorded >= after, "{signal}: {recorded} recorded");
 
+        // Another output in the same folder leaves this one's partial alone.
+        let other = out.with_file_name("other.gguf");
+        assert!(merge(&models, TIES, &other, &split, None).status.success(), "{signal}");
+        assert_eq!(partials(&out).len(), 1, "{signal}: another output's merge removed it");
         // Another mixture is another file: refused, the partial kept.
         let other = ["--quant", "Q4_0", "--split-max-size", "150K", "--resume"];
         let refused = merge(&models, TIES, &out, &other, None);
