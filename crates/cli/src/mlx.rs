@@ -18,7 +18,7 @@ use amalgam_tensors::folder::read_json;
 use amalgam_tensors::{DType, ModelFolder, partial};
 use anyhow::{Context, bail};
 use clap::Args;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::progress::Bar;
 
@@ -76,17 +76,19 @@ fn parse_dtype(name: &str) -> anyhow::Result<DType> {
         .with_context(|| format!("--dtype {name}: use float16, bfloat16 or float32"))
 }
 
-/// How the weights are quantized, in a few words (for the cards).
-fn described(flags: &MlxFlags) -> String {
-    let method = Method::new(&flags.q_mode, flags.q_bits, flags.q_group_size);
-    match (&flags.quant_predicate, method) {
+/// How the weights are quantized, in a few words (for the cards): the checked `options`,
+/// and the recipe's name as given.
+fn described(options: &Options, recipe: Option<&str>) -> String {
+    match (recipe, options.method) {
         (Some(r), _) => format!("the {r} recipe"),
-        (None, Ok(Method::Fp(fp))) => format!("{} quantization", fp.name()),
-        (None, Ok(m)) => {
-            format!("{}-bit affine quantization, groups of {}", m.bits(), m.group_size())
-        }
-        (None, Err(_)) => format!("{} quantization", flags.q_mode),
+        (None, Method::Fp(fp)) => format!("{} quantization", fp.name()),
+        (None, m) => format!("{}-bit affine quantization, groups of {}", m.bits(), m.group_size()),
     }
+}
+
+/// The model's `generation_config.json` in `dir`, if it has one.
+fn generation(dir: &Path) -> Option<Map<String, Value>> {
+    read_json(&dir.join("generation_config.json")).ok()?.as_object().cloned()
 }
 
 /// Writes `folder_path`'s model to `out` as MLX.
@@ -99,15 +101,14 @@ pub fn run(
     bar: &Bar,
 ) -> anyhow::Result<()> {
     let options = options(flags)?;
+    let quantization = described(&options, flags.quant_predicate.as_deref());
     let folder = ModelFolder::open(folder_path)?;
-    let generation = read_json(&folder_path.join("generation_config.json")).ok();
-    let generation = generation.as_ref().and_then(Value::as_object);
-    let plan = plan(&folder, folder.config(), generation, &options)?;
+    let plan = plan(&folder, folder.config(), generation(folder_path).as_ref(), &options)?;
     bar.start_bytes("quantizing", plan.bytes as u64);
     let written = stage(out, force, |staging| {
         write_model(&plan, &folder, staging, &|n| bar.add(n as u64))?;
         beside(folder_path, staging)?;
-        fs::write(staging.join("README.md"), card(model, out, flags))?;
+        fs::write(staging.join("README.md"), card(model, out, &quantization))?;
         Ok(())
     });
     bar.finish();
@@ -119,9 +120,10 @@ pub fn run(
 /// When the merge writes no card, `card_model` names the model for an mlx-community card.
 pub fn merge_writer(flags: &MlxFlags, card_model: Option<String>) -> anyhow::Result<Writer> {
     let options = options(flags)?;
-    let flags = flags.clone();
+    let quantization = described(&options, flags.quant_predicate.as_deref());
     Ok(Writer(Arc::new(move |merged: &Merged| {
-        write_merge(merged, &options, &flags, card_model.as_deref()).map_err(|e| format!("{e:#}"))
+        write_merge(merged, &options, &quantization, card_model.as_deref())
+            .map_err(|e| format!("{e:#}"))
     })))
 }
 
@@ -129,7 +131,7 @@ pub fn merge_writer(flags: &MlxFlags, card_model: Option<String>) -> anyhow::Res
 fn write_merge(
     merged: &Merged,
     options: &Options,
-    flags: &MlxFlags,
+    quantization: &str,
     card_model: Option<&str>,
 ) -> anyhow::Result<Vec<WrittenFile>> {
     let source = MergedSource(merged);
@@ -141,11 +143,8 @@ fn write_merge(
         // and then carried over as quantizing that folder would.
         let made = staging.join(".merged-files");
         fs::create_dir(&made).with_context(|| format!("creating {}", made.display()))?;
-        let quantization = described(flags);
-        merged.write_files(&made, Library::Mlx { quantization: &quantization })?;
-        let generation = read_json(&made.join("generation_config.json")).ok();
-        let generation = generation.as_ref().and_then(Value::as_object);
-        let plan = plan(&source, merged.config, generation, options)?;
+        merged.write_files(&made, Library::Mlx { quantization })?;
+        let plan = plan(&source, merged.config, generation(&made).as_ref(), options)?;
         let reporter = merged.reporter;
         reporter.begin(files(&plan).iter().map(|f| f.tensors).sum(), plan.bytes as u64);
         write_model(&plan, &source, staging, &|n| {
@@ -155,7 +154,7 @@ fn write_merge(
         beside(&made, staging)?;
         copy_beside(&made, staging, &["README.md", "mergekit_config.yml"])?;
         if let Some(model) = card_model.filter(|_| !made.join("README.md").is_file()) {
-            fs::write(staging.join("README.md"), card(model, merged.out, flags))?;
+            fs::write(staging.join("README.md"), card(model, merged.out, quantization))?;
         }
         fs::remove_dir_all(&made).with_context(|| format!("removing {}", made.display()))?;
         Ok(files(&plan))
@@ -286,12 +285,11 @@ fn tokenizer_config(input: &Path, out: &Path) -> anyhow::Result<()> {
 }
 
 /// The model card, in the mlx-community style.
-fn card(model: &str, out: &Path, flags: &MlxFlags) -> String {
+fn card(model: &str, out: &Path, quantization: &str) -> String {
     let name = out.file_name().map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned());
     format!(
         "---\nlibrary_name: mlx\ntags:\n- mlx\nbase_model: {model}\npipeline_tag: text-generation\n---\n\n\
-         # {name}\n\nThis model was converted to MLX format from `{model}` by amalgam ({}).\n\n{}",
-        described(flags),
+         # {name}\n\nThis model was converted to MLX format from `{model}` by amalgam ({quantization}).\n\n{}",
         amalgam_merge::card::mlx_usage(&name)
     )
 }

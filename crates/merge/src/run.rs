@@ -290,7 +290,7 @@ fn summary(opened: &Opened, bound: &[execute::Bound], shards: &execute::Shards) 
     Summary {
         out_layers: opened.plan.out_layers,
         tensors: bound.len(),
-        bytes_read: bound.iter().flat_map(|b| &b.inputs).map(|i| i.stored_bytes()).sum(),
+        bytes_read: bytes_read(bound),
         bytes_written: shards.sizes.iter().sum(),
         shards: shards.listing(),
         models: models(opened),
@@ -306,11 +306,16 @@ fn external_summary(
     Summary {
         out_layers: opened.plan.out_layers,
         tensors: written.iter().map(|f| f.tensors).sum(),
-        bytes_read: bound.iter().flat_map(|b| &b.inputs).map(|i| i.stored_bytes()).sum(),
+        bytes_read: bytes_read(bound),
         bytes_written: written.iter().map(|f| f.bytes).sum(),
         shards: written.into_iter().map(|f| (f.name, f.bytes, f.tensors)).collect(),
         models: models(opened),
     }
+}
+
+/// The bytes of input the bound tensors read.
+fn bytes_read(bound: &[execute::Bound]) -> u64 {
+    bound.iter().flat_map(|b| &b.inputs).map(|i| i.stored_bytes()).sum()
 }
 
 /// Each input model and the folder it was read from.
@@ -436,7 +441,7 @@ fn merge_to_gguf(
     let summary = Summary {
         out_layers: plan.out_layers,
         tensors: tensors.len(),
-        bytes_read: bound.iter().flat_map(|b| &b.inputs).map(|i| i.stored_bytes()).sum(),
+        bytes_read: bytes_read(bound),
         bytes_written: bytes,
         shards: vec![(file, bytes, tensors.len())],
         models: models(opened),
@@ -451,12 +456,7 @@ fn merge_to_gguf(
     }
     // Checked before a partial is taken over, so refusing does not lose it.
     let finals = amalgam_gguf::convert::output_paths(out_path, &tensors, options.split_max_size);
-    if let Some(taken) = finals.iter().find(|f| f.exists()).filter(|_| !options.force) {
-        return Err(MergeError::Output(format!(
-            "{} exists; pass --force to replace it",
-            taken.display()
-        )));
-    }
+    to_gguf::refuse_taken(&finals.iter().map(PathBuf::as_path).collect::<Vec<_>>(), options.force)?;
     let staging = staging(merge)?;
     let Some(checkpoint) = staging.checkpoint.as_ref() else {
         return Err(MergeError::Output("a resumable GGUF merge without its journal".into()));

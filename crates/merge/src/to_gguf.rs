@@ -291,6 +291,17 @@ impl RowSource for MergedRows<'_> {
     }
 }
 
+/// Refuses output files that exist, unless `force`.
+pub fn refuse_taken(paths: &[&Path], force: bool) -> Result<()> {
+    match paths.iter().find(|p| p.exists()).filter(|_| !force) {
+        Some(taken) => Err(MergeError::Output(format!(
+            "{} exists; pass --force to replace it",
+            taken.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Writes the merge into `out.path` through a hidden sibling renamed at the end, or, when
 /// `staged` (a resumable merge's staging folder and its record), into that folder, going
 /// on from what the record says was written, for the caller to move into place. Returns
@@ -303,12 +314,7 @@ pub fn write(
     reporter: &dyn Reporter,
     staged: Option<(&Path, &dyn convert::Record)>,
 ) -> Result<Vec<std::path::PathBuf>> {
-    if out.path.exists() && !out.force {
-        return Err(MergeError::Output(format!(
-            "{} exists; pass --force to replace it",
-            out.path.display()
-        )));
-    }
+    refuse_taken(&[out.path], out.force)?;
     let mut source = MergedRows { tensors: HashMap::with_capacity(bound.len()) };
     for b in bound {
         let numel: usize = b.spec.shape.iter().product();

@@ -48,6 +48,15 @@ pub(crate) fn pack_whole<const B: usize>(codes: &[u32], words: &mut [u32]) {
     }
 }
 
+/// Code `i` of a row packed `bits` to a code, lowest bits first (0 past the row's end).
+pub(crate) fn code(packed: &[u32], i: usize, bits: u32) -> u32 {
+    let at = i * bits as usize;
+    let (word, shift) = (at / 32, (at % 32) as u32);
+    let low = u64::from(packed.get(word).copied().unwrap_or(0));
+    let high = u64::from(packed.get(word + 1).copied().unwrap_or(0));
+    (((high << 32 | low) >> shift) & ((1u64 << bits) - 1)) as u32
+}
+
 /// 1.5 · 2^23: any whole number of magnitude below 2^22 added to it is exact, and sits
 /// in the low bits of the sum.
 const MAGIC: f32 = 12_582_912.0;
@@ -214,11 +223,7 @@ impl Affine {
 
     /// Code `i` of a packed row.
     fn code(&self, packed: &[u32], i: usize) -> u32 {
-        let at = i * self.bits as usize;
-        let (word, shift) = (at / 32, (at % 32) as u32);
-        let low = u64::from(packed.get(word).copied().unwrap_or(0));
-        let high = u64::from(packed.get(word + 1).copied().unwrap_or(0));
-        (((high << 32 | low) >> shift) & ((1u64 << self.bits) - 1)) as u32
+        code(packed, i, self.bits)
     }
 
     /// Dequantizes one row as mlx does: `round(round(code · scale) + bias)`, `round`

@@ -6,9 +6,8 @@
 //! each shard is written in mlx's data order as it is quantized: a module whose scales come
 //! before its weights is quantized twice rather than held.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::Path;
 
 use amalgam_tensors::dtype::{DType, encode_f32, round_slice};
@@ -18,7 +17,7 @@ use serde_json::{Map, Value};
 use crate::affine::Affine;
 use crate::config::{Quantization, converted};
 use crate::error::{MlxError, Result};
-use crate::file::{Meta, index, layout, shard, shard_names, weight_map};
+use crate::file::{Meta, index, shard, shard_names, weight_map, write_file};
 use crate::fp::FpMode;
 use crate::method::Method;
 use crate::recipe::Recipe;
@@ -226,35 +225,26 @@ impl Plan {
             .iter()
             .map(|t| Meta { name: &t.name, dtype: t.dtype, shape: &t.shape, len: t.bytes })
             .collect();
-        let (header, order) = layout(&metas)?;
-        let io = |source| MlxError::Write { path: path.to_owned(), source };
-        let mut out = BufWriter::new(File::create(path).map_err(io)?);
-        out.write_all(&(header.len() as u64).to_le_bytes()).map_err(io)?;
-        out.write_all(header.as_bytes()).map_err(io)?;
         // Parts of this file not written yet; scales and biases made ahead of their turn
         // wait in `waiting`, weights are made again.
         let mut pending: HashSet<(&str, Part)> =
             tensors.iter().map(|t| (t.source.as_str(), t.part)).collect();
         let mut waiting: HashMap<(String, Part), Vec<u8>> = HashMap::new();
-        for k in order {
+        let data = |k: usize| {
             let t = tensors[k];
             pending.remove(&(t.source.as_str(), t.part));
-            let bytes = match waiting.remove(&(t.source.clone(), t.part)) {
-                Some(bytes) => bytes,
-                None => {
-                    let (bytes, others) = self.produce(source, t)?;
-                    for (part, b) in others {
-                        if pending.contains(&(t.source.as_str(), part)) {
-                            waiting.insert((t.source.clone(), part), b);
-                        }
-                    }
-                    bytes
+            if let Some(bytes) = waiting.remove(&(t.source.clone(), t.part)) {
+                return Ok(Cow::Owned(bytes));
+            }
+            let (bytes, others) = self.produce(source, t)?;
+            for (part, b) in others {
+                if pending.contains(&(t.source.as_str(), part)) {
+                    waiting.insert((t.source.clone(), part), b);
                 }
-            };
-            out.write_all(&bytes).map_err(io)?;
-            progress(bytes.len());
-        }
-        out.flush().map_err(io)
+            }
+            Ok(Cow::Owned(bytes))
+        };
+        write_file(path, &metas, data, progress)
     }
 
     /// Tensor `t`'s bytes, and for a quantized module its other small parts (scales,

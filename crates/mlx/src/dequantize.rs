@@ -5,9 +5,10 @@
 //! mlx's data order) with the config's quantization removed. Tensors are read one at a
 //! time.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use amalgam_tensors::dtype::{DType, decode_f32, encode_f32, round_to};
@@ -15,7 +16,7 @@ use serde_json::{Map, Value};
 
 use crate::config::converted;
 use crate::error::{MlxError, Result};
-use crate::file::{Meta, index, layout, shard, shard_names, weight_map};
+use crate::file::{Meta, index, shard, shard_names, weight_map, write_file};
 use crate::header::{self, Stored};
 use crate::method::Method;
 use crate::tree::Tree;
@@ -205,17 +206,7 @@ impl Plan {
                 .iter()
                 .map(|t| Meta { name: &t.name, dtype: &t.dtype, shape: &t.shape, len: t.bytes })
                 .collect();
-            let (header, order) = layout(&metas)?;
-            let io = |source| MlxError::Write { path: path.clone(), source };
-            let mut out = BufWriter::new(File::create(&path).map_err(io)?);
-            out.write_all(&(header.len() as u64).to_le_bytes()).map_err(io)?;
-            out.write_all(header.as_bytes()).map_err(io)?;
-            for k in order {
-                let bytes = make(tensors[k])?;
-                out.write_all(&bytes).map_err(io)?;
-                progress(bytes.len());
-            }
-            out.flush().map_err(io)?;
+            write_file(&path, &metas, |k| make(tensors[k]).map(Cow::Owned), progress)?;
         }
         Ok(())
     }

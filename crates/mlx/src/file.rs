@@ -3,11 +3,14 @@
 //! comes first), no padding after it, and the tensors' data in the iteration order of
 //! mlx's hash map ([`crate::order`]), not in the order they were given.
 
-use std::io::Write;
+use std::borrow::Cow;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
 
 use serde_json::{Map, Value, json};
 
-use crate::error::Result;
+use crate::error::{MlxError, Result};
 use crate::order::iteration_order;
 
 /// One tensor of a file.
@@ -62,13 +65,41 @@ pub fn write(entries: &[Entry], out: &mut impl Write) -> Result<()> {
         .iter()
         .map(|e| Meta { name: &e.name, dtype: e.dtype, shape: &e.shape, len: e.data.len() })
         .collect();
-    let (header, order) = layout(&metas)?;
-    out.write_all(&(header.len() as u64).to_le_bytes())?;
-    out.write_all(header.as_bytes())?;
+    let data = |i: usize| Ok(Cow::Borrowed(entries[i].data));
+    write_to(out, &metas, data, &MlxError::Io, &|_| {})
+}
+
+/// Writes a file holding `tensors` to `out`: the header's length, the header, then each
+/// tensor's bytes, made by `data(i)` (`i` indexes `tensors`) in mlx's data order;
+/// `written(bytes)` after each. `io` names a failed write.
+pub fn write_to<'d>(
+    out: &mut impl Write,
+    tensors: &[Meta],
+    mut data: impl FnMut(usize) -> Result<Cow<'d, [u8]>>,
+    io: &dyn Fn(std::io::Error) -> MlxError,
+    written: &dyn Fn(usize),
+) -> Result<()> {
+    let (header, order) = layout(tensors)?;
+    out.write_all(&(header.len() as u64).to_le_bytes()).map_err(io)?;
+    out.write_all(header.as_bytes()).map_err(io)?;
     for i in order {
-        out.write_all(entries[i].data)?;
+        let bytes = data(i)?;
+        out.write_all(&bytes).map_err(io)?;
+        written(bytes.len());
     }
-    Ok(())
+    out.flush().map_err(io)
+}
+
+/// [`write_to`] a new file at `path`.
+pub fn write_file<'d>(
+    path: &Path,
+    tensors: &[Meta],
+    data: impl FnMut(usize) -> Result<Cow<'d, [u8]>>,
+    written: &dyn Fn(usize),
+) -> Result<()> {
+    let io = |source| MlxError::Write { path: path.to_owned(), source };
+    let mut out = BufWriter::new(File::create(path).map_err(io)?);
+    write_to(&mut out, tensors, data, &io, written)
 }
 
 /// `model.safetensors.index.json` (written even for one file): the data's total bytes,

@@ -8,7 +8,7 @@
 
 use amalgam_tensors::dtype::{DType, round_to};
 
-use crate::affine::pack_whole;
+use crate::affine::{code, pack_whole};
 
 /// The FP4 E2M1 magnitudes, by code (the sign is bit 3).
 const FP4: [f32; 8] = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0];
@@ -106,11 +106,9 @@ impl FpMode {
     /// Dequantizes one row as `mlx_lm.convert -d` does, to bfloat16 values (whatever the
     /// model's dtype): each code's value times its group's scale, rounded once.
     pub fn dequantize_row(self, packed: &[u32], scales: &[u8], out: &mut [f32]) {
-        let (bits, group) = (self.bits() as usize, self.group_size());
+        let group = self.group_size();
         for (i, o) in out.iter_mut().enumerate() {
-            let at = i * bits;
-            let word = packed.get(at / 32).copied().unwrap_or(0);
-            let code = (word >> (at % 32)) & ((1 << bits) - 1);
+            let code = code(packed, i, self.bits());
             let scale = scales.get(i / group).copied().unwrap_or(0);
             let (value, factor) = match self {
                 FpMode::Mxfp4 => (fp4_value(code), pow2(i32::from(scale) - 127)),
